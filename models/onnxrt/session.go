@@ -62,7 +62,7 @@ func Inspect(path string, cfg Config) (inputs, outputs []TensorInfo, err error) 
 		return nil, nil, err
 	}
 	if err := Init(cfg); err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("inspect ONNX model %s: %w", path, err)
 	}
 	return inspect(path)
 }
@@ -149,7 +149,7 @@ func Open(path string, cfg Config) (*Session, error) {
 		return nil, err
 	}
 	if err := Init(cfg); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("open ONNX model %s: %w", path, err)
 	}
 	inputs, outputs, err := inspect(path)
 	if err != nil {

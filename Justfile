@@ -1,0 +1,44 @@
+# Task runner for DenseGRPO-in-Go. `just` itself comes from npm:
+#   npx -y rust-just@1.57.0 RECIPE
+# (or `npm i -g rust-just@1.57.0` once, then `just RECIPE`).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export GOMLX_NO_AUTO_INSTALL := "1"
+export GOFLAGS := "-buildvcs=false"
+
+bin := "bin/pipeline"
+
+# List the recipes.
+default:
+    @just --list
+
+# Fetch ONNX Runtime and the PP-OCRv4 models into .cache/ (idempotent, SHA-256 checked).
+setup *FLAGS:
+    bash scripts/setup.sh {{FLAGS}}
+
+# Build the one binary into bin/.
+build:
+    go build -o {{bin}} ./cmd/pipeline
+
+# Write every ONNX file the default config needs (text encoder, VAE decoder, PP-OCRv4).
+export-models: setup build
+    {{bin}} export-models --config configs/tiny-ocr.toml
+
+# The main job: DenseGRPO on the embedded tiny-ocr model.
+demo: export-models
+    {{bin}} run --config configs/tiny-ocr.toml
+
+# The whole test suite (needs the setup cache; CPU ONNX Runtime tests never skip).
+test: setup
+    go vet ./...
+    go test -count=1 -timeout 30m ./...
+
+# Benchmarks measured side by side in one run.
+bench: setup
+    go test -run '^$' -bench . -benchtime 3x ./...
+
+# gofmt + go vet.
+lint:
+    @test -z "$(gofmt -l .)" || (gofmt -l . && echo "gofmt: the files above need formatting" && exit 1)
+    go vet ./...

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/densegrpo/densegrpo/models/onnxrt"
+)
+
+// binary is the real pipeline binary, built once for the end-to-end tests of this package.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pipeline-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "pipeline")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		panic("build pipeline: " + err.Error())
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// runBinary runs the binary with env added to the test's environment.
+func runBinary(t *testing.T, dir string, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return o.String(), e.String(), ee.ExitCode()
+		}
+		t.Fatalf("run %v: %v", args, err)
+	}
+	return o.String(), e.String(), 0
+}
+
+func TestModelsInspectRecogniser(t *testing.T) {
+	rec, err := onnxrt.FindCached("ocr/ch_PP-OCRv4_rec_infer.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runBinary(t, ".", nil, "models", "inspect", rec, "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var got struct {
+		Inputs, Outputs []onnxrt.TensorInfo
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("decode %q: %v", out, err)
+	}
+	if len(got.Inputs) != 1 || got.Inputs[0].Name != "x" || got.Inputs[0].Type != "float32" ||
+		onnxrt.FormatDims(got.Inputs[0].Dims) != "[-1,3,48,-1]" {
+		t.Errorf("inputs %+v, want x float32 [-1,3,48,-1]", got.Inputs)
+	}
+	if len(got.Outputs) != 1 || got.Outputs[0].Type != "float32" || onnxrt.FormatDims(got.Outputs[0].Dims) != "[-1,-1,6625]" {
+		t.Errorf("outputs %+v, want one float32 [-1,-1,6625]", got.Outputs)
+	}
+}
+
+// Bad input must end in one line that names the file, and a non-zero exit.
+func TestModelsInspectErrors(t *testing.T) {
+	rec, err := onnxrt.FindCached("ocr/ch_PP-OCRv4_rec_infer.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	data, err := os.ReadFile(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	truncated := filepath.Join(dir, "truncated.onnx")
+	if err := os.WriteFile(truncated, data[:4096], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lib, err := onnxrt.FindCached("onnxruntime/cpu/libonnxruntime.so.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	haveLib := []string{"ONNXRUNTIME_LIB=" + lib}
+	missingLib := filepath.Join(dir, "lib", "libonnxruntime.so.1")
+	tests := []struct {
+		name string
+		env  []string
+		file string
+		want []string
+	}{
+		{"wrong path", haveLib, filepath.Join(dir, "absent.onnx"), []string{filepath.Join(dir, "absent.onnx"), "does not exist"}},
+		{"truncated file", haveLib, truncated, []string{truncated, "Protobuf parsing failed"}},
+		{"missing runtime library", []string{"ONNXRUNTIME_LIB=" + missingLib, "DENSEGRPO_CACHE=" + filepath.Join(dir, "cache")}, rec,
+			[]string{rec, "ONNX Runtime library not found", missingLib, "just setup"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// Run from the temp dir so the repository's own .cache is not found by walking up
+			// from the working directory in the missing-library case.
+			_, errOut, code := runBinary(t, dir, tc.env, "models", "inspect", tc.file)
+			if code != 1 {
+				t.Errorf("exit code %d, want 1", code)
+			}
+			msg := strings.TrimSpace(errOut)
+			if strings.Contains(msg, "\n") {
+				t.Errorf("error spans lines: %q", msg)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q: want it to contain %q", msg, w)
+				}
+			}
+		})
+	}
+}
+
+func TestUnknownCommand(t *testing.T) {
+	_, errOut, code := runBinary(t, ".", nil, "frobnicate")
+	if code != 2 || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Fatalf("exit %d, stderr %q: want 2 and the unknown command named", code, errOut)
+	}
+}
