@@ -1,0 +1,369 @@
+// Package safetensors owns reading and writing the safetensors file format
+// (https://github.com/huggingface/safetensors): an 8-byte little-endian header
+// length N, N bytes of JSON header mapping tensor names to
+// {"dtype", "shape", "data_offsets"} (plus an optional string map under
+// "__metadata__"), then the raw little-endian tensor bytes.
+//
+// The project keeps every tensor as float32 in memory: Write stores F32, Read
+// accepts F32, F64, F16 and BF16 and converts to float32. Writes are atomic
+// (temp file in the same directory, fsync, rename, fsync of the directory).
+package safetensors
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+)
+
+// Tensor is a dense row-major float32 tensor.
+type Tensor struct {
+	Shape []int
+	Data  []float32
+}
+
+// NumElements returns the product of the shape (1 for a scalar).
+func (t Tensor) NumElements() int { return numElements(t.Shape) }
+
+// Info describes one tensor of a file as its header declares it.
+type Info struct {
+	DType string // "F32", "F16", "BF16", ...
+	Shape []int
+	// Begin and End are byte offsets into the data section (after the header).
+	Begin, End int64
+}
+
+// metadataKey is the reserved header key holding the free-form string map.
+const metadataKey = "__metadata__"
+
+// maxHeaderLen bounds the JSON header; real checkpoints have headers of a few
+// hundred kilobytes, so anything larger is corruption, not data.
+const maxHeaderLen = 100 << 20
+
+// dtypeSize maps the dtypes Read can decode to their byte size.
+var dtypeSize = map[string]int{"F32": 4, "F64": 8, "F16": 2, "BF16": 2}
+
+type headerEntry struct {
+	DType       string  `json:"dtype"`
+	Shape       []int   `json:"shape"`
+	DataOffsets []int64 `json:"data_offsets"`
+}
+
+func numElements(shape []int) int {
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	return n
+}
+
+// ReadHeader returns the tensor descriptions and metadata of a file without
+// reading tensor data. It validates offsets against the file size.
+func ReadHeader(path string) (map[string]Info, map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open safetensors %q: %w", path, err)
+	}
+	defer f.Close()
+	infos, meta, _, err := readHeader(f, path)
+	return infos, meta, err
+}
+
+// readHeader parses and validates the header; it returns the offset of the
+// data section in the file.
+func readHeader(f *os.File, path string) (map[string]Info, map[string]string, int64, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("stat safetensors %q: %w", path, err)
+	}
+	size := st.Size()
+	var lenBuf [8]byte
+	if _, err := io.ReadFull(f, lenBuf[:]); err != nil {
+		return nil, nil, 0, fmt.Errorf("read safetensors %q: header length: file has %d bytes, want at least 8", path, size)
+	}
+	hlen := binary.LittleEndian.Uint64(lenBuf[:])
+	if hlen > maxHeaderLen || int64(hlen) > size-8 {
+		return nil, nil, 0, fmt.Errorf("read safetensors %q: header length %d exceeds file size %d (truncated or not a safetensors file)", path, hlen, size)
+	}
+	hdr := make([]byte, hlen)
+	if _, err := io.ReadFull(f, hdr); err != nil {
+		return nil, nil, 0, fmt.Errorf("read safetensors %q: header: %w", path, err)
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(hdr, &raw); err != nil {
+		return nil, nil, 0, fmt.Errorf("read safetensors %q: parse JSON header: %w", path, err)
+	}
+	dataStart := int64(8 + hlen)
+	dataLen := size - dataStart
+	infos := make(map[string]Info, len(raw))
+	var meta map[string]string
+	for name, msg := range raw {
+		if name == metadataKey {
+			if err := json.Unmarshal(msg, &meta); err != nil {
+				return nil, nil, 0, fmt.Errorf("read safetensors %q: %s: want a map of strings: %w", path, metadataKey, err)
+			}
+			continue
+		}
+		var e headerEntry
+		dec := json.NewDecoder(bytes.NewReader(msg))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&e); err != nil {
+			return nil, nil, 0, fmt.Errorf("read safetensors %q: tensor %q: bad header entry: %w", path, name, err)
+		}
+		if len(e.DataOffsets) != 2 {
+			return nil, nil, 0, fmt.Errorf("read safetensors %q: tensor %q: data_offsets has %d values, want 2", path, name, len(e.DataOffsets))
+		}
+		for _, d := range e.Shape {
+			if d < 0 {
+				return nil, nil, 0, fmt.Errorf("read safetensors %q: tensor %q: negative dimension in shape %v", path, name, e.Shape)
+			}
+		}
+		begin, end := e.DataOffsets[0], e.DataOffsets[1]
+		if begin < 0 || end < begin || end > dataLen {
+			return nil, nil, 0, fmt.Errorf("read safetensors %q: tensor %q: data_offsets [%d %d] outside data section of %d bytes (truncated file?)", path, name, begin, end, dataLen)
+		}
+		if sz, ok := dtypeSize[e.DType]; ok {
+			if want := int64(numElements(e.Shape)) * int64(sz); end-begin != want {
+				return nil, nil, 0, fmt.Errorf("read safetensors %q: tensor %q: %s%v needs %d bytes, data_offsets span %d", path, name, e.DType, e.Shape, want, end-begin)
+			}
+		}
+		if e.Shape == nil {
+			e.Shape = []int{}
+		}
+		infos[name] = Info{DType: e.DType, Shape: e.Shape, Begin: begin, End: end}
+	}
+	if meta == nil {
+		meta = map[string]string{}
+	}
+	return infos, meta, dataStart, nil
+}
+
+// Read loads every tensor of the file as float32, with the file's metadata
+// (empty map if none). Supported dtypes: F32, F64, F16, BF16.
+func Read(path string) (map[string]Tensor, map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open safetensors %q: %w", path, err)
+	}
+	defer f.Close()
+	infos, meta, dataStart, err := readHeader(f, path)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make(map[string]Tensor, len(infos))
+	var buf []byte
+	for _, name := range sortedKeys(infos) {
+		info := infos[name]
+		if _, ok := dtypeSize[info.DType]; !ok {
+			return nil, nil, fmt.Errorf("read safetensors %q: tensor %q: unsupported dtype %q (want F32, F64, F16 or BF16)", path, name, info.DType)
+		}
+		n := info.End - info.Begin
+		if int64(cap(buf)) < n {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		if _, err := f.ReadAt(buf, dataStart+info.Begin); err != nil {
+			return nil, nil, fmt.Errorf("read safetensors %q: tensor %q: %w", path, name, err)
+		}
+		out[name] = Tensor{Shape: append([]int{}, info.Shape...), Data: decode(info.DType, buf)}
+	}
+	return out, meta, nil
+}
+
+// decode converts little-endian bytes of a supported dtype to float32.
+func decode(dtype string, b []byte) []float32 {
+	switch dtype {
+	case "F32":
+		out := make([]float32, len(b)/4)
+		for i := range out {
+			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+		}
+		return out
+	case "F64":
+		out := make([]float32, len(b)/8)
+		for i := range out {
+			out[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:])))
+		}
+		return out
+	case "F16":
+		out := make([]float32, len(b)/2)
+		for i := range out {
+			out[i] = F16ToFloat32(binary.LittleEndian.Uint16(b[2*i:]))
+		}
+		return out
+	case "BF16":
+		out := make([]float32, len(b)/2)
+		for i := range out {
+			out[i] = BF16ToFloat32(binary.LittleEndian.Uint16(b[2*i:]))
+		}
+		return out
+	}
+	panic("safetensors: decode called with unsupported dtype " + dtype)
+}
+
+// BF16ToFloat32 widens a bfloat16 bit pattern: bfloat16 is the top half of a
+// float32, so the conversion is exact.
+func BF16ToFloat32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// F16ToFloat32 converts an IEEE 754 binary16 bit pattern to float32 exactly
+// (every half value, subnormals included, is representable in float32).
+func F16ToFloat32(h uint16) float32 {
+	sign := uint32(h>>15) << 31
+	exp := uint32(h>>10) & 0x1f
+	mant := uint32(h) & 0x3ff
+	switch {
+	case exp == 0x1f: // Inf or NaN: keep the payload in the top mantissa bits.
+		return math.Float32frombits(sign | 0xff<<23 | mant<<13)
+	case exp == 0 && mant == 0:
+		return math.Float32frombits(sign)
+	case exp == 0: // subnormal: mant · 2^-24, normalised for float32.
+		e := uint32(127 - 15 + 1)
+		for mant&0x400 == 0 {
+			mant <<= 1
+			e--
+		}
+		return math.Float32frombits(sign | e<<23 | (mant&0x3ff)<<13)
+	default:
+		return math.Float32frombits(sign | (exp+127-15)<<23 | mant<<13)
+	}
+}
+
+// createTemp is a seam for tests of the failure path.
+var createTemp = os.CreateTemp
+
+// Write stores the tensors as F32 with the given metadata (may be nil),
+// atomically: it writes a temp file next to path, fsyncs it, renames it over
+// path and fsyncs the directory. Tensors are laid out in sorted name order, so
+// equal inputs give byte-identical files.
+func Write(path string, tensors map[string]Tensor, metadata map[string]string) (err error) {
+	names := sortedKeys(tensors)
+	header := make(map[string]any, len(tensors)+1)
+	var offset int64
+	for _, name := range names {
+		if name == metadataKey {
+			return fmt.Errorf("write safetensors %q: tensor name %q is reserved", path, name)
+		}
+		t := tensors[name]
+		for _, d := range t.Shape {
+			if d < 0 {
+				return fmt.Errorf("write safetensors %q: tensor %q: negative dimension in shape %v", path, name, t.Shape)
+			}
+		}
+		if n := numElements(t.Shape); n != len(t.Data) {
+			return fmt.Errorf("write safetensors %q: tensor %q: shape %v has %d elements, data has %d", path, name, t.Shape, n, len(t.Data))
+		}
+		shape := t.Shape
+		if shape == nil {
+			shape = []int{}
+		}
+		size := int64(4 * len(t.Data))
+		header[name] = headerEntry{DType: "F32", Shape: shape, DataOffsets: []int64{offset, offset + size}}
+		offset += size
+	}
+	if len(metadata) > 0 {
+		header[metadataKey] = metadata
+	}
+	// encoding/json sorts map keys, so the header is deterministic.
+	hdr, err := json.Marshal(header)
+	if err != nil {
+		return fmt.Errorf("write safetensors %q: encode header: %w", path, err)
+	}
+	// Pad with spaces so the data section starts 8-byte aligned, as the
+	// reference implementation does.
+	for (8+len(hdr))%8 != 0 {
+		hdr = append(hdr, ' ')
+	}
+
+	dir := filepath.Dir(path)
+	tmp, err := createTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write safetensors %q: create temp file: %w", path, err)
+	}
+	tmpName := tmp.Name()
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmpName)
+		}
+	}()
+	w := newBufWriter(tmp)
+	var lenBuf [8]byte
+	binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(hdr)))
+	w.write(lenBuf[:])
+	w.write(hdr)
+	var b4 [4]byte
+	for _, name := range names {
+		for _, v := range tensors[name].Data {
+			binary.LittleEndian.PutUint32(b4[:], math.Float32bits(v))
+			w.write(b4[:])
+		}
+	}
+	if err := w.flush(); err != nil {
+		return fmt.Errorf("write safetensors %q: write %s: %w", path, tmpName, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("write safetensors %q: fsync %s: %w", path, tmpName, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write safetensors %q: close %s: %w", path, tmpName, err)
+	}
+	if err := os.Rename(tmpName, path); err != nil {
+		return fmt.Errorf("write safetensors %q: rename temp file: %w", path, err)
+	}
+	if d, derr := os.Open(dir); derr == nil {
+		serr := d.Sync()
+		d.Close()
+		if serr != nil {
+			return fmt.Errorf("write safetensors %q: fsync directory: %w", path, serr)
+		}
+	} else {
+		return fmt.Errorf("write safetensors %q: open directory for fsync: %w", path, derr)
+	}
+	return nil
+}
+
+// bufWriter buffers writes and remembers the first error.
+type bufWriter struct {
+	w   io.Writer
+	buf []byte
+	err error
+}
+
+func newBufWriter(w io.Writer) *bufWriter { return &bufWriter{w: w, buf: make([]byte, 0, 1<<20)} }
+
+func (b *bufWriter) write(p []byte) {
+	if b.err != nil {
+		return
+	}
+	if len(b.buf)+len(p) > cap(b.buf) {
+		if b.flush() != nil {
+			return
+		}
+	}
+	b.buf = append(b.buf, p...)
+}
+
+func (b *bufWriter) flush() error {
+	if b.err != nil {
+		return b.err
+	}
+	if len(b.buf) > 0 {
+		_, b.err = b.w.Write(b.buf)
+		b.buf = b.buf[:0]
+	}
+	return b.err
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
