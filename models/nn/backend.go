@@ -1,0 +1,105 @@
+package nn
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/backends/simplego"
+	"github.com/gomlx/gomlx/backends/xla"
+)
+
+// SimpleGoConfig is the SimpleGo backend configuration NewBackend("go") uses.
+//
+// "ops_sequential" runs the ops of one computation one after another in the calling goroutine,
+// so no op holds a worker of the pool while it waits for workers for its own parallel parts
+// (the batch splits of a large DotGeneral): the 2-core deadlock cannot happen, whatever the
+// model, and several computations may still run at once. Each large DotGeneral still uses all
+// cores. It was measured against "parallelism=8" (which only raises the number of workers, so
+// a wide enough graph can still deadlock) on BenchmarkTrainStep; see backend_test.go.
+const SimpleGoConfig = "ops_sequential"
+
+// BackendSpecs lists the specs NewBackend accepts.
+var BackendSpecs = []string{"auto", "go", "xla:cpu", "xla:cuda"}
+
+// NewBackend returns a GoMLX backend for spec:
+//
+//   - "go": SimpleGo, configured with SimpleGoConfig so it cannot deadlock on small CPUs;
+//   - "xla:cpu", "xla:cuda": the XLA backend with that PJRT plugin, which must already be
+//     installed (PJRT_PLUGIN_LIBRARY_PATH, /usr/local/lib/go-xla, ~/.local/lib/go-xla or the
+//     system library path); an error otherwise;
+//   - "auto": XLA with the first PJRT plugin found (cuda before cpu) if one loads, else "go".
+//
+// It never downloads XLA: it sets GOMLX_NO_AUTO_INSTALL and disables the XLA auto-installer.
+// desc is a one-line human description of what was chosen. An unknown spec is an error listing
+// the valid ones.
+func NewBackend(spec string) (backend backends.Backend, desc string, err error) {
+	disableXLAAutoInstall()
+	switch spec {
+	case "go":
+		return newSimpleGo("")
+	case "xla:cpu", "xla:cuda":
+		plugin := strings.TrimPrefix(spec, "xla:")
+		return newXLA(plugin)
+	case "auto":
+		plugins := xla.GetAvailablePlugins()
+		var failures []string
+		for _, plugin := range plugins {
+			if plugin != "cuda" && plugin != "cpu" {
+				continue
+			}
+			b, d, err := newXLA(plugin)
+			if err == nil {
+				return b, d, nil
+			}
+			failures = append(failures, err.Error())
+		}
+		reason := "no PJRT plugin installed"
+		if len(failures) > 0 {
+			reason = strings.Join(failures, "; ")
+		}
+		return newSimpleGo(fmt.Sprintf(" (auto: %s)", reason))
+	default:
+		return nil, "", fmt.Errorf("unknown backend %q: valid backends are %s", spec, strings.Join(BackendSpecs, ", "))
+	}
+}
+
+// disableXLAAutoInstall makes sure no code path downloads XLA: GoMLX reads the environment
+// variable only once at init, so the installer flag is also switched off directly.
+func disableXLAAutoInstall() {
+	if _, ok := os.LookupEnv(xla.NoAutoInstallEnv); !ok {
+		_ = os.Setenv(xla.NoAutoInstallEnv, "1")
+	}
+	xla.EnableAutoInstall(false)
+}
+
+func newSimpleGo(note string) (backends.Backend, string, error) {
+	b, err := simplego.New(SimpleGoConfig)
+	if err != nil {
+		return nil, "", fmt.Errorf("create SimpleGo backend %q: %w", SimpleGoConfig, err)
+	}
+	desc := fmt.Sprintf("GoMLX SimpleGo (pure Go, %s, %d CPUs)%s", SimpleGoConfig, runtime.NumCPU(), note)
+	return b, desc, nil
+}
+
+func newXLA(plugin string) (backends.Backend, string, error) {
+	available := xla.GetAvailablePlugins()
+	found := false
+	for _, p := range available {
+		if p == plugin {
+			found = true
+		}
+	}
+	if !found {
+		return nil, "", fmt.Errorf("create XLA backend %q: PJRT plugin %q not installed (found %q; searched "+
+			"$PJRT_PLUGIN_LIBRARY_PATH, /usr/local/lib/go-xla, ~/.local/lib/go-xla and the system library path; "+
+			"automatic download is disabled): install the plugin or use backend \"go\"", "xla:"+plugin, plugin, available)
+	}
+	b, err := xla.New(plugin)
+	if err != nil {
+		return nil, "", fmt.Errorf("create XLA backend %q: %w", "xla:"+plugin, err)
+	}
+	return b, fmt.Sprintf("GoMLX XLA/PJRT plugin %q (%s)", plugin, b.Description()), nil
+}
