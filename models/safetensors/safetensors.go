@@ -143,36 +143,81 @@ func readHeader(f *os.File, path string) (map[string]Info, map[string]string, in
 	return infos, meta, dataStart, nil
 }
 
+// File is an open safetensors file whose tensors are read one at a time, so a
+// multi-gigabyte checkpoint need not be held in memory at once.
+type File struct {
+	f         *os.File
+	path      string
+	infos     map[string]Info
+	meta      map[string]string
+	dataStart int64
+}
+
+// Open opens a safetensors file and validates its header.
+func Open(path string) (*File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open safetensors %q: %w", path, err)
+	}
+	infos, meta, dataStart, err := readHeader(f, path)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &File{f: f, path: path, infos: infos, meta: meta, dataStart: dataStart}, nil
+}
+
+// Close closes the file.
+func (f *File) Close() error { return f.f.Close() }
+
+// Path returns the file's path.
+func (f *File) Path() string { return f.path }
+
+// Names returns the tensor names in sorted order.
+func (f *File) Names() []string { return sortedKeys(f.infos) }
+
+// Info returns the header entry of a tensor.
+func (f *File) Info(name string) (Info, bool) {
+	info, ok := f.infos[name]
+	return info, ok
+}
+
+// Metadata returns the file's metadata (empty map if none).
+func (f *File) Metadata() map[string]string { return f.meta }
+
+// Tensor reads one tensor as float32.
+func (f *File) Tensor(name string) (Tensor, error) {
+	info, ok := f.infos[name]
+	if !ok {
+		return Tensor{}, fmt.Errorf("read safetensors %q: no tensor %q", f.path, name)
+	}
+	if _, ok := dtypeSize[info.DType]; !ok {
+		return Tensor{}, fmt.Errorf("read safetensors %q: tensor %q: unsupported dtype %q (want F32, F64, F16 or BF16)", f.path, name, info.DType)
+	}
+	buf := make([]byte, info.End-info.Begin)
+	if _, err := f.f.ReadAt(buf, f.dataStart+info.Begin); err != nil {
+		return Tensor{}, fmt.Errorf("read safetensors %q: tensor %q: %w", f.path, name, err)
+	}
+	return Tensor{Shape: append([]int{}, info.Shape...), Data: decode(info.DType, buf)}, nil
+}
+
 // Read loads every tensor of the file as float32, with the file's metadata
 // (empty map if none). Supported dtypes: F32, F64, F16, BF16.
 func Read(path string) (map[string]Tensor, map[string]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("open safetensors %q: %w", path, err)
-	}
-	defer f.Close()
-	infos, meta, dataStart, err := readHeader(f, path)
+	f, err := Open(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	out := make(map[string]Tensor, len(infos))
-	var buf []byte
-	for _, name := range sortedKeys(infos) {
-		info := infos[name]
-		if _, ok := dtypeSize[info.DType]; !ok {
-			return nil, nil, fmt.Errorf("read safetensors %q: tensor %q: unsupported dtype %q (want F32, F64, F16 or BF16)", path, name, info.DType)
+	defer f.Close()
+	out := make(map[string]Tensor, len(f.infos))
+	for _, name := range f.Names() {
+		t, err := f.Tensor(name)
+		if err != nil {
+			return nil, nil, err
 		}
-		n := info.End - info.Begin
-		if int64(cap(buf)) < n {
-			buf = make([]byte, n)
-		}
-		buf = buf[:n]
-		if _, err := f.ReadAt(buf, dataStart+info.Begin); err != nil {
-			return nil, nil, fmt.Errorf("read safetensors %q: tensor %q: %w", path, name, err)
-		}
-		out[name] = Tensor{Shape: append([]int{}, info.Shape...), Data: decode(info.DType, buf)}
+		out[name] = t
 	}
-	return out, meta, nil
+	return out, f.meta, nil
 }
 
 // decode converts little-endian bytes of a supported dtype to float32.

@@ -313,3 +313,28 @@ func TestWriteErrors(t *testing.T) {
 		t.Error("failed write changed the existing file")
 	}
 }
+
+func TestOpenLazy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lazy.safetensors")
+	if err := Write(path, map[string]Tensor{"b": {Shape: []int{2}, Data: []float32{3, 4}}, "a": {Shape: []int{1}, Data: []float32{5}}}, map[string]string{"k": "v"}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if names := f.Names(); len(names) != 2 || names[0] != "a" || names[1] != "b" {
+		t.Errorf("names %v, want [a b]", names)
+	}
+	if f.Metadata()["k"] != "v" {
+		t.Errorf("metadata %v", f.Metadata())
+	}
+	b, err := f.Tensor("b")
+	if err != nil || b.Data[0] != 3 || b.Data[1] != 4 {
+		t.Errorf("tensor b = %v, %v", b, err)
+	}
+	if _, err := f.Tensor("zz"); err == nil || !strings.Contains(err.Error(), `no tensor "zz"`) {
+		t.Errorf("missing tensor error = %v", err)
+	}
+}
