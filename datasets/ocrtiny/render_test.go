@@ -1,0 +1,208 @@
+package ocrtiny
+
+import (
+	"image"
+	"image/color"
+	"math"
+	"testing"
+)
+
+func TestFirstCellX(t *testing.T) {
+	// Centred start (128 − 16n)/2 rounded down to a multiple of 8, plus 8·shift, clamped
+	// into [0, 128 − 16n].
+	tests := []struct{ n, shift, want int }{
+		{3, 0, 40}, {4, 0, 32}, {5, 0, 24}, {6, 0, 16}, {8, 0, 0},
+		{6, -1, 8}, {6, 1, 24}, {3, 1, 48}, {8, 1, 0}, {8, -1, 0},
+		{1, 0, 56},
+	}
+	for _, tt := range tests {
+		if got := FirstCellX(tt.n, tt.shift); got != tt.want {
+			t.Errorf("FirstCellX(%d, %d) = %d, want %d", tt.n, tt.shift, got, tt.want)
+		}
+	}
+}
+
+func TestLuminance(t *testing.T) {
+	tests := []struct {
+		c    color.RGBA
+		want float64
+	}{
+		{color.RGBA{0, 0, 0, 255}, 0},
+		{color.RGBA{255, 255, 255, 255}, 1},
+		{color.RGBA{255, 0, 0, 255}, 0.2126}, // the Rec. 709 weights of the primaries
+		{color.RGBA{0, 255, 0, 255}, 0.7152},
+		{color.RGBA{0, 0, 255, 255}, 0.0722},
+		{color.RGBA{10, 10, 10, 255}, 10.0 / 255 / 12.92}, // linear segment below 0.04045
+	}
+	for _, tt := range tests {
+		if got := Luminance(tt.c); math.Abs(got-tt.want) > 1e-9 {
+			t.Errorf("Luminance(%v) = %g, want %g", tt.c, got, tt.want)
+		}
+	}
+}
+
+func TestCheckText(t *testing.T) {
+	for _, s := range []string{"A", "K4RT", "O0", "ABCDEFGH"} {
+		if err := CheckText(s); err != nil {
+			t.Errorf("CheckText(%q): %v", s, err)
+		}
+	}
+	for _, s := range []string{"", "ABCDEFGHI", "ab", "A B", "É"} {
+		if err := CheckText(s); err == nil {
+			t.Errorf("CheckText(%q) accepted", s)
+		}
+	}
+	if _, err := Render("k4rt", 1); err == nil {
+		t.Error("Render of lower case accepted")
+	}
+}
+
+func TestRenderDeterministic(t *testing.T) {
+	a, err := RenderPixels("K4RT", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := RenderPixels("K4RT", 3)
+	c, _ := RenderPixels("K4RT", 4)
+	d, _ := RenderPixels("K4RX", 3)
+	if !equal(a, b) {
+		t.Error("same (text, seed) rendered differently")
+	}
+	if equal(a, c) || equal(a, d) {
+		t.Error("different seed or text rendered the same image")
+	}
+}
+
+func equal(a, b []float32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestStyleVariety(t *testing.T) {
+	faces := map[Face]int{}
+	darkInk := 0
+	const n = 2000
+	for seed := range uint64(n) {
+		st := StyleFor("AB12", seed)
+		faces[st.Face]++
+		if d := math.Abs(Luminance(st.Ink) - Luminance(st.Paper)); d < MinContrast {
+			t.Fatalf("seed %d: contrast %.3f < %g", seed, d, MinContrast)
+		}
+		if Luminance(st.Ink) < Luminance(st.Paper) {
+			darkInk++
+		}
+		if st.FontSize < MinFontSize || st.FontSize > MaxFontSize || st.DX < -1 || st.DX > 1 ||
+			st.DY < -2 || st.DY > 2 || st.ShiftCells < -1 || st.ShiftCells > 1 {
+			t.Fatalf("seed %d: style %+v out of range", seed, st)
+		}
+	}
+	// Four faces drawn uniformly: 500 each, binomial sd ≈ 19.
+	for f := range numFaces {
+		if faces[f] < 400 || faces[f] > 600 {
+			t.Errorf("face %s drawn %d times of %d, want about 500", f, faces[f], n)
+		}
+	}
+	// Dark ink with probability 2/3: 1333 of 2000, sd ≈ 21.
+	if darkInk < 1230 || darkInk > 1430 {
+		t.Errorf("dark ink %d times of %d, want about 1333", darkInk, n)
+	}
+}
+
+// Image statistics: values in [0,1]; the margins left and right of the text cells are
+// pure paper; ink covers a plausible share of the cells; the inked columns span the cells.
+func TestRenderStats(t *testing.T) {
+	for seed := range uint64(200) {
+		text := []string{"K4R", "ZZ9Q", "ABCDE", "WM8X1J"}[seed%4]
+		st := StyleFor(text, seed)
+		pix, err := RenderPixels(text, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pix) != Height*Width*Channels {
+			t.Fatalf("len %d, want %d", len(pix), Height*Width*Channels)
+		}
+		paper := [3]float32{float32(st.Paper.R) / 255, float32(st.Paper.G) / 255, float32(st.Paper.B) / 255}
+		x0 := FirstCellX(len(text), st.ShiftCells)
+		x1 := x0 + len(text)*CellWidth
+		inked, minX, maxX := 0, Width, -1
+		for y := range Height {
+			for x := range Width {
+				p := pix[(y*Width+x)*3:]
+				diff := 0.0
+				for c := range 3 {
+					if p[c] < 0 || p[c] > 1 {
+						t.Fatalf("seed %d: pixel (%d,%d) channel %d = %g outside [0,1]", seed, y, x, c, p[c])
+					}
+					diff = math.Max(diff, math.Abs(float64(p[c]-paper[c])))
+				}
+				if diff > 0.1 {
+					inked++
+					minX, maxX = min(minX, x), max(maxX, x)
+				}
+			}
+		}
+		// Italics lean up to 4 px past the cell, offsets move by 1 px.
+		if minX < x0-2 || maxX > x1+5 {
+			t.Errorf("seed %d %q: ink in columns [%d,%d], cells are [%d,%d)", seed, text, minX, maxX, x0, x1)
+		}
+		if minX > x0+CellWidth/2 || maxX < x1-CellWidth/2 {
+			t.Errorf("seed %d %q: ink in columns [%d,%d] does not span cells [%d,%d)", seed, text, minX, maxX, x0, x1)
+		}
+		share := float64(inked) / float64(Height*len(text)*CellWidth)
+		if share < 0.08 || share > 0.6 {
+			t.Errorf("seed %d %q: ink covers %.2f of the cells, want 0.08..0.6", seed, text, share)
+		}
+	}
+}
+
+func TestPixelsRoundTrip(t *testing.T) {
+	img, err := Render("Q7", 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := FromPixels(Pixels(img), Height, Width)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range img.Pix {
+		if img.Pix[i] != back.Pix[i] {
+			t.Fatalf("byte %d: %d != %d", i, img.Pix[i], back.Pix[i])
+		}
+	}
+	if _, err := FromPixels(make([]float32, 5), 2, 2); err == nil {
+		t.Error("FromPixels accepted 5 values for 2×2×3")
+	}
+	batch, err := RenderBatch([]string{"Q7", "AB"}, []uint64{11, 12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equal(batch[:Height*Width*3], Pixels(img)) || len(batch) != 2*Height*Width*3 {
+		t.Error("RenderBatch item 0 differs from Render")
+	}
+}
+
+func TestPNGRoundTrip(t *testing.T) {
+	img, _ := Render("PNG1", 2)
+	path := t.TempDir() + "/x.png"
+	if err := SavePNG(path, img); err != nil {
+		t.Fatal(err)
+	}
+	back, err := LoadPNG(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equal(Pixels(img), Pixels(back)) {
+		t.Error("PNG round trip changed the pixels")
+	}
+	g := Grid([]image.Image{img, back, img}, 2)
+	if g.Bounds().Dx() != 2*(Width+2)+2 || g.Bounds().Dy() != 2*(Height+2)+2 {
+		t.Errorf("grid bounds %v", g.Bounds())
+	}
+}
