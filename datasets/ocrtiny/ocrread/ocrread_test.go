@@ -38,11 +38,11 @@ func TestScore(t *testing.T) {
 	}{
 		{"K4RT", "K4RT", 1},
 		{"\u3000K4RT號", "K4RT", 1}, // contained
-		{"K4 RT", "K4RT", 1},        // spaces removed
+		{"K4 RT", "K4RT", 1},       // spaces removed
 		{"Ｋ４RT", "K4RT", 1},        // full-width forms mapped to ASCII
-		{"K4R", "K4RT", 0.75},       // 1 − 1/4
-		{"", "K4RT", 0},             // distance 4 = len
-		{"XXXXXXXX", "AB", 0},       // distance capped at len
+		{"K4R", "K4RT", 0.75},      // 1 − 1/4
+		{"", "K4RT", 0},            // distance 4 = len
+		{"XXXXXXXX", "AB", 0},      // distance capped at len
 		{"AB", "", 0},
 	}
 	for _, tt := range tests {
