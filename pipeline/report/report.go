@@ -1,0 +1,631 @@
+// Package report owns the run report: one self-contained HTML page (inline SVG charts drawn
+// here, sample grids embedded as base64 PNG, no scripts or external assets) built from one or
+// more run directories, and a PNG of the reward curves for the README.
+//
+// It reads what the trainer writes into runs/<name>/: metrics.jsonl (one JSON object per
+// epoch, every field but "epoch" optional), config.toml (only [dense] enabled, for the legend),
+// psi.json and samples/*.png. Missing optional pieces are left out with a note; a metrics line
+// that does not decode is an error naming file:line. Files are written atomically.
+package report
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"image/color"
+	"image/png"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Chart sizes in the page.
+const (
+	wideW, wideH   = 1080, 360
+	smallW, smallH = 530, 270
+)
+
+// Write builds the HTML report of the runs in runDirs and writes it atomically to out.
+func Write(ctx context.Context, runDirs []string, out string) error {
+	runs, err := loadRunsCtx(ctx, runDirs)
+	if err != nil {
+		return err
+	}
+	page, err := buildPage(ctx, runs)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("write report %s: %w", out, err)
+	}
+	if err := writeAtomic(out, func(w io.Writer) error { _, err := w.Write(page); return err }); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+func loadRuns(runDirs []string) ([]*Run, error) {
+	return loadRunsCtx(context.Background(), runDirs)
+}
+
+// loadRunsCtx loads every run; runs sharing a base name are named by their cleaned paths.
+func loadRunsCtx(ctx context.Context, runDirs []string) ([]*Run, error) {
+	if len(runDirs) == 0 {
+		return nil, errors.New("load runs: no run directories given")
+	}
+	runs := make([]*Run, 0, len(runDirs))
+	count := map[string]int{}
+	for _, dir := range runDirs {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("load run %s: %w", dir, err)
+		}
+		r, err := LoadRun(dir)
+		if err != nil {
+			return nil, fmt.Errorf("load run %s: %w", dir, err)
+		}
+		runs = append(runs, r)
+		count[r.Name]++
+	}
+	for _, r := range runs {
+		if count[r.Name] > 1 {
+			r.Name = filepath.Clean(r.Dir)
+		}
+	}
+	return runs, nil
+}
+
+// curveChart is metric against xKey ("epoch" or a scalar such as "samples") for every run, in
+// the run's colour, dashed when dense rewards are off; "X_mean" gets a ± band from "X_std"
+// when the run logs it.
+func curveChart(runs []*Run, metric, xKey string) *lineChart {
+	stdKey := ""
+	if base, ok := strings.CutSuffix(metric, "_mean"); ok {
+		stdKey = base + "_std"
+	}
+	title := metric
+	c := &lineChart{xLabel: xKey, integerX: xKey == "epoch"}
+	if xKey == "samples" {
+		c.xLabel = "samples (trajectories trained on)"
+	}
+	banded := false
+	for i, r := range runs {
+		s := series{label: r.Label(), color: runColor(i), dash: r.Dense == "off"}
+		var std []float64
+		hasStd := false
+		for _, e := range r.Epochs {
+			y, ok := e.Value(metric)
+			if !ok {
+				continue
+			}
+			x := float64(e.Epoch)
+			if xKey != "epoch" {
+				if x, ok = e.Value(xKey); !ok {
+					continue
+				}
+			}
+			sd, ok := e.Value(stdKey)
+			hasStd = hasStd || ok
+			s.x, s.y, std = append(s.x, x), append(s.y, y), append(std, sd)
+		}
+		if hasStd {
+			banded = true
+			for j := range std {
+				s.lo, s.hi = append(s.lo, s.y[j]-std[j]), append(s.hi, s.y[j]+std[j])
+			}
+		}
+		c.series = append(c.series, s)
+	}
+	if banded {
+		title += " ± " + stdKey
+	}
+	c.title = title + " vs " + xKey
+	return c
+}
+
+// page accumulates the HTML.
+type page struct {
+	bytes.Buffer
+}
+
+func (p *page) f(format string, args ...any) { fmt.Fprintf(&p.Buffer, format, args...) }
+
+func (p *page) note(format string, args ...any) {
+	p.f(`<p class="note">%s</p>`+"\n", esc(fmt.Sprintf(format, args...)))
+}
+
+const css = `body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;max-width:1120px;margin:0 auto;padding:16px 20px 40px;background:#fafafa}
+h1{font-size:22px;margin:8px 0}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{font-size:15px;margin:16px 0 6px}
+nav a{margin-right:12px}.grid{display:flex;flex-wrap:wrap;gap:10px}svg{max-width:100%;height:auto;border:1px solid #e4e4e4;background:#fff}
+table{border-collapse:collapse;font-size:13px;margin:6px 0;background:#fff}th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
+.note{color:#666;font-style:italic;font-size:13px;margin:4px 0}figure{margin:8px 0}figcaption{font-size:13px;color:#444}img.grid{max-width:100%;border:1px solid #ddd;image-rendering:pixelated}
+.swatch{display:inline-block;width:10px;height:10px;margin-right:5px;vertical-align:baseline}`
+
+// buildPage renders the whole report.
+func buildPage(ctx context.Context, runs []*Run) ([]byte, error) {
+	p := &page{}
+	p.f("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>DenseGRPO report: %s</title>\n<style>%s</style></head><body>\n",
+		esc(runNames(runs)), css)
+	p.f("<h1>DenseGRPO report</h1>\n<nav><a href=\"#summary\">summary</a><a href=\"#rewards\">rewards</a><a href=\"#eval\">evaluation</a><a href=\"#optim\">optimisation</a><a href=\"#dense\">dense rewards</a><a href=\"#psi\">ψ(k)</a><a href=\"#timings\">timings</a><a href=\"#samples\">samples</a></nav>\n")
+	sections := []func(*page, []*Run) error{summarySection, rewardSection, evalSection, optimSection, denseSection, psiSection, timingSection, sampleSection}
+	for _, s := range sections {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("build report: %w", err)
+		}
+		if err := s(p, runs); err != nil {
+			return nil, err
+		}
+	}
+	p.f("</body></html>\n")
+	return p.Bytes(), nil
+}
+
+func runNames(runs []*Run) string {
+	names := make([]string, len(runs))
+	for i, r := range runs {
+		names[i] = r.Name
+	}
+	return strings.Join(names, ", ")
+}
+
+func swatch(c color.RGBA) string {
+	return fmt.Sprintf(`<span class="swatch" style="background:%s"></span>`, hexColor(c))
+}
+
+// last returns the value of key at the latest epoch that has it.
+func last(r *Run, key string) (float64, int, bool) {
+	for i := len(r.Epochs) - 1; i >= 0; i-- {
+		if v, ok := r.Epochs[i].Value(key); ok {
+			return v, r.Epochs[i].Epoch, true
+		}
+	}
+	return 0, 0, false
+}
+
+func first(r *Run, key string) (float64, int, bool) {
+	for _, e := range r.Epochs {
+		if v, ok := e.Value(key); ok {
+			return v, e.Epoch, true
+		}
+	}
+	return 0, 0, false
+}
+
+func cell(v float64, ok bool) string {
+	if !ok {
+		return "–"
+	}
+	return fmtValue(v)
+}
+
+func summarySection(p *page, runs []*Run) error {
+	p.f("<h2 id=\"summary\">Summary</h2>\n<table><tr><th>run</th><th>dense</th><th>last epoch</th><th>samples</th><th>reward_mean (last)</th><th>eval_reward_mean (first → last)</th><th>best eval</th><th>elapsed</th><th>directory</th></tr>\n")
+	for i, r := range runs {
+		lastEpoch := "–"
+		if len(r.Epochs) > 0 {
+			lastEpoch = fmt.Sprint(r.Epochs[len(r.Epochs)-1].Epoch)
+		}
+		samples, _, okS := last(r, "samples")
+		reward, _, okR := last(r, "reward_mean")
+		eval := "–"
+		if e0, ep0, ok := first(r, "eval_reward_mean"); ok {
+			e1, ep1, _ := last(r, "eval_reward_mean")
+			eval = fmt.Sprintf("%s (epoch %d) → %s (epoch %d)", fmtValue(e0), ep0, fmtValue(e1), ep1)
+		}
+		best, bestOK := math.Inf(-1), false
+		for _, e := range r.Epochs {
+			if v, ok := e.Value("eval_reward_mean"); ok && v > best {
+				best, bestOK = v, true
+			}
+		}
+		elapsed := "–"
+		if v, _, ok := last(r, "elapsed_seconds"); ok {
+			elapsed = fmtDuration(v)
+		}
+		dense := r.Dense
+		if dense == "" {
+			dense = "?"
+		}
+		p.f("<tr><td>%s%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>\n",
+			swatch(runColor(i)), esc(r.Name), dense, lastEpoch, cell(samples, okS), cell(reward, okR), esc(eval), cell(best, bestOK), elapsed, esc(r.Dir))
+	}
+	p.f("</table>\n")
+	for _, r := range runs {
+		if r.Dense == "" {
+			p.note("%s: no [dense] enabled in config.toml; its legend entry does not say whether dense rewards were on", r.Name)
+		}
+	}
+	return nil
+}
+
+func fmtDuration(sec float64) string {
+	s := int(math.Round(sec))
+	if s >= 3600 {
+		return fmt.Sprintf("%d:%02d:%02d", s/3600, s/60%60, s%60)
+	}
+	return fmt.Sprintf("%d:%02d", s/60, s%60)
+}
+
+// keysWithPrefix lists the scalar keys starting with prefix that any run logs, sorted.
+func keysWithPrefix(runs []*Run, prefix string) []string {
+	var keys []string
+	for _, k := range scalarKeys(runs) {
+		if strings.HasPrefix(k, prefix) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// componentCharts draws one small chart per "<prefix><kind>" key when there is more than one
+// kind (with one kind the component is the mean already drawn).
+func componentCharts(p *page, runs []*Run, prefix string) {
+	keys := keysWithPrefix(runs, prefix)
+	if len(keys) < 2 {
+		return
+	}
+	p.f("<h3>Per reward kind</h3>\n<div class=\"grid\">")
+	for _, k := range keys {
+		p.f("%s\n", curveChart(runs, k, "epoch").svg(smallW, smallH))
+	}
+	p.f("</div>\n")
+}
+
+func rewardSection(p *page, runs []*Run) error {
+	p.f("<h2 id=\"rewards\">Training reward</h2>\n")
+	c := curveChart(runs, "reward_mean", "epoch")
+	if c.empty() {
+		p.note("no run logs reward_mean")
+		return nil
+	}
+	p.f("%s\n", c.svg(wideW, wideH))
+	if s := curveChart(runs, "reward_mean", "samples"); !s.empty() {
+		p.f("%s\n", s.svg(wideW, wideH))
+	} else {
+		p.note("no run logs samples: reward against samples omitted")
+	}
+	componentCharts(p, runs, "reward/")
+	return nil
+}
+
+func evalSection(p *page, runs []*Run) error {
+	p.f("<h2 id=\"eval\">Evaluation</h2>\n")
+	c := curveChart(runs, "eval_reward_mean", "epoch")
+	if c.empty() {
+		p.note("no run logs eval_reward_mean: evaluation omitted")
+		return nil
+	}
+	p.f("%s\n", c.svg(wideW, wideH))
+	for _, r := range runs {
+		if _, _, ok := last(r, "eval_reward_mean"); !ok {
+			p.note("%s: no evaluation logged", r.Name)
+		}
+	}
+	componentCharts(p, runs, "eval/")
+	return nil
+}
+
+// optimKeys are the small multiples of the optimisation section, in order.
+var optimKeys = []string{"loss", "policy_loss", "kl", "approx_kl", "clip_frac", "grad_norm", "dropped"}
+
+func optimSection(p *page, runs []*Run) error {
+	p.f("<h2 id=\"optim\">Optimisation</h2>\n<div class=\"grid\">")
+	var missing []string
+	for _, k := range optimKeys {
+		c := curveChart(runs, k, "epoch")
+		if c.empty() {
+			missing = append(missing, k)
+			continue
+		}
+		p.f("%s\n", c.svg(smallW, smallH))
+	}
+	p.f("</div>\n")
+	if len(missing) > 0 {
+		p.note("not logged by any run: %s", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// lighten mixes c with white: f = 0 is c, f = 1 is white.
+func lighten(c color.RGBA, f float64) color.RGBA {
+	m := func(v uint8) uint8 { return uint8(math.Round(float64(v) + (255-float64(v))*f)) }
+	return color.RGBA{m(c.R), m(c.G), m(c.B), 0xff}
+}
+
+// stepStats returns the vector key of the latest epoch that has it, that epoch, and the mean
+// over all epochs that have it, per step (steps absent from some epochs average over the rest).
+func stepStats(r *Run, key string) (latest []float64, latestEpoch int, mean []float64, n int) {
+	var sum []float64
+	var cnt []int
+	for _, e := range r.Epochs {
+		v, ok := e.Vectors[key]
+		if !ok || len(v) == 0 {
+			continue
+		}
+		latest, latestEpoch = v, e.Epoch
+		n++
+		for len(sum) < len(v) {
+			sum, cnt = append(sum, 0), append(cnt, 0)
+		}
+		for k, x := range v {
+			if !math.IsNaN(x) && !math.IsInf(x, 0) {
+				sum[k] += x
+				cnt[k]++
+			}
+		}
+	}
+	mean = make([]float64, len(sum))
+	for k := range sum {
+		if cnt[k] > 0 {
+			mean[k] = sum[k] / float64(cnt[k])
+		}
+	}
+	return latest, latestEpoch, mean, n
+}
+
+func stepLabels(n int) []string {
+	l := make([]string, n)
+	for k := range l {
+		l[k] = fmt.Sprint(k)
+	}
+	return l
+}
+
+func denseSection(p *page, runs []*Run) error {
+	p.f("<h2 id=\"dense\">Dense rewards per step</h2>\n")
+	p.f("<p class=\"note\">Step k is the transition x_k → x_{k+1}; ΔR_k = R_{k+1} − R_k is its step reward. pos_frac is the fraction of trajectories with ΔR_k &gt; 0.</p>\n")
+	for i, r := range runs {
+		latest, ep, mean, n := stepStats(r, "dense_pos_frac")
+		latestD, epD, meanD, nD := stepStats(r, "dense_delta_mean")
+		if n == 0 && nD == 0 {
+			p.note("%s: no per-step dense statistics (dense rewards off or not logged)", r.Label())
+			continue
+		}
+		p.f("<h3>%s%s</h3>\n<div class=\"grid\">", swatch(runColor(i)), esc(r.Label()))
+		col := runColor(i)
+		if n > 0 {
+			c := &barChart{title: "dense_pos_frac per step", xLabel: "step k", categories: stepLabels(max(len(latest), len(mean))),
+				series: []barSeries{
+					{label: fmt.Sprintf("epoch %d", ep), color: col, values: latest},
+					{label: fmt.Sprintf("mean of %d epochs", n), color: lighten(col, 0.55), values: mean},
+				}}
+			p.f("%s\n", c.svg(smallW, smallH))
+		}
+		if nD > 0 {
+			var std []float64
+			for _, e := range r.Epochs {
+				if e.Epoch == epD {
+					std = e.Vectors["dense_delta_std"]
+				}
+			}
+			label := fmt.Sprintf("epoch %d", epD)
+			if std != nil {
+				label += " (± std)"
+			}
+			c := &barChart{title: "dense_delta_mean per step", xLabel: "step k", categories: stepLabels(max(len(latestD), len(meanD))),
+				series: []barSeries{
+					{label: label, color: col, values: latestD, err: std},
+					{label: fmt.Sprintf("mean of %d epochs", nD), color: lighten(col, 0.55), values: meanD},
+				}}
+			p.f("%s\n", c.svg(smallW, smallH))
+		}
+		p.f("</div>\n")
+	}
+	return nil
+}
+
+func indexSeries(label string, col color.RGBA, dash bool, ys []float64) series {
+	s := series{label: label, color: col, dash: dash, y: ys}
+	for k := range ys {
+		s.x = append(s.x, float64(k))
+	}
+	return s
+}
+
+// maxPsiIterations is the most calibration iterations drawn; more are thinned evenly, keeping
+// the first and the last.
+const maxPsiIterations = 10
+
+func psiSection(p *page, runs []*Run) error {
+	p.f("<h2 id=\"psi\">Calibrated noise ψ(k)</h2>\n")
+	for i, r := range runs {
+		if r.Psi == nil {
+			p.note("%s: no psi.json (ψ not calibrated, the default a·sqrt(σ/(1−σ)) was used)", r.Label())
+			continue
+		}
+		ps, col := r.Psi, runColor(i)
+		p.f("<h3>%s%s</h3>\n<div class=\"grid\">", swatch(col), esc(r.Label()))
+		c := &lineChart{title: "ψ(k): start vs calibrated", xLabel: "step k", integerX: true}
+		if len(ps.Start) > 0 {
+			c.series = append(c.series, indexSeries("start a·sqrt(σ/(1−σ))", colGreyLine, true, ps.Start))
+		}
+		if len(ps.Psi) > 0 {
+			c.series = append(c.series, indexSeries("calibrated", col, false, ps.Psi))
+		}
+		if !c.empty() {
+			p.f("%s\n", c.svg(smallW, smallH))
+		}
+		if its := ps.Iterations; len(its) > 0 {
+			h := &lineChart{title: "ψ(k) per calibration iteration", xLabel: "step k", integerX: true}
+			pick := thin(len(its), maxPsiIterations)
+			for j, idx := range pick {
+				f := 0.0
+				if len(pick) > 1 {
+					f = 0.8 * (1 - float64(j)/float64(len(pick)-1))
+				}
+				h.series = append(h.series, indexSeries(fmt.Sprintf("it %d", its[idx].Iteration), lighten(col, f), false, its[idx].Psi))
+			}
+			p.f("%s\n", h.svg(smallW, smallH))
+		}
+		p.f("</div>\n")
+		if len(ps.Iterations) == 0 {
+			p.note("%s: psi.json has no iteration history", r.Name)
+			continue
+		}
+		p.f("<table><tr><th>iteration</th><th>mean ψ</th><th>Σ pos</th><th>Σ neg</th><th>max |pos − neg|</th></tr>\n")
+		for _, it := range ps.Iterations {
+			sumPos, sumNeg, worst := 0, 0, 0
+			for k := range it.Pos {
+				sumPos += it.Pos[k]
+				if k < len(it.Neg) {
+					worst = max(worst, abs(it.Pos[k]-it.Neg[k]))
+				}
+			}
+			for _, v := range it.Neg {
+				sumNeg += v
+			}
+			p.f("<tr><td>%d</td><td>%s</td><td>%d</td><td>%d</td><td>%d</td></tr>\n", it.Iteration, fmtValue(meanOf(it.Psi)), sumPos, sumNeg, worst)
+		}
+		p.f("</table>\n")
+	}
+	return nil
+}
+
+// thin picks at most k of n indices, evenly spaced, always the first and the last.
+func thin(n, k int) []int {
+	if n <= k {
+		idx := make([]int, n)
+		for i := range idx {
+			idx[i] = i
+		}
+		return idx
+	}
+	idx := make([]int, k)
+	for i := range idx {
+		idx[i] = int(math.Round(float64(i) * float64(n-1) / float64(k-1)))
+	}
+	return idx
+}
+
+func abs(v int) int {
+	if v < 0 {
+		return -v
+	}
+	return v
+}
+
+func meanOf(v []float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	s := 0.0
+	for _, x := range v {
+		s += x
+	}
+	return s / float64(len(v))
+}
+
+// stageOrder is the pipeline's stage order; other stages follow sorted by name.
+var stageOrder = []string{"rollout", "lookahead", "decode", "score", "train"}
+
+func stageNames(r *Run) []string {
+	seen := map[string]bool{}
+	for _, e := range r.Epochs {
+		for s := range e.Stages {
+			seen[s] = true
+		}
+	}
+	var names []string
+	for _, s := range stageOrder {
+		if seen[s] {
+			names = append(names, s)
+			delete(seen, s)
+		}
+	}
+	var rest []string
+	for s := range seen {
+		rest = append(rest, s)
+	}
+	sort.Strings(rest)
+	return append(names, rest...)
+}
+
+func timingSection(p *page, runs []*Run) error {
+	p.f("<h2 id=\"timings\">Stage timings</h2>\n")
+	for i, r := range runs {
+		names := stageNames(r)
+		if len(names) == 0 {
+			p.note("%s: no stage_seconds logged", r.Label())
+			continue
+		}
+		c := &barChart{title: "stage seconds per epoch (stacked) and wall_seconds", xLabel: "epoch", stacked: true}
+		wall := &series{label: "wall_seconds", color: colText}
+		var rows []Epoch
+		for _, e := range r.Epochs {
+			if len(e.Stages) > 0 {
+				rows = append(rows, e)
+			}
+		}
+		totals := make([]float64, len(names))
+		for j, name := range names {
+			s := barSeries{label: name, color: palette[j%len(palette)]}
+			for _, e := range rows {
+				s.values = append(s.values, e.Stages[name])
+				totals[j] += e.Stages[name]
+			}
+			c.series = append(c.series, s)
+		}
+		for k, e := range rows {
+			c.categories = append(c.categories, fmt.Sprint(e.Epoch))
+			if v, ok := e.Value("wall_seconds"); ok {
+				wall.x, wall.y = append(wall.x, float64(k)), append(wall.y, v)
+			}
+		}
+		if len(wall.x) > 0 {
+			c.overlay = wall
+		}
+		p.f("<h3>%s%s</h3>\n%s\n", swatch(runColor(i)), esc(r.Label()), c.svg(wideW, smallH))
+		sum := 0.0
+		for _, t := range totals {
+			sum += t
+		}
+		p.f("<table><tr><th>stage</th><th>mean seconds / epoch</th><th>share</th></tr>\n")
+		for j, name := range names {
+			share := 0.0
+			if sum > 0 {
+				share = 100 * totals[j] / sum
+			}
+			p.f("<tr><td>%s</td><td>%s</td><td>%.1f%%</td></tr>\n", esc(name), fmtValue(totals[j]/float64(len(rows))), share)
+		}
+		p.f("</table>\n")
+	}
+	p.f("<div class=\"grid\">")
+	for _, k := range []string{"wall_seconds", "samples_per_second"} {
+		if c := curveChart(runs, k, "epoch"); !c.empty() {
+			p.f("%s\n", c.svg(smallW, smallH))
+		}
+	}
+	p.f("</div>\n")
+	return nil
+}
+
+func sampleSection(p *page, runs []*Run) error {
+	p.f("<h2 id=\"samples\">Latest samples</h2>\n")
+	for i, r := range runs {
+		if r.Sample == "" {
+			p.note("%s: no samples/*.png", r.Label())
+			continue
+		}
+		data, err := os.ReadFile(r.Sample)
+		if err != nil {
+			return fmt.Errorf("read sample grid: %w", err)
+		}
+		cfg, err := png.DecodeConfig(bytes.NewReader(data))
+		if err != nil {
+			return fmt.Errorf("decode sample grid %s: %w", r.Sample, err)
+		}
+		// Small grids are shown at twice their size, pixelated, so that a 64-px sample is legible.
+		w := cfg.Width
+		if w < 540 {
+			w *= 2
+		}
+		p.f("<figure><figcaption>%s%s — %s (%d×%d)</figcaption><img class=\"grid\" width=\"%d\" alt=\"%s\" src=\"data:image/png;base64,%s\"></figure>\n",
+			swatch(runColor(i)), esc(r.Label()), esc(filepath.Base(r.Sample)), cfg.Width, cfg.Height, w, esc(r.Name+" "+filepath.Base(r.Sample)),
+			base64.StdEncoding.EncodeToString(data))
+	}
+	return nil
+}
