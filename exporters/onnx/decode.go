@@ -445,7 +445,6 @@ func decodeValueInfo(b []byte) (ValueInfo, error) {
 			vi.DType = DType(v.u)
 		case tensorTypeShape:
 			vi.UnknownShape = false
-			vi.Dims = []Dim{}
 			return walk(v.b, func(num protowire.Number, _ protowire.Type, v field) error {
 				if num != shapeDim {
 					return nil
@@ -454,9 +453,9 @@ func decodeValueInfo(b []byte) (ValueInfo, error) {
 				err := walk(v.b, func(num protowire.Number, _ protowire.Type, f field) error {
 					switch num {
 					case dimValue:
-						d.Value = int64(f.u)
+						d = Dim{Value: int64(f.u)}
 					case dimParam:
-						d.Param = string(f.b)
+						d = Dim{Param: string(f.b)}
 					}
 					return nil
 				})

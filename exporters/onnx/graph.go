@@ -278,13 +278,13 @@ func NewGraph(name string) *Graph { return &Graph{Name: name} }
 
 // Input declares a graph input and returns its name.
 func (g *Graph) Input(name string, dt DType, dims ...Dim) string {
-	g.Inputs = append(g.Inputs, ValueInfo{Name: name, DType: dt, Dims: append([]Dim{}, dims...)})
+	g.Inputs = append(g.Inputs, ValueInfo{Name: name, DType: dt, Dims: append([]Dim(nil), dims...)})
 	return name
 }
 
 // Output declares a graph output; a node (or an input or initializer) must produce name.
 func (g *Graph) Output(name string, dt DType, dims ...Dim) {
-	g.Outputs = append(g.Outputs, ValueInfo{Name: name, DType: dt, Dims: append([]Dim{}, dims...)})
+	g.Outputs = append(g.Outputs, ValueInfo{Name: name, DType: dt, Dims: append([]Dim(nil), dims...)})
 }
 
 // Initializer adds a constant tensor (a weight) and returns its name.
@@ -330,6 +330,16 @@ func (g *Graph) Op(op string, inputs []string, attrs ...Attr) string {
 	out := g.Unique(op + "_out")
 	g.Node(op, inputs, []string{out}, attrs...)
 	return out
+}
+
+// Ops appends an operator with n outputs (e.g. Split) and returns their fresh names.
+func (g *Graph) Ops(op string, inputs []string, n int, attrs ...Attr) []string {
+	outs := make([]string, n)
+	for i := range outs {
+		outs[i] = g.Unique(op + "_out")
+	}
+	g.Node(op, inputs, outs, attrs...)
+	return outs
 }
 
 // Unique returns a name starting with prefix that no input, output, initializer, node or value

@@ -409,3 +409,26 @@ func TestTransposeReshape(t *testing.T) {
 	checkF32(t, "t", got["t"], []int64{4, 2, 3}, want)
 	checkF32(t, "y", got["y"], []int64{4, 6}, want)
 }
+
+// Split (opset 13+: sizes as an input) of x [2,6] along axis 1 into widths 1, 2, 3, each
+// piece named by Ops: piece p holds columns [start_p, start_p+width_p) of every row.
+func TestSplitOps(t *testing.T) {
+	xs := ramp(12, 5.5)
+	g := NewGraph("split")
+	x := g.Input("x", Float32, Fixed(2, 6)...)
+	parts := g.Ops("Split", []string{x, g.ConstI64("split", []int64{3}, []int64{1, 2, 3})}, 3, AttrInt("axis", 1))
+	widths := []int{1, 2, 3}
+	for i, p := range parts {
+		g.Output(p, Float32, Fixed(2, int64(widths[i]))...)
+	}
+	got := runModel(t, &Model{Graph: g}, map[string]onnxrt.Tensor{"x": f32([]int64{2, 6}, xs)})
+	start := 0
+	for i, p := range parts {
+		var want []float32
+		for r := 0; r < 2; r++ {
+			want = append(want, xs[r*6+start:r*6+start+widths[i]]...)
+		}
+		checkF32(t, p, got[p], []int64{2, int64(widths[i])}, want)
+		start += widths[i]
+	}
+}
