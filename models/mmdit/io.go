@@ -1,0 +1,329 @@
+package mmdit
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/densegrpo/densegrpo/models/safetensors"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
+)
+
+// Init creates (or overwrites) every base weight in ctx with a fresh
+// DiT-style initialisation drawn from seed: linear and patch weights
+// Xavier-uniform with zero bias; the timestep and pooled-text MLPs N(0, 0.02²);
+// every adaLN modulation (norm1, norm1_context, norm_out) and proj_out zero,
+// so each block starts as the identity and the output as zero; RMS norm
+// scales one. Base weights are trainable unless the model has LoRA.
+func (m *Model) Init(ctx *mlctx.Context, seed uint64) error {
+	rng := rand.New(rand.NewPCG(seed, 0x6d6d646974)) // "mmdit"
+	for _, p := range m.Config.Params() {
+		data := make([]float32, numElements(p.Shape))
+		module, _ := splitKey(p.Key)
+		switch {
+		case strings.HasSuffix(p.Key, ".bias"):
+			// zero
+		case strings.Contains(module, ".norm_"): // RMS norm scales of attn / attn2
+			for i := range data {
+				data[i] = 1
+			}
+		case strings.HasSuffix(module, "norm1.linear"), strings.HasSuffix(module, "norm1_context.linear"),
+			module == "norm_out.linear", module == "proj_out":
+			// zero: adaLN-Zero and zero final layer
+		case strings.HasPrefix(module, "time_text_embed."):
+			for i := range data {
+				data[i] = float32(rng.NormFloat64() * 0.02)
+			}
+		default:
+			out := p.Shape[0]
+			in := numElements(p.Shape) / out
+			limit := math.Sqrt(6 / float64(in+out))
+			for i := range data {
+				data[i] = float32((2*rng.Float64() - 1) * limit)
+			}
+		}
+		if err := setVariable(ctx, p.Key, p.Shape, data, m.LoRA == nil); err != nil {
+			return fmt.Errorf("init mmdit: %w", err)
+		}
+	}
+	return nil
+}
+
+// InitLoRA creates (or resets) the adapters: lora_A ~ N(0, 1/r²) (PEFT's
+// "gaussian" init) and lora_B = 0, so the adapted model equals the base
+// model. The adapters are trainable.
+func (m *Model) InitLoRA(ctx *mlctx.Context, seed uint64) error {
+	if m.LoRA == nil {
+		return fmt.Errorf("init lora: model has no LoRA config")
+	}
+	rng := rand.New(rand.NewPCG(seed, 0x6c6f7261)) // "lora"
+	std := 1 / float64(m.LoRA.Rank)
+	for _, p := range m.LoRA.Params(m.Config) {
+		data := make([]float32, numElements(p.Shape))
+		if strings.HasSuffix(p.Key, ".lora_A.weight") {
+			for i := range data {
+				data[i] = float32(rng.NormFloat64() * std)
+			}
+		}
+		if err := setVariable(ctx, p.Key, p.Shape, data, true); err != nil {
+			return fmt.Errorf("init lora: %w", err)
+		}
+	}
+	return nil
+}
+
+// splitKey returns the module path and the tensor name of a key.
+func splitKey(key string) (module, name string) {
+	i := strings.LastIndex(key, ".")
+	return key[:i], key[i+1:]
+}
+
+// setVariable creates or overwrites the float32 variable of a checkpoint key
+// under ctx's scope.
+func setVariable(ctx *mlctx.Context, key string, shape []int, data []float32, trainable bool) error {
+	scope, name, err := KeyToScope(key)
+	if err != nil {
+		return err
+	}
+	abs := joinRoot(ctx.Scope(), scope)
+	t := tensors.FromFlatDataAndDimensions(data, shape...)
+	v := ctx.GetVariableByScopeAndName(abs, name)
+	if v == nil {
+		v = ctx.InAbsPath(abs).Checked(false).VariableWithValue(name, t)
+	} else {
+		if !slices.Equal(v.Shape().Dimensions, shape) {
+			return fmt.Errorf("tensor %q: existing variable has shape %s, want %v", key, v.Shape(), shape)
+		}
+		if err := v.SetValue(t); err != nil {
+			return fmt.Errorf("tensor %q: %w", key, err)
+		}
+	}
+	v.SetTrainable(trainable)
+	return nil
+}
+
+// variableData copies the value of a checkpoint key's variable.
+func variableData(ctx *mlctx.Context, key string, shape []int) ([]float32, error) {
+	v, err := lookupVariable(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	if v == nil {
+		return nil, fmt.Errorf("missing tensor %q (want %v): the model was not initialised or loaded", key, shape)
+	}
+	if !slices.Equal(v.Shape().Dimensions, shape) {
+		return nil, fmt.Errorf("tensor %q: variable has shape %s, want %v", key, v.Shape(), shape)
+	}
+	t, err := v.Value()
+	if err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", key, err)
+	}
+	data, err := tensors.CopyFlatData[float32](t)
+	if err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", key, err)
+	}
+	return data, nil
+}
+
+// save writes the variables of params to path.
+func save(ctx *mlctx.Context, path string, params []Param, meta map[string]string) error {
+	out := make(map[string]safetensors.Tensor, len(params))
+	for _, p := range params {
+		data, err := variableData(ctx, p.Key, p.Shape)
+		if err != nil {
+			return err
+		}
+		out[p.Key] = safetensors.Tensor{Shape: p.Shape, Data: data}
+	}
+	return safetensors.Write(path, out, meta)
+}
+
+// SaveBase writes the base weights as F32 safetensors with diffusers keys
+// (loadable by SD3Transformer2DModel); the config JSON is in the metadata
+// under "mmdit_config".
+func (m *Model) SaveBase(ctx *mlctx.Context, path string) error {
+	cfg, err := json.Marshal(m.Config)
+	if err != nil {
+		return fmt.Errorf("save mmdit %s: %w", path, err)
+	}
+	if err := save(ctx, path, m.Config.Params(), map[string]string{"format": "pt", "mmdit_config": string(cfg)}); err != nil {
+		return fmt.Errorf("save mmdit %s: %w", path, err)
+	}
+	return nil
+}
+
+// SaveLoRA writes the adapters as F32 safetensors with PEFT keys; rank, alpha
+// and targets are recorded in the metadata.
+func (m *Model) SaveLoRA(ctx *mlctx.Context, path string) error {
+	if m.LoRA == nil {
+		return fmt.Errorf("save lora %s: model has no LoRA config", path)
+	}
+	targets, err := json.Marshal(m.LoRA.targets())
+	if err != nil {
+		return fmt.Errorf("save lora %s: %w", path, err)
+	}
+	meta := map[string]string{
+		"format":         "pt",
+		"lora_rank":      strconv.Itoa(m.LoRA.Rank),
+		"lora_alpha":     strconv.FormatFloat(m.LoRA.Alpha, 'g', -1, 64),
+		"target_modules": string(targets),
+	}
+	if err := save(ctx, path, m.LoRA.Params(m.Config), meta); err != nil {
+		return fmt.Errorf("save lora %s: %w", path, err)
+	}
+	return nil
+}
+
+// Load reads base weights with diffusers keys from a safetensors file (F32,
+// F16 or BF16) into ctx. Every tensor of the config must be present with its
+// shape; keys the config does not declare are an error, except diffusers'
+// position-embedding buffer "pos_embed.pos_embed", which is checked against
+// the computed table and otherwise ignored. Nothing is written to ctx unless
+// the whole header checks out. Base weights are trainable unless the model has
+// LoRA.
+func (m *Model) Load(ctx *mlctx.Context, path string) error {
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return fmt.Errorf("load mmdit: %w", err)
+	}
+	defer f.Close()
+	params := m.Config.Params()
+	rename := func(name string) string { return name }
+	if err := checkHeader(f, params, rename, []string{posEmbedKey}); err != nil {
+		return fmt.Errorf("load mmdit %s: %w", path, err)
+	}
+	if _, ok := f.Info(posEmbedKey); ok {
+		if err := m.checkPosEmbed(f); err != nil {
+			return fmt.Errorf("load mmdit %s: %w", path, err)
+		}
+	}
+	for _, p := range params {
+		t, err := f.Tensor(p.Key)
+		if err != nil {
+			return fmt.Errorf("load mmdit: %w", err)
+		}
+		if err := setVariable(ctx, p.Key, p.Shape, t.Data, m.LoRA == nil); err != nil {
+			return fmt.Errorf("load mmdit %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// loraPrefixes are key prefixes other tools put before PEFT names: PEFT's
+// save_pretrained ("base_model.model.") and diffusers' pipeline LoRA files
+// ("transformer."). LoadLoRA strips them.
+var loraPrefixes = []string{"base_model.model.", "transformer."}
+
+// LoadLoRA reads adapters with PEFT keys (optionally prefixed by
+// "base_model.model." or "transformer.") into ctx. Every adapter of the LoRA
+// config must be present with its shape (rank included) and no other tensor
+// may be; if the file records lora_alpha it must equal the config's.
+func (m *Model) LoadLoRA(ctx *mlctx.Context, path string) error {
+	if m.LoRA == nil {
+		return fmt.Errorf("load lora %s: model has no LoRA config", path)
+	}
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return fmt.Errorf("load lora: %w", err)
+	}
+	defer f.Close()
+	prefix := ""
+	for _, pre := range loraPrefixes {
+		names := f.Names()
+		if len(names) > 0 && !slices.ContainsFunc(names, func(n string) bool { return !strings.HasPrefix(n, pre) }) {
+			prefix = pre
+			break
+		}
+	}
+	rename := func(name string) string { return prefix + name }
+	params := m.LoRA.Params(m.Config)
+	if err := checkHeader(f, params, rename, nil); err != nil {
+		return fmt.Errorf("load lora %s: %w", path, err)
+	}
+	if a, ok := f.Metadata()["lora_alpha"]; ok {
+		alpha, err := strconv.ParseFloat(a, 64)
+		if err != nil || alpha != m.LoRA.Alpha {
+			return fmt.Errorf("load lora %s: file has lora_alpha %q, config has %g", path, a, m.LoRA.Alpha)
+		}
+	}
+	for _, p := range params {
+		t, err := f.Tensor(rename(p.Key))
+		if err != nil {
+			return fmt.Errorf("load lora: %w", err)
+		}
+		if err := setVariable(ctx, p.Key, p.Shape, t.Data, true); err != nil {
+			return fmt.Errorf("load lora %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// checkHeader verifies that the file holds exactly params (file name =
+// rename(key)) with their shapes, allowing the extra names in ignore.
+func checkHeader(f *safetensors.File, params []Param, rename func(string) string, ignore []string) error {
+	want := make(map[string]bool, len(params))
+	var missing []string
+	for _, p := range params {
+		name := rename(p.Key)
+		want[name] = true
+		info, ok := f.Info(name)
+		if !ok {
+			missing = append(missing, fmt.Sprintf("missing tensor %q (want %v)", name, p.Shape))
+			continue
+		}
+		if !slices.Equal(info.Shape, p.Shape) {
+			return fmt.Errorf("tensor %q: file has shape %v, model wants %v", name, info.Shape, p.Shape)
+		}
+	}
+	if len(missing) == 1 {
+		return fmt.Errorf("%s", missing[0])
+	}
+	if len(missing) > 1 {
+		return fmt.Errorf("%s and %d more missing tensors", missing[0], len(missing)-1)
+	}
+	var unexpected []string
+	for _, name := range f.Names() {
+		if !want[name] && !slices.Contains(ignore, name) {
+			unexpected = append(unexpected, name)
+		}
+	}
+	if len(unexpected) > 0 {
+		shown := unexpected
+		if len(shown) > 5 {
+			shown = shown[:5]
+		}
+		return fmt.Errorf("%d tensors not declared by the model config, e.g. %q", len(unexpected), shown)
+	}
+	return nil
+}
+
+// checkPosEmbed compares diffusers' stored position-embedding buffer
+// [1, max², d] with the table this package computes. The tolerance 1e-2
+// covers BF16 storage (values in [−1, 1], 8-bit mantissa); a layout error
+// (swapped halves, wrong grid scale) is off by O(1).
+func (m *Model) checkPosEmbed(f *safetensors.File) error {
+	c := m.Config
+	mx, d := c.PosEmbedMaxSize, c.InnerDim()
+	info, _ := f.Info(posEmbedKey)
+	if want := []int{1, mx * mx, d}; !slices.Equal(info.Shape, want) {
+		return fmt.Errorf("tensor %q: file has shape %v, model wants %v", posEmbedKey, info.Shape, want)
+	}
+	t, err := f.Tensor(posEmbedKey)
+	if err != nil {
+		return err
+	}
+	table := PosEmbed2D(d, mx, c.BaseSize(), mx, mx)
+	for i, row := range table {
+		for j, v := range row {
+			if got := t.Data[i*d+j]; math.Abs(float64(got-v)) > 1e-2 {
+				return fmt.Errorf("tensor %q: value [0 %d %d] = %g, computed sin-cos table has %g (position layout differs)", posEmbedKey, i, j, got, v)
+			}
+		}
+	}
+	return nil
+}
