@@ -212,8 +212,21 @@ func (c *canvas) fillBand(xs, lo, hi []float64, col color.RGBA, a float64) {
 	}
 }
 
+// asciiText spells the symbols of titles and labels in ASCII, which is all basicfont has;
+// other non-ASCII runes become '?'.
+func asciiText(s string) string {
+	s = strings.NewReplacer("±", "+/-", "ψ", "psi", "σ", "sigma", "Δ", "d", "→", "->", "−", "-", "–", "-", "×", "x").Replace(s)
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
 // text draws s with its baseline at y; anchor is "start", "middle" or "end".
 func (c *canvas) text(x, y float64, s string, col color.RGBA, anchor string) {
+	s = asciiText(s)
 	w := float64(len([]rune(s)) * charW)
 	switch anchor {
 	case "middle":

@@ -522,11 +522,14 @@ func meanOf(v []float64) float64 {
 // stageOrder is the pipeline's stage order; other stages follow sorted by name.
 var stageOrder = []string{"rollout", "lookahead", "decode", "score", "train"}
 
-func stageNames(r *Run) []string {
+// stageNames lists the stages the runs log, pipeline order first.
+func stageNames(runs ...*Run) []string {
 	seen := map[string]bool{}
-	for _, e := range r.Epochs {
-		for s := range e.Stages {
-			seen[s] = true
+	for _, r := range runs {
+		for _, e := range r.Epochs {
+			for s := range e.Stages {
+				seen[s] = true
+			}
 		}
 	}
 	var names []string
@@ -546,6 +549,11 @@ func stageNames(r *Run) []string {
 
 func timingSection(p *page, runs []*Run) error {
 	p.f("<h2 id=\"timings\">Stage timings</h2>\n")
+	// A stage has the same colour in every run's chart.
+	stageColor := map[string]color.RGBA{}
+	for j, name := range stageNames(runs...) {
+		stageColor[name] = palette[j%len(palette)]
+	}
 	for i, r := range runs {
 		names := stageNames(r)
 		if len(names) == 0 {
@@ -562,7 +570,7 @@ func timingSection(p *page, runs []*Run) error {
 		}
 		totals := make([]float64, len(names))
 		for j, name := range names {
-			s := barSeries{label: name, color: palette[j%len(palette)]}
+			s := barSeries{label: name, color: stageColor[name]}
 			for _, e := range rows {
 				s.values = append(s.values, e.Stages[name])
 				totals[j] += e.Stages[name]

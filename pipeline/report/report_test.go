@@ -381,3 +381,16 @@ func TestWriteAtomicFailure(t *testing.T) {
 		t.Errorf("content %q, want ok", data)
 	}
 }
+
+func TestASCIIText(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"reward_mean ± reward_std vs epoch", "reward_mean +/- reward_std vs epoch"},
+		{"ψ(k) at σ = 0.5", "psi(k) at sigma = 0.5"},
+		{"café\t1", "caf??1"}, // é and the tab are outside basicfont's printable ASCII
+	}
+	for _, tc := range tests {
+		if got := asciiText(tc.in); got != tc.want {
+			t.Errorf("asciiText(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
