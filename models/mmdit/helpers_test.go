@@ -84,13 +84,23 @@ func forward(t *testing.T, ctx *mlctx.Context, m *Model, in inputs, withLoRA boo
 	}
 	defer exec.Finalize()
 	var out *tensors.Tensor
-	if err := nn.Try(func() { out, err = exec.Exec1(in.latents, in.timestep, in.enc, in.pooled) }); err != nil {
-		t.Fatal(err)
-	}
-	if err != nil {
+	if err := execErr(func() error {
+		var err error
+		out, err = exec.Exec1(in.latents, in.timestep, in.enc, in.pooled)
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// execErr runs fn and returns its error or, if it panics, the panic as an error.
+func execErr(fn func() error) error {
+	var err error
+	if perr := nn.Try(func() { err = fn() }); perr != nil {
+		return perr
+	}
+	return err
 }
 
 func flat(t *testing.T, x *tensors.Tensor) []float32 {

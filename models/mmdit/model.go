@@ -284,13 +284,13 @@ func layerNorm(x *Node) *Node {
 	mean := ReduceAndKeep(x, ReduceMean, -1)
 	centred := Sub(x, mean)
 	variance := ReduceAndKeep(Square(centred), ReduceMean, -1)
-	return Mul(centred, Rsqrt(AddScalar(variance, normEps)))
+	return Div(centred, Sqrt(AddScalar(variance, normEps))) // GoMLX has no Rsqrt gradient
 }
 
 // rmsNorm is diffusers' RMSNorm over the last axis with a learned scale [D].
 func (b *builder) rmsNorm(key string, x *Node) *Node {
 	ms := ReduceAndKeep(Square(x), ReduceMean, -1)
-	y := Mul(x, Rsqrt(AddScalar(ms, normEps)))
+	y := Div(x, Sqrt(AddScalar(ms, normEps)))
 	return Mul(y, ExpandLeftToRank(b.param(key), y.Rank()))
 }
 
@@ -299,9 +299,21 @@ func modulate(x, shift, scale *Node) *Node {
 	return Add(Mul(x, OnePlus(InsertAxes(scale, 1))), InsertAxes(shift, 1))
 }
 
-// chunks splits the adaLN projection of SiLU(temb) into n [B, d] pieces.
+// chunks splits the adaLN projection of SiLU(temb) [B, n·d] into n [B, d]
+// pieces, like torch.chunk. It selects with one-hot masks and a sum instead of
+// Slice, whose gradient (Pad) SimpleGo does not implement; the values are
+// exact (x·1 + 0·y terms).
 func (b *builder) chunks(module string, temb *Node, n int) []*Node {
-	return Split(b.linear(module, silu(temb)), 1, n)
+	y := b.linear(module, silu(temb))
+	batch, d := y.Shape().Dim(0), y.Shape().Dim(1)/n
+	y = Reshape(y, batch, n, d)
+	out := make([]*Node, n)
+	for i := range out {
+		mask := make([]float32, n)
+		mask[i] = 1
+		out[i] = ReduceSum(Mul(y, Reshape(Const(b.g, mask), 1, n, 1)), 1)
+	}
+	return out
 }
 
 // adaNormContinuous is AdaLayerNormContinuous (no affine, eps 1e-6): the
@@ -346,18 +358,31 @@ func (b *builder) attention(q, k, v *Node) *Node {
 }
 
 // jointAttention is Attention with JointAttnProcessor2_0: image and text
-// tokens attend jointly (image first); returns the image output (to_out.0)
-// and, unless the block is context_pre_only, the text output (to_add_out).
+// tokens attend jointly over the concatenated keys/values (image first);
+// returns the image output (to_out.0) and, unless the block is
+// context_pre_only, the text output (to_add_out). Softmax is per query, so
+// attending with the image queries and the text queries separately equals
+// diffusers' joint attention followed by the split (and needs no Slice); the
+// last block's text queries would only feed the discarded text output, so
+// they are not computed.
 func (b *builder) jointAttention(module string, x, txt *Node, last bool) (*Node, *Node) {
 	q, k, v := b.qkv(module, "to_q", "to_k", "to_v", "norm_q", "norm_k", x)
-	tq, tk, tv := b.qkv(module, "add_q_proj", "add_k_proj", "add_v_proj", "norm_added_q", "norm_added_k", txt)
-	n := x.Shape().Dim(1)
-	out := b.attention(Concatenate([]*Node{q, tq}, 2), Concatenate([]*Node{k, tk}, 2), Concatenate([]*Node{v, tv}, 2))
-	xOut := b.linear(module+".to_out.0", SliceAxis(out, 1, AxisRange(0, n)))
+	tk := b.heads(b.linear(module+".add_k_proj", txt))
+	tv := b.heads(b.linear(module+".add_v_proj", txt))
+	if b.m.Config.QKNorm == "rms_norm" {
+		tk = b.rmsNorm(module+".norm_added_k.weight", tk)
+	}
+	keys := Concatenate([]*Node{k, tk}, 2)
+	values := Concatenate([]*Node{v, tv}, 2)
+	xOut := b.linear(module+".to_out.0", b.attention(q, keys, values))
 	if last {
 		return xOut, nil
 	}
-	return xOut, b.linear(module+".to_add_out", SliceAxis(out, 1, AxisRangeToEnd(n)))
+	tq := b.heads(b.linear(module+".add_q_proj", txt))
+	if b.m.Config.QKNorm == "rms_norm" {
+		tq = b.rmsNorm(module+".norm_added_q.weight", tq)
+	}
+	return xOut, b.linear(module+".to_add_out", b.attention(tq, keys, values))
 }
 
 // jointBlock is JointTransformerBlock i: adaLN-Zero modulated joint

@@ -69,7 +69,10 @@ func (p *paramList) add(key string, shape ...int) { *p = append(*p, Param{key, s
 
 // Params lists every base-model tensor with the diffusers checkpoint key and
 // shape, in module order. It is the single declaration of the model's weights:
-// Forward looks shapes up here, Init/Load/SaveBase iterate it.
+// Forward looks shapes up here, Init/Load/SaveBase iterate it. The last
+// block's attn.add_q_proj and attn.norm_added_q are declared (checkpoints have
+// them) but Forward does not read them: they only feed that block's discarded
+// text output.
 func (c Config) Params() []Param {
 	d := c.InnerDim()
 	p := c.PatchSize
