@@ -181,9 +181,16 @@ func GuidedVelocity(ctx *mlctx.Context, vel Velocity, x, timestep *Node, cond, u
 		both[i] = Concatenate([]*Node{cond[i], uncond[i]}, 0)
 	}
 	v := f32(vel(ctx, Concatenate([]*Node{x, x}, 0), Concatenate([]*Node{timestep, timestep}, 0), both, withLoRA))
-	vc := Slice(v, AxisRange(0, b))
-	vu := Slice(v, AxisRange(b, 2*b))
-	return Add(vu, MulScalar(Sub(vc, vu), w))
+	// Combined as w·v_c + (1−w)·v_u = v_u + w·(v_c − v_u) by a weighted sum over a leading axis of
+	// 2, not by Slice: Slice's gradient needs Pad, which SimpleGo does not implement.
+	dims := append([]int{2, b}, v.Shape().Dimensions[1:]...)
+	coefDims := make([]int, len(dims))
+	for i := range coefDims {
+		coefDims[i] = 1
+	}
+	coefDims[0] = 2
+	coef := Reshape(Const(x.Graph(), []float32{float32(w), float32(1 - w)}), coefDims...)
+	return ReduceSum(Mul(Reshape(v, dims...), coef), 0)
 }
 
 // selectRows gives every sample its conditioning row: t [P, …] gathered with idx [B] (int32),

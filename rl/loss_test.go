@@ -1,0 +1,118 @@
+package rl
+
+import (
+	"context"
+	"math"
+	"testing"
+
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
+
+	"github.com/densegrpo/densegrpo/models/nn/nntest"
+)
+
+// Two samples, ε = 0.2. Sample 0: Δlogp = log 1.5, A = 1; sample 1: Δlogp = log 1.5, A = −1.
+// ratio = 1.5, clip(ratio) = 1.2:
+//
+//	sample 0: max(−1.5, −1.2) = −1.2;  sample 1: max(1.5, 1.2) = 1.5 → policy = 0.15
+//	clip fraction = 1, approx KL = 0.5·log(1.5)², mean ratio 1.5
+//
+// mean_θ − mean_ref = [[1, 2], [0, 0]] (elements): per-sample mean of squares [2.5, 0];
+// SDE with s = 0.5: [2.5/(2·0.25), 0] = [5, 0] → KL = 2.5; CPS: [2.5, 0] → KL = 1.25.
+// β = 0.1: total = 0.15 + 0.25 (SDE), 0.15 + 0.125 (CPS).
+func TestGRPOLoss(t *testing.T) {
+	l15 := float32(math.Log(1.5))
+	args := []any{[]float32{l15 - 1, l15 + 2}, []float32{-1, 2}, []float32{1, -1},
+		[][]float32{{1, 2}, {3, 4}}, [][]float32{{0, 0}, {3, 4}}, float32(0.5)}
+	for _, tc := range []struct {
+		kind      Kind
+		kl, total float64
+	}{{KindSDE, 2.5, 0.4}, {KindCPS, 1.25, 0.275}} {
+		cfg := LossConfig{Kind: tc.kind, ClipRange: 0.2, Beta: 0.1}
+		out := runGraph(t, func(lp, lpOld, adv, mt, mr, s *Node) []*Node {
+			l := GRPOLoss(lp, lpOld, adv, mt, mr, s, cfg)
+			return []*Node{l.Total, l.Policy, l.KL, l.ApproxKL, l.ClipFrac, l.RatioMean}
+		}, args...)
+		lg := math.Log(1.5)
+		checkVec(t, string(tc.kind)+" total", out[0], []float64{tc.total})
+		checkVec(t, string(tc.kind)+" policy", out[1], []float64{0.15})
+		checkVec(t, string(tc.kind)+" kl", out[2], []float64{tc.kl})
+		checkVec(t, string(tc.kind)+" approx kl", out[3], []float64{0.5 * lg * lg})
+		checkVec(t, string(tc.kind)+" clip frac", out[4], []float64{1})
+		checkVec(t, string(tc.kind)+" ratio", out[5], []float64{1.5})
+	}
+}
+
+// scaledVelocity is v = x·(w + d) + m·x with trainable w [1, 2] and a LoRA-like delta d (zero at
+// start) that withLoRA = false leaves out, and m = cond[0] per sample.
+func scaledVelocity(ctx *mlctx.Context, x, _ *Node, cond []*Node, withLoRA bool) *Node {
+	w := ctx.In("lin").VariableWithValue("w", [][]float32{{0.5, -0.25}}).ValueGraph(x.Graph())
+	if withLoRA {
+		w = Add(w, ctx.In("lin").VariableWithValue("d", [][]float32{{0, 0}}).ValueGraph(x.Graph()))
+	}
+	return Add(Mul(x, w), Mul(x, cond[0]))
+}
+
+func TestTrainerFirstUpdateRatio(t *testing.T) {
+	cond := Conditioning{
+		Cond:   []*tensors.Tensor{tensors.FromValue([][]float32{{0.5}, {-1.5}})},
+		Uncond: []*tensors.Tensor{tensors.FromValue([][]float32{{0.1}})},
+	}
+	for _, kind := range []Kind{KindSDE, KindCPS} {
+		ctx := mlctx.New()
+		sched, _ := SD3Schedule(4, DefaultShift)
+		backend := nntest.Backend(t)
+		s, err := NewSampler(backend, ctx, scaledVelocity, sched, SamplerConfig{Kind: kind, NoiseLevel: 0.7, GroupSize: 3,
+			LatentShape: []int{2}, Guidance: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := s.Rollout(context.Background(), cond, 17)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tn, err := NewTrainer(backend, ctx, scaledVelocity, TrainConfig{Loss: LossConfig{Kind: kind, ClipRange: 1e-4, Beta: 0.04},
+			Guidance: 2, LearningRate: 0.05, GradClip: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		all := []int{0, 1, 2, 3, 4, 5}
+		// Unchanged weights: the recomputed log-probabilities equal the rollout's bit for bit, so
+		// the ratio is exactly 1; with zero advantages (and a zero KL, as policy = reference) the
+		// gradient is exactly zero.
+		for k := range 3 {
+			st, err := tn.Accumulate(context.Background(), cond, tr, k, all, make([]float64, 6), 1.0/3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.RatioMean != 1 || st.ClipFrac != 0 || st.ApproxKL != 0 || st.Loss != 0 || st.KL != 0 {
+				t.Errorf("%s step %d: %+v, want ratio exactly 1 and zero loss, KL, clip fraction", kind, k, st)
+			}
+		}
+		norm, err := tn.Apply(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if norm != 0 {
+			t.Errorf("%s: gradient norm with zero advantages = %v, want 0", kind, norm)
+		}
+		// Non-zero advantages move the policy: the next recomputation has ratio ≠ 1.
+		adv := []float64{1, -1, 0.5, -0.5, 2, -2}
+		for k := range 3 {
+			if _, err := tn.Accumulate(context.Background(), cond, tr, k, all, adv, 1.0/3); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if norm, err = tn.Apply(context.Background()); err != nil || !(norm > 0) {
+			t.Fatalf("%s: gradient norm %v (err %v), want > 0", kind, norm, err)
+		}
+		st, err := tn.Accumulate(context.Background(), cond, tr, 0, all, adv, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.RatioMean == 1 || !(st.KL > 0) {
+			t.Errorf("%s: after an update ratio mean %v and KL %v, want ≠ 1 and > 0", kind, st.RatioMean, st.KL)
+		}
+	}
+}
