@@ -1,0 +1,418 @@
+package pipeline
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/rewards"
+)
+
+// Config is the whole training configuration, one TOML file. Every field is documented where
+// declared (unit, range, default); Default holds every default in one place; Validate checks
+// every field. Unknown keys are errors.
+type Config struct {
+	Run         RunConfig         `toml:"run"`
+	Model       ModelConfig       `toml:"model"`
+	ONNX        onnxrt.Config     `toml:"onnx"`
+	TextEncoder TextEncoderConfig `toml:"text_encoder"`
+	VAE         VAEConfig         `toml:"vae"`
+	Prompts     PromptsConfig     `toml:"prompts"`
+	Sampler     SamplerConfig     `toml:"sampler"`
+	Dense       DenseConfig       `toml:"dense"`
+	GRPO        GRPOConfig        `toml:"grpo"`
+	Calibrate   CalibrateConfig   `toml:"calibrate"`
+	Eval        EvalConfig        `toml:"eval"`
+	Pipeline    PipelineConfig    `toml:"pipeline"`
+	// Reward holds the raw `[[reward]]` tables; the rewards package decodes them so that it
+	// alone owns their schema.
+	Reward toml.Primitive `toml:"reward"`
+	// Rewards are the decoded `[[reward]]` blocks, paths resolved. Not a TOML key.
+	Rewards []rewards.Config `toml:"-"`
+
+	// Path is the file the config was read from; relative paths inside resolve against its
+	// directory. Not a TOML key.
+	Path string `toml:"-"`
+}
+
+// RunConfig names the run and bounds it.
+type RunConfig struct {
+	// Name of the run directory under OutDir. Default "tiny-ocr".
+	Name string `toml:"name"`
+	// OutDir holds run directories. Default "runs".
+	OutDir string `toml:"out_dir"`
+	// Seed of every random draw (noise, prompt order, LoRA init). Default 1.
+	Seed int64 `toml:"seed"`
+	// Epochs to train; 0 means until TimeBudget. Default 0.
+	Epochs int `toml:"epochs"`
+	// TimeBudget stops training after this wall time (Go duration, e.g. "10m"); "" or "0s" is
+	// no limit. Default "10m".
+	TimeBudget string `toml:"time_budget"`
+	// CheckpointEvery writes a checkpoint every N epochs (>= 1). Default 5.
+	CheckpointEvery int `toml:"checkpoint_every"`
+	// KeepCheckpoints is how many recent checkpoints are kept (>= 1). Default 2.
+	KeepCheckpoints int `toml:"keep_checkpoints"`
+	// Backend for GoMLX: "auto", "go", "xla:cpu", "xla:cuda". Default "auto".
+	Backend string `toml:"backend"`
+	// SampleEvery writes a sample grid every N epochs (0: only at the end). Default 5.
+	SampleEvery int `toml:"sample_every"`
+}
+
+// ModelConfig is the flow transformer and its LoRA.
+type ModelConfig struct {
+	// Config is the MMDiT JSON config (diffusers SD3Transformer2DModel field names).
+	Config string `toml:"config"`
+	// Weights is the base model safetensors file (diffusers names).
+	Weights string     `toml:"weights"`
+	LoRA    LoRAConfig `toml:"lora"`
+}
+
+// LoRAConfig is the low-rank adapter trained by RL.
+type LoRAConfig struct {
+	// Rank r (>= 1). Default 8.
+	Rank int `toml:"rank"`
+	// Alpha; the update is scaled by alpha/rank (> 0). Default 16.
+	Alpha float64 `toml:"alpha"`
+	// Targets are module names inside each attention block. Default: to_q, to_k, to_v,
+	// to_out.0, add_q_proj, add_k_proj, add_v_proj, to_add_out.
+	Targets []string `toml:"targets"`
+}
+
+// TextEncoderConfig is the frozen ONNX text encoder.
+type TextEncoderConfig struct {
+	// Model is the ONNX file: input `input_ids` int64 [B,L]; outputs `prompt_embeds` [B,L,D]
+	// and `pooled_prompt_embeds` [B,P].
+	Model string `toml:"model"`
+	// Tokenizer: "chars" (the tiny model's character vocabulary). Default "chars".
+	Tokenizer string `toml:"tokenizer"`
+	// MaxLength L of the token sequence (>= 1). Default 48.
+	MaxLength int `toml:"max_length"`
+}
+
+// VAEConfig is the frozen ONNX VAE decoder.
+type VAEConfig struct {
+	// Decoder is the ONNX file: input `latent` float32 [B,C,h,w] (model space); output
+	// `image` float32 [B,3,H,W] in [0,1].
+	Decoder string `toml:"decoder"`
+}
+
+// PromptsConfig is where prompts come from.
+type PromptsConfig struct {
+	// Train is a text file, one prompt a line.
+	Train string `toml:"train"`
+	// Test is the held-out prompt file used by eval.
+	Test string `toml:"test"`
+	// PerEpoch prompts are drawn per epoch (>= 1). Default 8.
+	PerEpoch int `toml:"per_epoch"`
+}
+
+// SamplerConfig is the rollout sampler.
+type SamplerConfig struct {
+	// Kind: "sde" (Flow-GRPO's Flow-SDE) or "cps". Default "sde".
+	Kind string `toml:"kind"`
+	// Steps T of the training schedule (>= 2). Default 10.
+	Steps int `toml:"steps"`
+	// NoiseLevel a (> 0): s_k = a·sqrt(σ_k/(1−σ_k)) for "sde" (default 0.7); for "cps" the
+	// angle fraction (default 0.8).
+	NoiseLevel float64 `toml:"noise_level"`
+	// Shift of the SD3 schedule (> 0). Default 3.
+	Shift float64 `toml:"shift"`
+	// GroupSize G images per prompt (>= 2). Default 8.
+	GroupSize int `toml:"group_size"`
+	// SameNoise gives every image of a group the same initial noise. Default false.
+	SameNoise bool `toml:"same_noise"`
+	// Guidance is the classifier-free guidance scale; <= 1 disables guidance. Default 1.
+	Guidance float64 `toml:"guidance"`
+	// Psi is a calibrated ψ file (psi.json from `pipeline calibrate`); "" uses a·sqrt(σ/(1−σ)).
+	Psi string `toml:"psi"`
+}
+
+// DenseConfig switches DenseGRPO's dense rewards. Disabled, training is exactly Flow-GRPO.
+type DenseConfig struct {
+	// Enabled turns on per-step rewards by ODE look-ahead. Default true.
+	Enabled bool `toml:"enabled"`
+	// Lookahead caps the ODE steps n of each look-ahead; 0 = all remaining steps. Default 0.
+	Lookahead int `toml:"lookahead"`
+}
+
+// GRPOConfig is the policy update.
+type GRPOConfig struct {
+	// Std normalises advantages: "group" or "global". Default "global".
+	Std string `toml:"std"`
+	// AdvClip clips advantages to ±AdvClip (> 0). Default 5.
+	AdvClip float64 `toml:"adv_clip"`
+	// ClipRange ε of the ratio clip (> 0). Default 1e-4.
+	ClipRange float64 `toml:"clip_range"`
+	// Beta weights the KL to the LoRA-off reference (>= 0). Default 0.004.
+	Beta float64 `toml:"beta"`
+	// LearningRate of AdamW (> 0). Default 3e-4.
+	LearningRate float64 `toml:"learning_rate"`
+	// WeightDecay of AdamW (>= 0). Default 1e-4.
+	WeightDecay float64 `toml:"weight_decay"`
+	// GradClip is the global grad-norm clip (> 0). Default 1.
+	GradClip float64 `toml:"grad_clip"`
+	// TimestepFraction: the first ⌊T·f⌋ steps are trained (0 < f <= 1). Default 0.99.
+	TimestepFraction float64 `toml:"timestep_fraction"`
+	// Minibatch is the number of trajectories per gradient computation (>= 1). Default 16.
+	Minibatch int `toml:"minibatch"`
+	// EMADecayMax caps the EMA decay min((1+n)/(10+n), max) of the LoRA weights (0..1).
+	// Default 0.9.
+	EMADecayMax float64 `toml:"ema_decay_max"`
+}
+
+// CalibrateConfig is DenseGRPO's exploration-space calibration (Algorithm 1).
+type CalibrateConfig struct {
+	// Iterations of the calibration loop (>= 1). Default 10.
+	Iterations int `toml:"iterations"`
+	// Trajectories N per iteration, one per prompt (>= 2). Default 32.
+	Trajectories int `toml:"trajectories"`
+	// Epsilon1 is the balance threshold on |#pos − #neg| (> 0). Default 2.
+	Epsilon1 float64 `toml:"epsilon1"`
+	// Epsilon2 is the ψ step (> 0). Default 0.01.
+	Epsilon2 float64 `toml:"epsilon2"`
+}
+
+// EvalConfig is the held-out evaluation (ODE sampling).
+type EvalConfig struct {
+	// Every N epochs (0: only before and after training). Default 0.
+	Every int `toml:"every"`
+	// Steps of the Euler ODE (>= 1). Default 40.
+	Steps int `toml:"steps"`
+	// Prompts: how many test prompts (0 = all). Default 0.
+	Prompts int `toml:"prompts"`
+	// BatchSize of eval sampling (>= 1). Default 16.
+	BatchSize int `toml:"batch_size"`
+}
+
+// PipelineConfig shapes the staged execution.
+type PipelineConfig struct {
+	// Overlap runs rollout, look-ahead, decoding and scoring as concurrent stages; false runs
+	// the same stages one after another. Default true.
+	Overlap bool `toml:"overlap"`
+	// RolloutBatch trajectories are sampled per rollout minibatch (>= 1). Default 16.
+	RolloutBatch int `toml:"rollout_batch"`
+	// Buffer is the capacity of each inter-stage channel (>= 1). Default 2.
+	Buffer int `toml:"buffer"`
+	// ScoreWorkers decode+score concurrently (>= 1). Default 1.
+	ScoreWorkers int `toml:"score_workers"`
+}
+
+// Default returns the configuration with every default set.
+func Default() Config {
+	return Config{
+		Run: RunConfig{Name: "tiny-ocr", OutDir: "runs", Seed: 1, TimeBudget: "10m", CheckpointEvery: 5,
+			KeepCheckpoints: 2, Backend: "auto", SampleEvery: 5},
+		Model: ModelConfig{LoRA: LoRAConfig{Rank: 8, Alpha: 16,
+			Targets: []string{"to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}}},
+		ONNX:        onnxrt.Config{Provider: "cpu"},
+		TextEncoder: TextEncoderConfig{Tokenizer: "chars", MaxLength: 48},
+		Prompts:     PromptsConfig{PerEpoch: 8},
+		Sampler:     SamplerConfig{Kind: "sde", Steps: 10, NoiseLevel: 0.7, Shift: 3, GroupSize: 8, Guidance: 1},
+		Dense:       DenseConfig{Enabled: true},
+		GRPO: GRPOConfig{Std: "global", AdvClip: 5, ClipRange: 1e-4, Beta: 0.004, LearningRate: 3e-4,
+			WeightDecay: 1e-4, GradClip: 1, TimestepFraction: 0.99, Minibatch: 16, EMADecayMax: 0.9},
+		Calibrate: CalibrateConfig{Iterations: 10, Trajectories: 32, Epsilon1: 2, Epsilon2: 0.01},
+		Eval:      EvalConfig{Steps: 40, BatchSize: 16},
+		Pipeline:  PipelineConfig{Overlap: true, RolloutBatch: 16, Buffer: 2, ScoreWorkers: 1},
+	}
+}
+
+// Load reads path strictly (unknown keys are errors), applies `key=value` overrides (each
+// value parsed as TOML, else taken as a string), fills defaults and validates.
+func Load(path string, sets []string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	if len(sets) > 0 {
+		if data, err = applySets(path, data, sets); err != nil {
+			return Config{}, err
+		}
+	}
+	cfg, err := Parse(path, data)
+	if err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Parse decodes TOML text read from path (used for error messages and relative paths).
+func Parse(path string, data []byte) (Config, error) {
+	cfg := Default()
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
+	if err != nil {
+		return Config{}, fmt.Errorf("decode config %s: %w", path, err)
+	}
+	cfg.Path = path
+	if md.IsDefined("reward") {
+		if cfg.Rewards, err = rewards.DecodePrimitive(md, cfg.Reward); err != nil {
+			return Config{}, fmt.Errorf("config %s: %w", path, err)
+		}
+		for i := range cfg.Rewards {
+			cfg.Rewards[i].ResolvePaths(filepath.Dir(path))
+		}
+	}
+	if err := checkUndecoded(path, md); err != nil {
+		return Config{}, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+func checkUndecoded(path string, md toml.MetaData) error {
+	keys := md.Undecoded()
+	if len(keys) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(keys))
+	for i, k := range keys {
+		msgs[i] = fmt.Sprintf("unknown key %q", k.String())
+	}
+	sort.Strings(msgs)
+	return fmt.Errorf("decode config %s: %s", path, strings.Join(msgs, "; "))
+}
+
+// applySets rewrites the TOML document with each `a.b.c=value` override.
+func applySets(path string, data []byte, sets []string) ([]byte, error) {
+	var doc map[string]any
+	if _, err := toml.Decode(string(data), &doc); err != nil {
+		return nil, fmt.Errorf("decode config %s: %w", path, err)
+	}
+	for _, s := range sets {
+		key, raw, ok := strings.Cut(s, "=")
+		if !ok || key == "" {
+			return nil, fmt.Errorf("--set %q: want key=value, e.g. dense.enabled=false", s)
+		}
+		var value any = raw
+		var probe map[string]any
+		if _, err := toml.Decode("v = "+raw, &probe); err == nil {
+			value = probe["v"]
+		}
+		parts := strings.Split(key, ".")
+		table := doc
+		for _, p := range parts[:len(parts)-1] {
+			next, ok := table[p].(map[string]any)
+			if !ok {
+				if _, exists := table[p]; exists {
+					return nil, fmt.Errorf("--set %s: %q is not a table", key, p)
+				}
+				next = map[string]any{}
+				table[p] = next
+			}
+			table = next
+		}
+		table[parts[len(parts)-1]] = value
+	}
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(doc); err != nil {
+		return nil, fmt.Errorf("apply --set to %s: %w", path, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// Resolve returns p relative to the config file's directory (absolute paths unchanged).
+func (c Config) Resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.Path == "" {
+		return p
+	}
+	return filepath.Join(filepath.Dir(c.Path), p)
+}
+
+// TimeBudgetDuration parses Run.TimeBudget; 0 means no limit.
+func (c Config) TimeBudgetDuration() time.Duration {
+	d, _ := time.ParseDuration(c.Run.TimeBudget) // checked by Validate
+	return d
+}
+
+// TrainedSteps is ⌊T·timestep_fraction⌋, the steps the loss is computed on.
+func (c Config) TrainedSteps() int {
+	return int(math.Floor(float64(c.Sampler.Steps) * c.GRPO.TimestepFraction))
+}
+
+// Validate checks every field: `field: got X, want Y`.
+func (c Config) Validate() error {
+	var errs []error
+	check := func(ok bool, field string, got any, want string) {
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s: got %v, want %s", field, got, want))
+		}
+	}
+	check(c.Run.Name != "" && !strings.ContainsAny(c.Run.Name, `/\`), "run.name", fmt.Sprintf("%q", c.Run.Name), "a non-empty name without slashes")
+	check(c.Run.OutDir != "", "run.out_dir", `""`, "a directory")
+	check(c.Run.Epochs >= 0, "run.epochs", c.Run.Epochs, ">= 0")
+	if c.Run.TimeBudget != "" {
+		d, err := time.ParseDuration(c.Run.TimeBudget)
+		check(err == nil && d >= 0, "run.time_budget", fmt.Sprintf("%q", c.Run.TimeBudget), `a duration such as "10m"`)
+	}
+	check(c.Run.Epochs > 0 || c.TimeBudgetDuration() > 0, "run.epochs/run.time_budget", "0/0", "a bound on training (epochs > 0 or a time budget)")
+	check(c.Run.CheckpointEvery >= 1, "run.checkpoint_every", c.Run.CheckpointEvery, ">= 1")
+	check(c.Run.KeepCheckpoints >= 1, "run.keep_checkpoints", c.Run.KeepCheckpoints, ">= 1")
+	check(oneOf(c.Run.Backend, "auto", "go", "xla:cpu", "xla:cuda"), "run.backend", fmt.Sprintf("%q", c.Run.Backend), `"auto", "go", "xla:cpu" or "xla:cuda"`)
+	check(c.Run.SampleEvery >= 0, "run.sample_every", c.Run.SampleEvery, ">= 0")
+	check(c.Model.Config != "", "model.config", `""`, "an MMDiT JSON config file")
+	check(c.Model.Weights != "", "model.weights", `""`, "a safetensors file")
+	check(c.Model.LoRA.Rank >= 1, "model.lora.rank", c.Model.LoRA.Rank, ">= 1")
+	check(c.Model.LoRA.Alpha > 0, "model.lora.alpha", c.Model.LoRA.Alpha, "> 0")
+	check(len(c.Model.LoRA.Targets) > 0, "model.lora.targets", "[]", "at least one module name")
+	if err := c.ONNX.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	check(c.TextEncoder.Model != "", "text_encoder.model", `""`, "an ONNX file")
+	check(c.TextEncoder.Tokenizer == "chars", "text_encoder.tokenizer", fmt.Sprintf("%q", c.TextEncoder.Tokenizer), `"chars"`)
+	check(c.TextEncoder.MaxLength >= 1, "text_encoder.max_length", c.TextEncoder.MaxLength, ">= 1")
+	check(c.VAE.Decoder != "", "vae.decoder", `""`, "an ONNX file")
+	check(c.Prompts.Train != "", "prompts.train", `""`, "a prompt file")
+	check(c.Prompts.Test != "", "prompts.test", `""`, "a prompt file")
+	check(c.Prompts.PerEpoch >= 1, "prompts.per_epoch", c.Prompts.PerEpoch, ">= 1")
+	check(oneOf(c.Sampler.Kind, "sde", "cps"), "sampler.kind", fmt.Sprintf("%q", c.Sampler.Kind), `"sde" or "cps"`)
+	check(c.Sampler.Steps >= 2, "sampler.steps", c.Sampler.Steps, ">= 2")
+	check(c.Sampler.NoiseLevel > 0 && !math.IsInf(c.Sampler.NoiseLevel, 0), "sampler.noise_level", c.Sampler.NoiseLevel, "> 0")
+	check(c.Sampler.Shift > 0, "sampler.shift", c.Sampler.Shift, "> 0")
+	check(c.Sampler.GroupSize >= 2, "sampler.group_size", c.Sampler.GroupSize, ">= 2")
+	check(c.Sampler.Guidance >= 0, "sampler.guidance", c.Sampler.Guidance, ">= 0")
+	check(c.Dense.Lookahead >= 0, "dense.lookahead", c.Dense.Lookahead, ">= 0 (0 = all remaining steps)")
+	check(oneOf(c.GRPO.Std, "group", "global"), "grpo.std", fmt.Sprintf("%q", c.GRPO.Std), `"group" or "global"`)
+	check(c.GRPO.AdvClip > 0, "grpo.adv_clip", c.GRPO.AdvClip, "> 0")
+	check(c.GRPO.ClipRange > 0, "grpo.clip_range", c.GRPO.ClipRange, "> 0")
+	check(c.GRPO.Beta >= 0, "grpo.beta", c.GRPO.Beta, ">= 0")
+	check(c.GRPO.LearningRate > 0, "grpo.learning_rate", c.GRPO.LearningRate, "> 0")
+	check(c.GRPO.WeightDecay >= 0, "grpo.weight_decay", c.GRPO.WeightDecay, ">= 0")
+	check(c.GRPO.GradClip > 0, "grpo.grad_clip", c.GRPO.GradClip, "> 0")
+	check(c.GRPO.TimestepFraction > 0 && c.GRPO.TimestepFraction <= 1, "grpo.timestep_fraction", c.GRPO.TimestepFraction, "in (0, 1]")
+	check(c.TrainedSteps() >= 1, "grpo.timestep_fraction", c.GRPO.TimestepFraction, fmt.Sprintf("at least one trained step of sampler.steps = %d", c.Sampler.Steps))
+	check(c.GRPO.Minibatch >= 1, "grpo.minibatch", c.GRPO.Minibatch, ">= 1")
+	check(c.GRPO.EMADecayMax >= 0 && c.GRPO.EMADecayMax < 1, "grpo.ema_decay_max", c.GRPO.EMADecayMax, "in [0, 1)")
+	check(c.Calibrate.Iterations >= 1, "calibrate.iterations", c.Calibrate.Iterations, ">= 1")
+	check(c.Calibrate.Trajectories >= 2, "calibrate.trajectories", c.Calibrate.Trajectories, ">= 2")
+	check(c.Calibrate.Epsilon1 > 0, "calibrate.epsilon1", c.Calibrate.Epsilon1, "> 0")
+	check(c.Calibrate.Epsilon2 > 0, "calibrate.epsilon2", c.Calibrate.Epsilon2, "> 0")
+	check(c.Eval.Every >= 0, "eval.every", c.Eval.Every, ">= 0")
+	check(c.Eval.Steps >= 1, "eval.steps", c.Eval.Steps, ">= 1")
+	check(c.Eval.Prompts >= 0, "eval.prompts", c.Eval.Prompts, ">= 0 (0 = all)")
+	check(c.Eval.BatchSize >= 1, "eval.batch_size", c.Eval.BatchSize, ">= 1")
+	check(c.Pipeline.RolloutBatch >= 1, "pipeline.rollout_batch", c.Pipeline.RolloutBatch, ">= 1")
+	check(c.Pipeline.Buffer >= 1, "pipeline.buffer", c.Pipeline.Buffer, ">= 1")
+	check(c.Pipeline.ScoreWorkers >= 1, "pipeline.score_workers", c.Pipeline.ScoreWorkers, ">= 1")
+	check(len(c.Rewards) > 0, "reward", "no [[reward]] tables", "at least one")
+	return errors.Join(errs...)
+}
+
+func oneOf(s string, options ...string) bool {
+	for _, o := range options {
+		if s == o {
+			return true
+		}
+	}
+	return false
+}

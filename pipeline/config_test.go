@@ -1,0 +1,122 @@
+package pipeline
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "train.toml")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+const minimalConfig = `
+[model]
+config = "m.json"
+weights = "m.safetensors"
+[text_encoder]
+model = "te.onnx"
+[vae]
+decoder = "vae.onnx"
+[prompts]
+train = "train.txt"
+test = "test.txt"
+[[reward]]
+name = "ocr"
+kind = "ocr"
+model = "rec.onnx"
+keys = "keys.txt"
+`
+
+func TestLoadDefaultsAndResolve(t *testing.T) {
+	path := writeConfig(t, minimalConfig)
+	cfg, err := Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Sampler.Steps != 10 || cfg.Sampler.NoiseLevel != 0.7 || cfg.GRPO.ClipRange != 1e-4 || !cfg.Dense.Enabled || cfg.GRPO.Std != "global" {
+		t.Errorf("defaults not applied: %+v %+v", cfg.Sampler, cfg.GRPO)
+	}
+	// ⌊10·0.99⌋ = 9 trained steps of 10.
+	if got := cfg.TrainedSteps(); got != 9 {
+		t.Errorf("TrainedSteps = %d, want 9", got)
+	}
+	if got, want := cfg.Resolve(cfg.Model.Weights), filepath.Join(filepath.Dir(path), "m.safetensors"); got != want {
+		t.Errorf("Resolve = %s, want %s", got, want)
+	}
+	if len(cfg.Rewards) != 1 || cfg.Rewards[0].Model != filepath.Join(filepath.Dir(path), "rec.onnx") {
+		t.Errorf("rewards %+v, want one with its model path resolved", cfg.Rewards)
+	}
+}
+
+func TestLoadSet(t *testing.T) {
+	path := writeConfig(t, minimalConfig)
+	cfg, err := Load(path, []string{"dense.enabled=false", "grpo.beta=0.01", "run.name=sparse", "sampler.psi=runs/x/psi.json", "dense.lookahead=2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Dense.Enabled || cfg.GRPO.Beta != 0.01 || cfg.Run.Name != "sparse" || cfg.Sampler.Psi != "runs/x/psi.json" || cfg.Dense.Lookahead != 2 {
+		t.Errorf("--set not applied: dense %+v beta %v name %q psi %q", cfg.Dense, cfg.GRPO.Beta, cfg.Run.Name, cfg.Sampler.Psi)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		text string
+		sets []string
+		want []string
+	}{
+		{"unknown key", minimalConfig + "\n[grpo]\nclip_rnge = 0.2\n", nil, []string{"train.toml", `unknown key "grpo.clip_rnge"`}},
+		{"unknown table", minimalConfig + "\n[sampelr]\nsteps = 3\n", nil, []string{`unknown key "sampelr.steps"`}},
+		{"unknown reward key", minimalConfig + "wieght = 2\n", nil, []string{"reward", "wieght"}},
+		{"wrong type", minimalConfig + "\n[sampler]\nsteps = \"ten\"\n", nil, []string{"train.toml", "steps"}},
+		{"bad value", minimalConfig, []string{"grpo.clip_range=-1"}, []string{"grpo.clip_range: got -1, want > 0"}},
+		{"bad kind", minimalConfig, []string{"sampler.kind=ode"}, []string{`sampler.kind: got "ode", want "sde" or "cps"`}},
+		{"bad std", minimalConfig, []string{"grpo.std=batch"}, []string{`grpo.std: got "batch"`}},
+		{"no trained step", minimalConfig, []string{"sampler.steps=2", "grpo.timestep_fraction=0.4"}, []string{"grpo.timestep_fraction", "at least one trained step"}},
+		{"bad budget", minimalConfig, []string{"run.time_budget=soon"}, []string{`run.time_budget: got "soon"`}},
+		{"malformed set", minimalConfig, []string{"dense.enabled"}, []string{`--set "dense.enabled": want key=value`}},
+		{"no reward", strings.Split(minimalConfig, "[[reward]]")[0], nil, []string{"reward: got no [[reward]] tables"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(writeConfig(t, tc.text), tc.sets)
+			if err == nil {
+				t.Fatal("Load succeeded, want an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q: want it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// The shipped configs must load (paths need not exist: that is checked when models open).
+func TestShippedConfigsLoad(t *testing.T) {
+	files, err := filepath.Glob("../configs/*.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range files {
+		if strings.HasPrefix(filepath.Base(f), "pretrain") {
+			continue // pretraining has its own schema
+		}
+		n++
+		if _, err := Load(f, nil); err != nil {
+			t.Errorf("%v", err)
+		}
+	}
+	if n == 0 {
+		t.Fatal("no training configs found in ../configs")
+	}
+}
