@@ -18,6 +18,11 @@ import (
 // accScope + the variable's scope, with the variable's name.
 const accScope = "/grpo_accumulated_gradients"
 
+// optScope holds the AdamW state of GRPO updates (moments under /optScope/…, the step counter and
+// learning rate in /optScope), apart from any optimizer that pretrained the model in the same
+// context.
+const optScope = "grpo_adamw"
+
 // TrainConfig configures policy updates.
 type TrainConfig struct {
 	Loss LossConfig
@@ -79,7 +84,7 @@ func NewTrainer(backend backends.Backend, ctx *mlctx.Context, vel Velocity, cfg 
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("new trainer: %w", err)
 	}
-	opt, ok := optimizers.Adam().LearningRate(cfg.LearningRate).WeightDecay(cfg.WeightDecay).Done().(gradientOptimizer)
+	opt, ok := optimizers.Adam().Scope(optScope).LearningRate(cfg.LearningRate).WeightDecay(cfg.WeightDecay).Done().(gradientOptimizer)
 	if !ok {
 		return nil, fmt.Errorf("new trainer: GoMLX's AdamW does not take precomputed gradients")
 	}
@@ -154,7 +159,7 @@ func (t *Trainer) buildApplyExec() error {
 				grads[i] = Mul(grads[i], scale)
 			}
 		}
-		opt.UpdateGraphWithGradients(ctx, grads, norm.DType())
+		opt.UpdateGraphWithGradients(ctx.InAbsPath("/"+optScope), grads, norm.DType())
 		return norm
 	})
 	if err != nil {
