@@ -45,8 +45,11 @@ type Scores struct {
 	// ByName holds each reward alone (after its output scale/offset, before its weight).
 	ByName map[string][]float64
 	// Extra holds secondary metrics a kind reports, named "REWARD.METRIC" (e.g.
-	// "geneval.strict", "ocr.text_found").
+	// "geneval.strict", "ocr.exact").
 	Extra map[string][]float64
+	// Preprocessed counts the (image, preprocessing) pairs computed: each distinct
+	// preprocessing runs once per image however many rewards share it.
+	Preprocessed int
 }
 
 // Scorer is an opened reward. Score returns one value per image of the batch and optionally
@@ -113,7 +116,7 @@ func Open(ctx context.Context, cfgs []Config, baseDir string, rt onnxrt.Config) 
 		sc, err := kinds[c.Kind].Open(ctx, &c, rt)
 		if err != nil {
 			s.Close()
-			return nil, fmt.Errorf("open reward %q (%s): %w", c.Name, c.table(i), err)
+			return nil, fmt.Errorf("open reward %q: %w", c.Name, err)
 		}
 		s.rewards = append(s.rewards, reward{cfg: c, scorer: sc})
 	}
@@ -202,6 +205,7 @@ func (s *Set) Score(ctx context.Context, images []Image, prompts []Prompt) (Scor
 		}
 		return Scores{}, err
 	}
+	out.Preprocessed = cache.count()
 	for _, r := range s.rewards {
 		w := *r.cfg.Weight
 		for i, v := range out.ByName[r.cfg.Name] {
@@ -274,6 +278,20 @@ type prepCache struct {
 	mu      sync.Mutex
 	images  []Image
 	entries map[string][]*prepEntry
+}
+
+func (c *prepCache) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, list := range c.entries {
+		for _, e := range list {
+			if e != nil {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 func (c *prepCache) entry(spec preprocess.Spec, i int) *prepEntry {
@@ -405,10 +423,10 @@ func checkBatchDim(c *Config, path string, t onnxrt.TensorInfo) error {
 // imageWant is the requirement an image input places on the graph.
 func imageWant(c *Config, spec preprocess.Spec, name, section string) tensorWant {
 	h, w := int64(-1), int64(-1)
-	what := section + " (native size)"
+	what := fmt.Sprintf("%s input = %q, native size, layout = %q", section, name, spec.Layout)
 	if len(spec.Size) == 2 {
 		h, w = int64(spec.Size[0]), int64(spec.Size[1])
-		what = fmt.Sprintf("%s size = [%d, %d], layout = %q", section, h, w, spec.Layout)
+		what = fmt.Sprintf("%s input = %q, size = [%d, %d], layout = %q", section, name, h, w, spec.Layout)
 	}
 	dims := []int64{-1, 3, h, w}
 	if spec.Layout == "NHWC" {
