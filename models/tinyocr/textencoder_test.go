@@ -1,0 +1,145 @@
+package tinyocr
+
+import (
+	"math"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
+
+	"github.com/densegrpo/densegrpo/models/nn/nntest"
+)
+
+func TestTokenID(t *testing.T) {
+	tests := []struct {
+		r    rune
+		want int64
+	}{
+		{'A', 1}, {'Z', 26}, {'0', 27}, {'9', 36}, {'a', 37}, {'z', 62}, {' ', 63},
+		{'!', 64}, {'"', 65}, {'-', 64 + 12}, {'~', 95}, // '-' is the 13th punctuation character
+		{'é', UnknownID}, {'\n', UnknownID},
+	}
+	for _, tt := range tests {
+		if got := TokenID(tt.r); got != tt.want {
+			t.Errorf("TokenID(%q) = %d, want %d", tt.r, got, tt.want)
+		}
+	}
+	seen := map[int64]rune{}
+	for r := rune(32); r < 127; r++ {
+		id := TokenID(r)
+		if id <= PadID || id >= UnknownID {
+			t.Errorf("printable %q got id %d", r, id)
+		}
+		if prev, ok := seen[id]; ok {
+			t.Errorf("%q and %q share id %d", prev, r, id)
+		}
+		seen[id] = r
+	}
+}
+
+func TestTokenize(t *testing.T) {
+	ids := Tokenize(`a "K4"`)
+	want := []int64{37, 63, 65, 11, 31, 65} // a, space, ", K, 4, "
+	if !slices.Equal(ids[:6], want) || len(ids) != MaxLength {
+		t.Errorf("Tokenize = %v..., len %d; want %v then pads, len %d", ids[:8], len(ids), want, MaxLength)
+	}
+	for _, id := range ids[6:] {
+		if id != PadID {
+			t.Fatalf("padding holds %d", id)
+		}
+	}
+	long := Tokenize(string(make([]byte, 60)) + "X")
+	if len(long) != MaxLength {
+		t.Errorf("long prompt gave %d ids", len(long))
+	}
+	if b := TokenizeBatch([]string{"A", "B"}); len(b) != 2*MaxLength || b[0] != 1 || b[MaxLength] != 2 {
+		t.Errorf("TokenizeBatch = %v", b)
+	}
+}
+
+func TestQuoteSlots(t *testing.T) {
+	backend := nntest.Backend(t)
+	// `a "K4R" x`: positions 0 a, 1 space, 2 ", 3 K, 4 4, 5 R, 6 ", 7 space, 8 x.
+	// Inside quotes: 3, 4, 5 → slots 1, 2, 3 and reverse slots 3, 2, 1.
+	// Second row: an unclosed quote counts to the end: `"AB` → A slot 1, B slot 2 (rev 2, 1).
+	ids := append(Tokenize(`a "K4R" x`), Tokenize(`"AB`)...)
+	out, err := mlctx.ExecOnceN(backend, nil, func(ctx *mlctx.Context, ids *graph.Node) []*graph.Node {
+		s, r := QuoteSlots(ids)
+		return []*graph.Node{s, r}
+	}, tensors.FromFlatDataAndDimensions(ids, 2, MaxLength))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := tensors.MustCopyFlatData[int32](out[0])
+	rev := tensors.MustCopyFlatData[int32](out[1])
+	wantSlot := make([]int32, 2*MaxLength)
+	wantRev := make([]int32, 2*MaxLength)
+	copy(wantSlot[3:], []int32{1, 2, 3})
+	copy(wantRev[3:], []int32{3, 2, 1})
+	copy(wantSlot[MaxLength+1:], []int32{1, 2})
+	copy(wantRev[MaxLength+1:], []int32{2, 1})
+	if !slices.Equal(slot, wantSlot) || !slices.Equal(rev, wantRev) {
+		t.Errorf("slot %v\nwant %v\nrev %v\nwant %v", slot[:10], wantSlot[:10], rev[:10], wantRev[:10])
+	}
+	if !slices.Equal(slot[MaxLength:MaxLength+4], wantSlot[MaxLength:MaxLength+4]) || !slices.Equal(rev[MaxLength:MaxLength+4], wantRev[MaxLength:MaxLength+4]) {
+		t.Errorf("row 2 slot %v rev %v", slot[MaxLength:MaxLength+4], rev[MaxLength:MaxLength+4])
+	}
+}
+
+func TestTextEncodeShapesAndNames(t *testing.T) {
+	backend := nntest.Backend(t)
+	cfg := DefaultTextEncoderConfig()
+	mctx := mlctx.New()
+	ids := TokenizeBatch([]string{`a sign that says "K4RT"`, ""})
+	out, err := mlctx.ExecOnceN(backend, mctx, func(ctx *mlctx.Context, ids *graph.Node) []*graph.Node {
+		tok, pooled := TextEncode(ctx.In("text_encoder"), cfg, ids)
+		return []*graph.Node{tok, pooled}
+	}, tensors.FromFlatDataAndDimensions(ids, 2, MaxLength))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := out[0].Shape().Dimensions; !slices.Equal(got, []int{2, MaxLength, cfg.Dim}) {
+		t.Errorf("tokens shape %v", got)
+	}
+	if got := out[1].Shape().Dimensions; !slices.Equal(got, []int{2, cfg.PooledDim}) {
+		t.Errorf("pooled shape %v", got)
+	}
+	// The all-pad prompt pools to the mean of nothing = 0, so pooled = the (zero) bias.
+	pooled := tensors.MustCopyFlatData[float32](out[1])
+	for _, v := range pooled[cfg.PooledDim:] {
+		if v != 0 {
+			t.Fatalf("pooled of an empty prompt = %v, want zeros", pooled[cfg.PooledDim:])
+		}
+	}
+	// Every token output is layer-normalised with unit weight and zero bias: mean 0, variance 1.
+	tok := tensors.MustCopyFlatData[float32](out[0])
+	row := tok[5*cfg.Dim : 6*cfg.Dim]
+	var mean, sq float64
+	for _, v := range row {
+		mean += float64(v) / float64(cfg.Dim)
+	}
+	for _, v := range row {
+		sq += (float64(v) - mean) * (float64(v) - mean) / float64(cfg.Dim)
+	}
+	if math.Abs(mean) > 1e-5 || math.Abs(sq-1) > 1e-3 {
+		t.Errorf("token 5: mean %g variance %g, want 0 and 1", mean, sq)
+	}
+	want := TextEncoderParamShapes(cfg, "text_encoder")
+	got := ParamShapes{}
+	for v := range mctx.IterVariables() {
+		if key := VariableKey(v.Scope(), v.Name()); strings.HasPrefix(key, "text_encoder.") {
+			got[key] = v.Shape().Dimensions
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("variables %v, want %v", got, want)
+	}
+	for k, s := range want {
+		if !slices.Equal(got[k], s) {
+			t.Errorf("variable %q: shape %v, want %v", k, got[k], s)
+		}
+	}
+}
