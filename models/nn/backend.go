@@ -17,8 +17,10 @@ import (
 // so no op holds a worker of the pool while it waits for workers for its own parallel parts
 // (the batch splits of a large DotGeneral): the 2-core deadlock cannot happen, whatever the
 // model, and several computations may still run at once. Each large DotGeneral still uses all
-// cores. It was measured against "parallelism=8" (which only raises the number of workers, so
-// a wide enough graph can still deadlock) on BenchmarkTrainStep; see backend_test.go.
+// cores. The alternative, "parallelism=8", only raises the pool to 16 workers, so a wide enough
+// graph can still deadlock. Both were equally fast on the 1.8M-parameter AdamW training step of
+// BenchmarkTrainStep (interleaved steps on 2 shared cores: 6.8 s vs 6.7 s wall, 2.31 vs 2.30
+// CPU-seconds per step; see BenchmarkSimpleGoConfig), so the safe one is used.
 const SimpleGoConfig = "ops_sequential"
 
 // BackendSpecs lists the specs NewBackend accepts.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"syscall"
 	"testing"
 	"time"
 
@@ -233,13 +234,25 @@ func benchmarkSteps(b *testing.B, backend backends.Backend, m transformer, fast 
 	nn.SetFastGradients(previous)
 	defer step.exec.Finalize()
 	b.ResetTimer()
-	start := time.Now()
+	start, startCPU := time.Now(), processCPUTime(b)
 	for range b.N {
 		if _, err := step.run(); err != nil {
 			b.Fatalf("train step: %v", err)
 		}
 	}
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), processCPUTime(b)-startCPU
 	b.ReportMetric(m.flops()*float64(b.N)/elapsed.Seconds()/1e9, "GFLOP/s")
 	b.ReportMetric(elapsed.Seconds()/float64(b.N), "s/step")
+	// CPU time per step does not depend on how many other processes share the cores.
+	b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/step")
+	b.ReportMetric(m.flops()*float64(b.N)/cpu.Seconds()/1e9, "GFLOP/cpu-s")
+}
+
+// processCPUTime returns the user+system CPU time this process has used so far.
+func processCPUTime(tb testing.TB) time.Duration {
+	var usage syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &usage); err != nil {
+		tb.Fatalf("getrusage: %v", err)
+	}
+	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano())
 }
