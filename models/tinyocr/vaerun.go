@@ -127,3 +127,27 @@ func FitScaling(latents []float32) (VAEScaling, error) {
 	}
 	return VAEScaling{ScalingFactor: float32(1 / std), ShiftFactor: float32(mean)}, nil
 }
+
+// InitVAE creates freshly initialised VAE weights of cfg (as training starts from), with
+// GoMLX's initialisers seeded by seed.
+func InitVAE(backend backends.Backend, cfg VAEConfig, scaling VAEScaling, seed int64) (*VAEWeights, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	mctx := mlctx.New()
+	mctx.SetParam(mlctx.ParamInitialSeed, seed)
+	images := make([]float32, ImageChannels*ImageHeight*ImageWidth)
+	noise := make([]float32, LatentChannels*LatentHeight*LatentWidth)
+	if _, err := mlctx.ExecOnceN(backend, mctx, func(c *mlctx.Context, images, noise *Node) []*Node {
+		loss, rec := VAELoss(c, cfg, images, noise, 0)
+		return []*Node{loss, rec}
+	}, tensors.FromFlatDataAndDimensions(images, 1, ImageChannels, ImageHeight, ImageWidth),
+		tensors.FromFlatDataAndDimensions(noise, 1, LatentChannels, LatentHeight, LatentWidth)); err != nil {
+		return nil, fmt.Errorf("init VAE: %w", err)
+	}
+	ts, err := ExportVariables(mctx, VAEParamShapes(cfg))
+	if err != nil {
+		return nil, fmt.Errorf("init VAE: %w", err)
+	}
+	return &VAEWeights{Config: cfg, Scaling: scaling, Tensors: ts}, nil
+}
