@@ -113,7 +113,9 @@ func TextEncoderModel(ts map[string]safetensors.Tensor, prefix string) (*onnx.Mo
 	slotF := g.Op("Mul", []string{inside, g.Op("Min", []string{pos, slots})})
 	revF := g.Op("Mul", []string{inside, g.Op("Min", []string{g.Op("Add", []string{g.Op("Sub", []string{total, pos}), one}), slots})})
 	toI := func(x string) string { return g.Op("Cast", []string{x}, onnx.AttrInt("to", int64(onnx.Int64))) }
-	gather := func(table, idx string) string { return g.Op("Gather", []string{weight(g, sub, table), idx}, onnx.AttrInt("axis", 0)) }
+	gather := func(table, idx string) string {
+		return g.Op("Gather", []string{weight(g, sub, table), idx}, onnx.AttrInt("axis", 0))
+	}
 
 	x := gather(p("token_embedding.weight"), ids)
 	x = g.Op("Add", []string{x, weight(g, sub, p("position_embedding.weight"))})
