@@ -1,0 +1,128 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"image/png"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/rewards"
+)
+
+func init() {
+	register(command{name: "rewards score", summary: "score one PNG against a prompt with the config's [[reward]] blocks", run: runRewardsScore})
+}
+
+func runRewardsScore(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("rewards score", "", out)
+	configPath := fs.String("config", "", "training TOML whose [[reward]] blocks (and [onnx] table) are used (required)")
+	imagePath := fs.String("image", "", "PNG image to score (required)")
+	prompt := fs.String("prompt", "", "the prompt the image was generated from")
+	metadata := fs.String("metadata", "", "prompt metadata as a JSON object (GenEval's tag/include/exclude)")
+	asJSON := fs.Bool("json", false, `print {"rewards":{...},"total":...}`)
+	library := fs.String("onnx-library", "", "path of libonnxruntime.so (default: [onnx] library, $ONNXRUNTIME_LIB, then the setup cache)")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usageError("unexpected arguments %q", pos)
+	}
+	if *configPath == "" || *imagePath == "" {
+		return usageError("--config and --image are required")
+	}
+	data, err := os.ReadFile(*configPath)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	cfgs, err := rewards.DecodeTOML(data, filepath.Dir(*configPath))
+	if err != nil {
+		return fmt.Errorf("config %s: %w", *configPath, err)
+	}
+	var doc struct {
+		ONNX onnxrt.Config `toml:"onnx"`
+	}
+	if _, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&doc); err != nil {
+		return fmt.Errorf("config %s: %w", *configPath, err)
+	}
+	if *library != "" {
+		doc.ONNX.Library = *library
+	}
+	p := rewards.Prompt{Text: *prompt}
+	if *metadata != "" {
+		if err := json.Unmarshal([]byte(*metadata), &p.Metadata); err != nil {
+			return usageError("--metadata: %v", err)
+		}
+	}
+	im, err := readPNG(*imagePath)
+	if err != nil {
+		return err
+	}
+	set, err := rewards.Open(ctx, cfgs, filepath.Dir(*configPath), doc.ONNX)
+	if err != nil {
+		return err
+	}
+	defer set.Close()
+	scores, err := set.Score(ctx, []rewards.Image{im}, []rewards.Prompt{p})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		byName := map[string]float64{}
+		for _, n := range scores.Names {
+			byName[n] = scores.ByName[n][0]
+		}
+		return json.NewEncoder(out).Encode(struct {
+			Rewards map[string]float64 `json:"rewards"`
+			Total   float64            `json:"total"`
+		}{byName, scores.Total[0]})
+	}
+	for _, n := range scores.Names {
+		fmt.Fprintf(out, "%-20s %.6f\n", n, scores.ByName[n][0])
+	}
+	extras := make([]string, 0, len(scores.Extra))
+	for k := range scores.Extra {
+		extras = append(extras, k)
+	}
+	sort.Strings(extras)
+	for _, k := range extras {
+		fmt.Fprintf(out, "  %-18s %.6f\n", k, scores.Extra[k][0])
+	}
+	fmt.Fprintf(out, "%-20s %.6f\n", "total", scores.Total[0])
+	return nil
+}
+
+// readPNG decodes a PNG into the rewards' RGB [0,1] image (alpha is dropped).
+func readPNG(path string) (rewards.Image, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return rewards.Image{}, fmt.Errorf("read image: %w", err)
+	}
+	defer f.Close()
+	src, err := png.Decode(f)
+	if err != nil {
+		return rewards.Image{}, fmt.Errorf("decode PNG %s: %w", path, err)
+	}
+	b := src.Bounds()
+	im := rewards.Image{W: b.Dx(), H: b.Dy(), Pix: make([]float32, b.Dx()*b.Dy()*3)}
+	for y := 0; y < im.H; y++ {
+		for x := 0; x < im.W; x++ {
+			r, g, bl, _ := src.At(b.Min.X+x, b.Min.Y+y).RGBA()
+			o := (y*im.W + x) * 3
+			im.Pix[o], im.Pix[o+1], im.Pix[o+2] = float32(r)/0xffff, float32(g)/0xffff, float32(bl)/0xffff
+		}
+	}
+	if err := im.Check(); err != nil {
+		return rewards.Image{}, fmt.Errorf("image %s: %w", path, err)
+	}
+	return im, nil
+}
