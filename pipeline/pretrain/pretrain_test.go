@@ -1,0 +1,221 @@
+package pretrain
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
+
+	"github.com/densegrpo/densegrpo/models/mmdit"
+	"github.com/densegrpo/densegrpo/models/nn/nntest"
+	"github.com/densegrpo/densegrpo/models/safetensors"
+	"github.com/densegrpo/densegrpo/models/tinyocr"
+)
+
+// runSteps runs cfg to completion and returns the loss of every step.
+func runSteps(t *testing.T, ctx context.Context, cfg Config, opts Options) ([]float32, Result, error) {
+	t.Helper()
+	var losses []float32
+	opts.Backend = nntest.Backend(t)
+	next := opts.OnStep
+	opts.OnStep = func(step int, loss float32) {
+		losses = append(losses, loss)
+		if next != nil {
+			next(step, loss)
+		}
+	}
+	res, err := Run(ctx, cfg, opts)
+	return losses, res, err
+}
+
+func mean(xs []float32) float64 {
+	s := 0.0
+	for _, x := range xs {
+		s += float64(x)
+	}
+	return s / float64(len(xs))
+}
+
+// TestTrainingLowersLoss: at step 0 the transformer outputs 0 (zero proj_out), so the loss is
+// E[(x1 − x0)²] ≈ 1 + E[x0²]; a few AdamW steps must lower it clearly. Then the outputs
+// must load: the transformer through mmdit.Load, the text encoder through tinyocr's
+// ImportVariables.
+func TestTrainingLowersLoss(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, 40)
+	losses, res, err := runSteps(t, context.Background(), cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Steps != 40 || res.Stopped != StoppedSteps || len(losses) != 40 {
+		t.Fatalf("result %+v after %d steps, want 40 steps stopped by %q", res, len(losses), StoppedSteps)
+	}
+	first, last := mean(losses[:8]), mean(losses[32:])
+	t.Logf("mean loss of steps 1-8 %.4f, of steps 33-40 %.4f", first, last)
+	if !(last < 0.8*first) {
+		t.Errorf("loss went from %.4f to %.4f, want a drop of at least 20%%", first, last)
+	}
+
+	// loss.jsonl: one record per step (log_every 1), steps 1..40, with positive rates.
+	records := readLossLog(t, filepath.Join(cfg.Output.Dir, LossFile))
+	if len(records) != 40 || records[0].Step != 1 || records[39].Step != 40 {
+		t.Fatalf("loss log has %d records (first %+v), want steps 1..40", len(records), records[0])
+	}
+	for i, r := range records {
+		if float32(r.Loss) != losses[i] || !(r.SamplesPerSec > 0) || !(r.LR > 0) {
+			t.Fatalf("record %+v: want loss %g and positive lr and rate", r, losses[i])
+		}
+	}
+
+	mcfg, err := mmdit.LoadConfig(cfg.Model.Transformer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mmdit.New(mcfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Load(mlctx.New(), res.Transformer); err != nil {
+		t.Errorf("load %s: %v", TransformerFile, err)
+	}
+	ts, meta, err := safetensors.Read(res.TextEncoder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tinyocr.ImportVariables(mlctx.New(), ts, tinyocr.TextEncoderParamShapes(tinyTextEncoder.tinyocr(), "text_encoder")); err != nil {
+		t.Errorf("import %s: %v", TextEncoderFile, err)
+	}
+	if !strings.Contains(meta["config"], `"dim":16`) {
+		t.Errorf("text encoder metadata %v: want the config", meta)
+	}
+}
+
+func readLossLog(t *testing.T, path string) []lossRecord {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []lossRecord
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r lossRecord
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("loss log line %q: %v", sc.Text(), err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// TestResumeMatchesUninterrupted: a run cancelled after step 3 (as Ctrl-C does) writes a
+// checkpoint; resuming it gives steps 4-6 with losses bit-identical to an uninterrupted run,
+// and the same final weights.
+func TestResumeMatchesUninterrupted(t *testing.T) {
+	const steps, stopAt = 6, 3
+	dirA, dirB := t.TempDir(), t.TempDir()
+	cfgA := testConfig(t, dirA, steps)
+	cfgA.Output.CheckpointEvery = 2
+	want, resA, err := runSteps(t, context.Background(), cfgA, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cfgB := testConfig(t, dirB, steps)
+	cfgB.Model.VAE = cfgA.Model.VAE // the same random VAE
+	cfgB.Output.CheckpointEvery = 2
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	before, res, err := runSteps(t, ctx, cfgB, Options{OnStep: func(step int, _ float32) {
+		if step == stopAt {
+			cancel()
+		}
+	}})
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "--resume") {
+		t.Fatalf("cancelled run: got error %v, want context.Canceled and a hint to resume", err)
+	}
+	if res.Stopped != StoppedInterrupted || res.Steps != stopAt || filepath.Base(res.Checkpoint) != "epoch-000003" || res.Transformer != "" {
+		t.Fatalf("cancelled run result %+v: want interrupted at step 3 with its checkpoint and no final weights", res)
+	}
+
+	// Without --resume the checkpointed output dir is refused; with it the run continues.
+	if _, _, err := runSteps(t, context.Background(), cfgB, Options{}); err == nil || !strings.Contains(err.Error(), "--resume") {
+		t.Fatalf("rerun without resume: got %v, want a refusal naming --resume", err)
+	}
+	after, resB, err := runSteps(t, context.Background(), cfgB, Options{Resume: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := append(before, after...)
+	if len(got) != steps {
+		t.Fatalf("got %d losses (%d before, %d after resuming), want %d", len(got), len(before), len(after), steps)
+	}
+	for i := range want {
+		if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+			t.Errorf("step %d: loss %v after resume, %v uninterrupted", i+1, got[i], want[i])
+		}
+	}
+	// The loss log of the resumed run has each step once.
+	if records := readLossLog(t, filepath.Join(cfgB.Output.Dir, LossFile)); len(records) != steps || records[steps-1].Step != steps {
+		t.Errorf("resumed loss log has %d records, want %d", len(records), steps)
+	}
+	a, _, err := safetensors.Read(resA.Transformer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := safetensors.Read(resB.Transformer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, ta := range a {
+		tb := b[key]
+		for i := range ta.Data {
+			if math.Float32bits(ta.Data[i]) != math.Float32bits(tb.Data[i]) {
+				t.Fatalf("final weights differ at %s[%d]: %v vs %v", key, i, ta.Data[i], tb.Data[i])
+			}
+		}
+	}
+}
+
+func TestRunErrors(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, 2)
+	tests := []struct {
+		name   string
+		edit   func(c *Config)
+		resume bool
+		want   []string
+	}{
+		{"resume without checkpoint", func(c *Config) {}, true, []string{"resume: no checkpoint in"}},
+		{"text encoder width", func(c *Config) { c.Model.TextEncoder.Dim = 32 },
+			false, []string{"joint_attention_dim: got 16, want 32 (model.text_encoder.dim)"}},
+		{"missing VAE", func(c *Config) { c.Model.VAE = filepath.Join(dir, "absent.safetensors") },
+			false, []string{"absent.safetensors"}},
+		{"missing prompts", func(c *Config) { c.Data.Prompts = filepath.Join(dir, "absent.txt") },
+			false, []string{"absent.txt"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := cfg
+			c.Output.Dir = filepath.Join(t.TempDir(), "out")
+			tc.edit(&c)
+			_, _, err := runSteps(t, context.Background(), c, Options{Resume: tc.resume})
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q: want it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}
