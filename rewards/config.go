@@ -114,6 +114,9 @@ type OutputConfig struct {
 }
 
 // OCRConfig is `[reward.ocr]`: the detector's DB post-processing and the recogniser's width.
+// With a detector, `[reward.image]` declares the detector's input; PP-OCRv4's is
+// channels = "BGR", mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225], and, without
+// a size, each image is scaled to at most 960 px and rounded to multiples of 32.
 type OCRConfig struct {
 	ocr.DBOptions
 	// DetectorOutput is the detector's probability-map output (default: its first output).

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/BurntSushi/toml"
+
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 )
 
@@ -58,6 +60,9 @@ func TestSwapInScalarModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer set.Close()
+	if n := len(set.rewards[0].scorer.(*scalarScorer).pool.sessions); n != 2 {
+		t.Errorf("concurrency = 2 opened %d sessions", n)
+	}
 	// Constant 16×16 images resize to constant 8×8 ones; the graph's mean is the value v;
 	// reward = 2v + 1; total = 0.5·reward. Three images in batches of 2 and 1.
 	images := []Image{constImage(16, 16, 0.25), constImage(16, 16, 0.5), constImage(16, 16, 0.75)}
@@ -113,6 +118,33 @@ func TestSwapErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDecodePrimitive: the pipeline's config keeps the reward blocks as a primitive of its own
+// document; unknown keys under them are still errors.
+func TestDecodePrimitive(t *testing.T) {
+	var doc struct {
+		Run    struct{ Name string } `toml:"run"`
+		Reward toml.Primitive        `toml:"reward"`
+	}
+	md, err := toml.Decode(swapTOML, &doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgs, err := DecodePrimitive(md, doc.Reward)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfgs) != 1 || cfgs[0].Name != "brightness" || *cfgs[0].Weight != 0.5 || cfgs[0].Image.Size[1] != 8 || *cfgs[0].Output.Scale != 2 {
+		t.Errorf("decoded %+v", cfgs)
+	}
+	md, err = toml.Decode(strings.Replace(swapTOML, "offset = 1.0", "ofset = 1.0", 1), &doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodePrimitive(md, doc.Reward); err == nil || !strings.Contains(err.Error(), "unknown key reward.output.ofset") {
+		t.Errorf("err = %v, want the unknown key named", err)
 	}
 }
 
