@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"strings"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -269,12 +270,16 @@ func (s *Session) Run(ctx context.Context, inputs map[string]Tensor, outputs ...
 	}
 	defer runOpts.Destroy()
 	stop := context.AfterFunc(ctx, func() { runOpts.Terminate() })
-	outs := make([]ort.Value, len(s.outputs))
+	outs, err := s.preallocate()
+	if err != nil {
+		return nil, err
+	}
 	err = s.s.RunWithOptions(values, outs, runOpts)
 	stop()
 	defer func() {
 		for _, v := range outs {
-			if v != nil {
+			// A failed conversion leaves a typed nil pointer in the interface.
+			if v != nil && !reflect.ValueOf(v).IsNil() {
 				v.Destroy()
 			}
 		}
@@ -297,6 +302,35 @@ func (s *Session) Run(ctx context.Context, inputs map[string]Tensor, outputs ...
 		result[info.Name] = t
 	}
 	return result, nil
+}
+
+// preallocate returns the output slots for a run: nil (ORT allocates) except for rank-0
+// outputs, which onnxruntime_go cannot convert after the fact and so get a scalar up front.
+func (s *Session) preallocate() ([]ort.Value, error) {
+	outs := make([]ort.Value, len(s.outputs))
+	for i, info := range s.outputs {
+		if len(info.Dims) != 0 {
+			continue
+		}
+		var err error
+		switch info.Type {
+		case "float32":
+			outs[i], err = ort.NewEmptyScalar[float32]()
+		case "int64":
+			outs[i], err = ort.NewEmptyScalar[int64]()
+		default:
+			err = fmt.Errorf("scalar output of type %s is not supported (want float32 or int64)", info.Type)
+		}
+		if err != nil {
+			for _, v := range outs[:i] {
+				if v != nil {
+					v.Destroy()
+				}
+			}
+			return nil, fmt.Errorf("run %s: output %q: %w", s.path, info.Name, err)
+		}
+	}
+	return outs, nil
 }
 
 func (s *Session) hasInput(name string) bool {
@@ -373,6 +407,10 @@ func copyOut(v ort.Value) (Tensor, error) {
 			out.Int64[i] = int64(x)
 		}
 		return out, nil
+	case *ort.Scalar[float32]:
+		return Tensor{Shape: []int64{}, Float32: []float32{t.GetData()}}, nil
+	case *ort.Scalar[int64]:
+		return Tensor{Shape: []int64{}, Int64: []int64{t.GetData()}}, nil
 	case *ort.Tensor[float64]:
 		out := Tensor{Shape: t.GetShape().Clone(), Float32: make([]float32, len(t.GetData()))}
 		for i, x := range t.GetData() {

@@ -3,6 +3,7 @@ package onnxrt
 import (
 	"context"
 	"errors"
+	"github.com/densegrpo/densegrpo/exporters/onnx"
 	"math"
 	"os"
 	"os/exec"
@@ -219,5 +220,35 @@ func TestMissingLibrary(t *testing.T) {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q: want it to contain %q", msg, want)
 		}
+	}
+}
+
+// A rank-0 output (CLIP's logit_scale is often one) comes back as a scalar tensor.
+func TestRunScalarOutput(t *testing.T) {
+	g := onnx.NewGraph("scalar")
+	x := g.Input("x", onnx.Float32, onnx.Sym("n"), onnx.Dim{Value: 2})
+	sum := g.Op("ReduceSum", []string{x}, onnx.AttrInt("keepdims", 0))
+	g.Node("Identity", []string{sum}, []string{"total"})
+	g.Output("total", onnx.Float32)
+	g.Node("Identity", []string{x}, []string{"same"})
+	g.Output("same", onnx.Float32, onnx.Sym("n"), onnx.Dim{Value: 2})
+	path := filepath.Join(t.TempDir(), "scalar.onnx")
+	if err := (&onnx.Model{Graph: g}).WriteFile(path); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(path, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	out, err := s.Run(context.Background(), map[string]Tensor{"x": {Shape: []int64{2, 2}, Float32: []float32{1, 2, 3, 4.5}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := out["total"]; len(got.Shape) != 0 || len(got.Float32) != 1 || got.Float32[0] != 10.5 {
+		t.Errorf("total = %+v, want scalar 10.5 (1+2+3+4.5)", got)
+	}
+	if got := out["same"]; len(got.Float32) != 4 || got.Float32[3] != 4.5 {
+		t.Errorf("same = %+v, want the input back", got)
 	}
 }
