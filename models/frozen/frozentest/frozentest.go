@@ -85,10 +85,11 @@ func WriteBrightnessReward(path string) error {
 	return (&onnx.Model{Graph: g, ProducerName: "frozentest"}).WriteFile(path)
 }
 
-// TinyMMDiT is the fixture transformer: latents [4,4,8] (2×4 patches of 2×2), width 16, one
-// joint block, text tokens of width 16 and a pooled embedding of width 8.
+// TinyMMDiT is the fixture transformer: latents [4,4,8] (2×4 patches of 2×2), width 16, two
+// joint blocks (the last one has no text-stream output, so one is not enough for LoRA's
+// to_add_out), text tokens of width 16 and a pooled embedding of width 8.
 var TinyMMDiT = mmdit.Config{
-	SampleSize: 8, PatchSize: 2, InChannels: 4, NumLayers: 1, AttentionHeadDim: 8, NumAttentionHeads: 2,
+	SampleSize: 8, PatchSize: 2, InChannels: 4, NumLayers: 2, AttentionHeadDim: 8, NumAttentionHeads: 2,
 	JointAttentionDim: 16, CaptionProjectionDim: 16, PooledProjectionDim: 8, OutChannels: 4, PosEmbedMaxSize: 4,
 	QKNorm: "rms_norm",
 }

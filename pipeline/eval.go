@@ -1,0 +1,239 @@
+package pipeline
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/densegrpo/densegrpo/pipeline/progress"
+	"github.com/densegrpo/densegrpo/rewards"
+	"github.com/densegrpo/densegrpo/rl"
+)
+
+// LoadPromptFile reads a prompt file: one prompt a line, surrounding blanks trimmed, empty lines
+// skipped. A file without prompts is an error.
+func LoadPromptFile(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read prompts: %w", err)
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if line := strings.TrimSpace(sc.Text()); line != "" {
+			out = append(out, line)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read prompts %s: %w", path, err)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("read prompts %s: no prompts", path)
+	}
+	return out, nil
+}
+
+// noiseStream separates the evaluation/sampling noise from every other random stream.
+const noiseStream = 0x65766e6f697365 // "evnoise"
+
+// InitialNoise is x_0 of image i: size standard normal float32 values from a PCG generator
+// seeded with (seed, i), so an image's noise does not depend on the batch it is sampled in.
+func InitialNoise(seed int64, i, size int) []float32 {
+	rng := rand.New(rand.NewPCG(uint64(seed), noiseStream^uint64(i)))
+	x := make([]float32, size)
+	for j := range x {
+		x[j] = float32(rng.NormFloat64())
+	}
+	return x
+}
+
+// generator runs the deterministic Euler ODE of a policy and decodes the clean latents.
+type generator struct {
+	policy  *Policy
+	frozen  *Frozen
+	sampler *rl.Sampler
+	sched   rl.Schedule
+	guide   float64
+	batch   int
+	seed    int64
+}
+
+func newGenerator(cfg Config, policy *Policy, f *Frozen, steps, batch int, seed int64) (*generator, error) {
+	if err := policy.Check(f.TextEncoder, f.VAE); err != nil {
+		return nil, err
+	}
+	sched, err := rl.SD3Schedule(steps, cfg.Sampler.Shift)
+	if err != nil {
+		return nil, err
+	}
+	guide := Guidance(cfg)
+	s, err := rl.NewSampler(policy.Backend, policy.Ctx, policy.Velocity, sched, rl.SamplerConfig{
+		Kind: rl.KindSDE, NoiseLevel: cfg.Sampler.NoiseLevel, Guidance: guide, GroupSize: 1, LatentShape: f.VAE.LatentShape(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &generator{policy: policy, frozen: f, sampler: s, sched: sched, guide: guide, batch: batch, seed: seed}, nil
+}
+
+// run generates image first+j for prompts[j], j = 0…len(prompts)−1 (len(prompts) <= batch).
+// Every run has exactly the generator's batch size (the prompts are padded by repeating the
+// last one), so the step graph compiles once.
+func (g *generator) run(ctx context.Context, prompts []string, first int) ([]rewards.Image, error) {
+	padded := make([]string, g.batch)
+	for j := range padded {
+		padded[j] = prompts[min(j, len(prompts)-1)]
+	}
+	cond, err := g.policy.Condition(ctx, g.frozen.TextEncoder, padded, g.guide)
+	if err != nil {
+		return nil, err
+	}
+	ls := g.frozen.VAE.LatentShape()
+	size := ls[0] * ls[1] * ls[2]
+	paths := make([]rl.ODEPath, g.batch)
+	for j := range paths {
+		paths[j] = rl.ODEPath{Prompt: j, X: InitialNoise(g.seed, first+min(j, len(prompts)-1), size), Sigmas: g.sched.Sigmas}
+	}
+	latents, err := g.sampler.IntegrateODE(ctx, cond, paths, g.batch)
+	if err != nil {
+		return nil, err
+	}
+	return g.frozen.Decode(ctx, latents[:len(prompts)])
+}
+
+// EvalOptions are the choices of Evaluate that are not in the config.
+type EvalOptions struct {
+	// Frozen are the opened text encoder, VAE and rewards; nil opens them from the config
+	// and closes them at the end.
+	Frozen *Frozen
+	// Prompts, if not nil, replace the test prompts of the config.
+	Prompts []string
+	// KeepImages keeps the decoded images in the result (for a grid).
+	KeepImages bool
+	// Progress receives a progress bar (nil: none).
+	Progress io.Writer
+}
+
+// EvalResult is one evaluation: the mean rewards over N test prompts.
+type EvalResult struct {
+	N int `json:"n"`
+	// RewardMean is the mean weighted total reward.
+	RewardMean float64 `json:"eval_reward_mean"`
+	// Rewards is the mean of each reward alone.
+	Rewards map[string]float64 `json:"rewards"`
+	// Extra is the mean of each secondary metric ("ocr.exact", ...).
+	Extra map[string]float64 `json:"-"`
+	// Prompts, Totals (the weighted total of each image) and, with KeepImages, Images are per
+	// image, in prompt order.
+	Prompts []string        `json:"-"`
+	Totals  []float64       `json:"-"`
+	Images  []rewards.Image `json:"-"`
+}
+
+// Evaluate samples one image per test prompt (cfg.Prompts.Test, the first cfg.Eval.Prompts of
+// them, 0 = all) with the deterministic Euler ODE over the SD3 schedule of cfg.Eval.Steps steps
+// (shift cfg.Sampler.Shift), in batches of cfg.Eval.BatchSize, decodes them with the VAE and
+// scores them with the rewards. Prompt i's initial noise is InitialNoise(cfg.Run.Seed, i, …),
+// so evaluations before and after training see the same noise, whatever the batch size.
+func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions) (EvalResult, error) {
+	prompts := opts.Prompts
+	if prompts == nil {
+		var err error
+		if prompts, err = LoadPromptFile(cfg.Resolve(cfg.Prompts.Test)); err != nil {
+			return EvalResult{}, fmt.Errorf("evaluate: %w", err)
+		}
+		if n := cfg.Eval.Prompts; n > 0 && n < len(prompts) {
+			prompts = prompts[:n]
+		}
+	}
+	if len(prompts) == 0 {
+		return EvalResult{}, fmt.Errorf("evaluate: no prompts")
+	}
+	f := opts.Frozen
+	if f == nil {
+		var err error
+		if f, err = OpenFrozen(ctx, cfg); err != nil {
+			return EvalResult{}, fmt.Errorf("evaluate: %w", err)
+		}
+		defer f.Close()
+	}
+	gen, err := newGenerator(cfg, policy, f, cfg.Eval.Steps, min(cfg.Eval.BatchSize, len(prompts)), cfg.Run.Seed)
+	if err != nil {
+		return EvalResult{}, fmt.Errorf("evaluate: %w", err)
+	}
+	var bar *progress.Bar
+	if opts.Progress != nil {
+		bar = progress.New(opts.Progress, "eval", len(prompts))
+		defer bar.Done()
+	}
+	res := EvalResult{N: len(prompts), Rewards: map[string]float64{}, Extra: map[string]float64{}, Prompts: prompts}
+	var sum float64
+	for lo := 0; lo < len(prompts); lo += gen.batch {
+		hi := min(lo+gen.batch, len(prompts))
+		imgs, err := gen.run(ctx, prompts[lo:hi], lo)
+		if err != nil {
+			return EvalResult{}, fmt.Errorf("evaluate prompts %d..%d: %w", lo, hi-1, err)
+		}
+		rp := make([]rewards.Prompt, len(imgs))
+		for i := range rp {
+			rp[i] = rewards.Prompt{Text: prompts[lo+i]}
+		}
+		scores, err := f.Rewards.Score(ctx, imgs, rp)
+		if err != nil {
+			return EvalResult{}, fmt.Errorf("evaluate prompts %d..%d: %w", lo, hi-1, err)
+		}
+		for _, v := range scores.Total {
+			sum += v
+		}
+		res.Totals = append(res.Totals, scores.Total...)
+		for name, vs := range scores.ByName {
+			for _, v := range vs {
+				res.Rewards[name] += v
+			}
+		}
+		for name, vs := range scores.Extra {
+			for _, v := range vs {
+				res.Extra[name] += v
+			}
+		}
+		if opts.KeepImages {
+			res.Images = append(res.Images, imgs...)
+		}
+		if bar != nil {
+			bar.Add(len(imgs))
+			bar.SetSuffix(fmt.Sprintf("reward %.4f", sum/float64(hi)))
+		}
+	}
+	n := float64(len(prompts))
+	res.RewardMean = sum / n
+	for name := range res.Rewards {
+		res.Rewards[name] /= n
+	}
+	for name := range res.Extra {
+		res.Extra[name] /= n
+	}
+	return res, nil
+}
+
+// Summary formats r on one line: "n=400 eval_reward_mean=0.6123 ocr=0.6123 ocr.exact=0.41".
+func (r EvalResult) Summary() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "n=%d eval_reward_mean=%.4f", r.N, r.RewardMean)
+	for _, m := range []map[string]float64{r.Rewards, r.Extra} {
+		names := make([]string, 0, len(m))
+		for name := range m {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			fmt.Fprintf(&b, " %s=%.4f", name, m[name])
+		}
+	}
+	return b.String()
+}

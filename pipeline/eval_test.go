@@ -1,0 +1,241 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
+
+	"github.com/densegrpo/densegrpo/models/frozen/frozentest"
+	"github.com/densegrpo/densegrpo/models/mmdit"
+	"github.com/densegrpo/densegrpo/models/nn/nntest"
+	"github.com/densegrpo/densegrpo/models/onnxrt"
+)
+
+// fixture writes the frozentest configuration into a temp dir and loads it with sets.
+func fixture(t *testing.T, sets ...string) (Config, frozentest.Files) {
+	t.Helper()
+	// CPU ONNX Runtime tests never skip: without the library they fail.
+	if err := onnxrt.Init(onnxrt.Config{}); err != nil {
+		t.Fatalf("pipeline tests need ONNX Runtime (run scripts/setup.sh or set ONNXRUNTIME_LIB): %v", err)
+	}
+	files, err := frozentest.WriteConfig(t.TempDir(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(files.Config, sets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, files
+}
+
+func newTestPolicy(t *testing.T, cfg Config, lora string) *Policy {
+	t.Helper()
+	p, err := NewPolicy(cfg, PolicyOptions{Backend: nntest.Backend(t), LoRA: lora})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// writeZeroModel overwrites the fixture's weights with mmdit's Init, whose proj_out is zero:
+// the velocity is 0 everywhere, so every Euler step leaves x unchanged and the clean latent is
+// the initial noise.
+func writeZeroModel(t *testing.T, files frozentest.Files) {
+	t.Helper()
+	m, err := mmdit.New(frozentest.TinyMMDiT, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := mlctx.New()
+	if err := m.Init(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SaveBase(ctx, files.Weights); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sigmoid(v float32) float64 { return 1 / (1 + math.Exp(-float64(v))) }
+
+// brightness is the fixture pipeline's reward of a zero-velocity model for image i: the fixture
+// VAE shows sigmoid of the first 3 of the 4 latent channels [4,4,8] and the reward is the mean
+// pixel value, so it is the mean of sigmoid(x0) over the first 3·4·8 = 96 noise values.
+func brightness(seed int64, i int) float64 {
+	x0 := InitialNoise(seed, i, 4*4*8)
+	var s float64
+	for _, v := range x0[:96] {
+		s += sigmoid(v)
+	}
+	return s / 96
+}
+
+func TestEvaluateZeroVelocityClosedForm(t *testing.T) {
+	cfg, files := fixture(t)
+	writeZeroModel(t, files)
+	p := newTestPolicy(t, cfg, "")
+	res, err := Evaluate(context.Background(), cfg, p, EvalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.N != 3 || len(res.Totals) != 3 {
+		t.Fatalf("n %d, %d totals, want 3", res.N, len(res.Totals))
+	}
+	var mean float64
+	for i, got := range res.Totals {
+		want := brightness(cfg.Run.Seed, i)
+		mean += want / 3
+		if math.Abs(got-want) > 1e-5 {
+			t.Errorf("image %d: reward %v, want %v", i, got, want)
+		}
+	}
+	if math.Abs(res.RewardMean-mean) > 1e-5 || math.Abs(res.Rewards["bright"]-mean) > 1e-5 {
+		t.Errorf("eval_reward_mean %v, rewards %v; want %v", res.RewardMean, res.Rewards, mean)
+	}
+	if res.Images != nil {
+		t.Error("images kept without KeepImages")
+	}
+}
+
+// With a random (non-zero) model the result of prompt i must not depend on the batch it ran in,
+// nor on how many prompts were evaluated.
+func TestEvaluateBatchInvariance(t *testing.T) {
+	cfg, _ := fixture(t)
+	p := newTestPolicy(t, cfg, "")
+	ctx := context.Background()
+	var ref EvalResult
+	for _, tc := range []struct{ batch, prompts int }{{3, 0}, {1, 0}, {2, 0}, {2, 2}} {
+		c := cfg
+		c.Eval.BatchSize, c.Eval.Prompts = tc.batch, tc.prompts
+		res, err := Evaluate(ctx, c, p, EvalOptions{KeepImages: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.batch == 3 {
+			ref = res
+			// A non-trivial model: not the zero-velocity rewards.
+			if math.Abs(res.Totals[0]-brightness(cfg.Run.Seed, 0)) < 1e-4 {
+				t.Fatalf("random model gives the zero-velocity reward %v", res.Totals[0])
+			}
+			continue
+		}
+		want := 3
+		if tc.prompts > 0 {
+			want = tc.prompts
+		}
+		if res.N != want || len(res.Images) != want {
+			t.Fatalf("batch %d prompts %d: n %d, %d images; want %d", tc.batch, tc.prompts, res.N, len(res.Images), want)
+		}
+		for i := range res.Totals {
+			if math.Abs(res.Totals[i]-ref.Totals[i]) > 1e-5 {
+				t.Errorf("batch %d prompts %d: image %d reward %v, batch 3 gave %v", tc.batch, tc.prompts, i, res.Totals[i], ref.Totals[i])
+			}
+		}
+	}
+}
+
+// A checkpoint's EMA adapters are preferred to its raw adapters; both change the model.
+func TestEvaluateCheckpointLoRA(t *testing.T) {
+	cfg, _ := fixture(t)
+	ctx := context.Background()
+	lora := mmdit.LoRAConfig{Rank: cfg.Model.LoRA.Rank, Alpha: cfg.Model.LoRA.Alpha, Targets: cfg.Model.LoRA.Targets}
+	dir := t.TempDir()
+	if err := frozentest.WriteLoRA(filepath.Join(dir, LoRAFile), frozentest.TinyMMDiT, lora, 1, 0.3); err != nil {
+		t.Fatal(err)
+	}
+	eval := func(loraFile string) EvalResult {
+		t.Helper()
+		res, err := Evaluate(ctx, cfg, newTestPolicy(t, cfg, loraFile), EvalOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	base := eval("")
+	path, err := CheckpointLoRA(dir)
+	if err != nil || path != filepath.Join(dir, LoRAFile) {
+		t.Fatalf("CheckpointLoRA without EMA = %q, %v; want %s", path, err, LoRAFile)
+	}
+	raw := eval(path)
+	if err := frozentest.WriteLoRA(filepath.Join(dir, EMALoRAFile), frozentest.TinyMMDiT, lora, 2, 0.3); err != nil {
+		t.Fatal(err)
+	}
+	if path, err = CheckpointLoRA(dir); err != nil || path != filepath.Join(dir, EMALoRAFile) {
+		t.Fatalf("CheckpointLoRA with EMA = %q, %v; want %s", path, err, EMALoRAFile)
+	}
+	ema := eval(path)
+	if base.RewardMean == raw.RewardMean || raw.RewardMean == ema.RewardMean || base.RewardMean == ema.RewardMean {
+		t.Errorf("base %v, lora %v, ema %v: want three different rewards", base.RewardMean, raw.RewardMean, ema.RewardMean)
+	}
+	if _, err := CheckpointLoRA(t.TempDir()); err == nil || !strings.Contains(err.Error(), "neither ema.safetensors nor lora.safetensors") {
+		t.Errorf("empty checkpoint: error %v", err)
+	}
+}
+
+func TestPolicyErrors(t *testing.T) {
+	cfg, files := fixture(t)
+	ctx := context.Background()
+	// A LoRA file of another rank names the tensor and both shapes.
+	other := filepath.Join(t.TempDir(), "r4.safetensors")
+	if err := frozentest.WriteLoRA(other, frozentest.TinyMMDiT, mmdit.LoRAConfig{Rank: 4, Alpha: 4}, 1, 0.1); err != nil {
+		t.Fatal(err)
+	}
+	_, err := NewPolicy(cfg, PolicyOptions{Backend: nntest.Backend(t), LoRA: other})
+	if err == nil || !strings.Contains(err.Error(), "file has shape [4 16], model wants [2 16]") {
+		t.Errorf("rank-4 LoRA: error %v", err)
+	}
+	// A text encoder of the wrong width is caught before any sampling.
+	if err := frozentest.WriteTextEncoder(files.TextEncoder, 12, 8, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Evaluate(ctx, cfg, newTestPolicy(t, cfg, ""), EvalOptions{})
+	if err == nil || !strings.Contains(err.Error(), "gives widths D=12, P=8; the transformer wants joint_attention_dim 16, pooled_projection_dim 8") {
+		t.Errorf("wrong text width: error %v", err)
+	}
+	// A VAE with other latent channels.
+	if err := frozentest.WriteTextEncoder(files.TextEncoder, 16, 8, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := frozentest.WriteVAEDecoder(files.VAEDecoder, 3, 4, 8, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Evaluate(ctx, cfg, newTestPolicy(t, cfg, ""), EvalOptions{})
+	if err == nil || !strings.Contains(err.Error(), "takes latents [3 4 8]; the transformer wants [4,h,w]") {
+		t.Errorf("wrong latent channels: error %v", err)
+	}
+	// A missing weight file.
+	os.Remove(files.Weights)
+	_, err = NewPolicy(cfg, PolicyOptions{Backend: nntest.Backend(t)})
+	if err == nil || !strings.Contains(err.Error(), "transformer.safetensors") {
+		t.Errorf("missing weights: error %v", err)
+	}
+}
+
+func TestEvaluateCancelled(t *testing.T) {
+	cfg, _ := fixture(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Evaluate(ctx, cfg, newTestPolicy(t, cfg, ""), EvalOptions{})
+	if err == nil || !strings.Contains(err.Error(), context.Canceled.Error()) {
+		t.Errorf("cancelled: error %v", err)
+	}
+}
+
+func TestLoadPromptFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.txt")
+	os.WriteFile(path, []byte("  a  \n\n b c\n"), 0o644)
+	got, err := LoadPromptFile(path)
+	if err != nil || fmt.Sprintf("%q", got) != `["a" "b c"]` {
+		t.Errorf("got %q, %v", got, err)
+	}
+	os.WriteFile(path, []byte("\n \n"), 0o644)
+	if _, err := LoadPromptFile(path); err == nil || !strings.Contains(err.Error(), "no prompts") {
+		t.Errorf("empty file: error %v", err)
+	}
+}

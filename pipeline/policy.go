@@ -1,0 +1,246 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/gomlx/gomlx/backends"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
+
+	"github.com/densegrpo/densegrpo/models/frozen"
+	"github.com/densegrpo/densegrpo/models/mmdit"
+	"github.com/densegrpo/densegrpo/models/nn"
+	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/rewards"
+	"github.com/densegrpo/densegrpo/rl"
+)
+
+// Checkpoint files holding LoRA weights (PEFT names, as mmdit.Model.SaveLoRA writes them):
+// the EMA of the adapters, used for evaluation when present, and the raw adapters.
+const (
+	EMALoRAFile = "ema.safetensors"
+	LoRAFile    = "lora.safetensors"
+)
+
+// PolicyOptions are the choices of NewPolicy that are not in the config.
+type PolicyOptions struct {
+	// Backend, if not nil, is used instead of nn.NewBackend(cfg.Run.Backend) (tests share
+	// one); the policy does not finalize it.
+	Backend backends.Backend
+	// LoRA is a safetensors file of adapters to load; "" initialises them from cfg.Run.Seed
+	// (lora_B = 0, so the policy starts as the base model).
+	LoRA string
+}
+
+// Policy is the trainable flow model: a GoMLX backend, the context holding the weights, and
+// the MMDiT with its base weights loaded and LoRA adapters attached.
+type Policy struct {
+	Backend backends.Backend
+	// BackendDesc says which backend was chosen, for logs.
+	BackendDesc string
+	// Ctx holds the base weights (not trainable) and the adapters (trainable), under the
+	// checkpoint keys of package mmdit.
+	Ctx   *mlctx.Context
+	Model *mmdit.Model
+
+	ownBackend bool
+}
+
+// NewPolicy builds the policy of cfg: the MMDiT of cfg.Model.Config with the base weights of
+// cfg.Model.Weights and adapters of cfg.Model.LoRA, initialised or loaded from opts.LoRA.
+func NewPolicy(cfg Config, opts PolicyOptions) (*Policy, error) {
+	mcfg, err := mmdit.LoadConfig(cfg.Resolve(cfg.Model.Config))
+	if err != nil {
+		return nil, fmt.Errorf("new policy: %w", err)
+	}
+	lora := &mmdit.LoRAConfig{Rank: cfg.Model.LoRA.Rank, Alpha: cfg.Model.LoRA.Alpha, Targets: cfg.Model.LoRA.Targets}
+	model, err := mmdit.New(mcfg, lora)
+	if err != nil {
+		return nil, fmt.Errorf("new policy: %w", err)
+	}
+	p := &Policy{Backend: opts.Backend, Ctx: mlctx.New(), Model: model}
+	if err := model.Load(p.Ctx, cfg.Resolve(cfg.Model.Weights)); err != nil {
+		return nil, fmt.Errorf("new policy: %w", err)
+	}
+	if opts.LoRA != "" {
+		err = p.LoadLoRA(opts.LoRA)
+	} else {
+		err = model.InitLoRA(p.Ctx, uint64(cfg.Run.Seed))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("new policy: %w", err)
+	}
+	if p.Backend == nil {
+		p.Backend, p.BackendDesc, err = nn.NewBackend(cfg.Run.Backend)
+		if err != nil {
+			return nil, fmt.Errorf("new policy: %w", err)
+		}
+		p.ownBackend = true
+	} else {
+		p.BackendDesc = p.Backend.Description()
+	}
+	return p, nil
+}
+
+// LoadLoRA replaces the adapters with those of a safetensors file (PEFT names).
+func (p *Policy) LoadLoRA(path string) error {
+	return p.Model.LoadLoRA(p.Ctx, path)
+}
+
+// CheckpointLoRA returns the adapter file of a run checkpoint directory: EMALoRAFile if
+// present, else LoRAFile.
+func CheckpointLoRA(dir string) (string, error) {
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		if err == nil {
+			err = errors.New("not a directory")
+		}
+		return "", fmt.Errorf("checkpoint %s: %w", dir, err)
+	}
+	for _, name := range []string{EMALoRAFile, LoRAFile} {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("checkpoint %s: %w", dir, err)
+		}
+	}
+	return "", fmt.Errorf("checkpoint %s: neither %s nor %s", dir, EMALoRAFile, LoRAFile)
+}
+
+// Velocity is the policy as rl sees it (an rl.Velocity): cond = [prompt_embeds [B,L,D],
+// pooled_prompt_embeds [B,P]], x [B,C,h,w], timestep [B]; it returns v [B,C,h,w]. It panics,
+// as graph building does, on another number of conditioning tensors or on shape errors.
+func (p *Policy) Velocity(ctx *mlctx.Context, x, timestep *Node, cond []*Node, withLoRA bool) *Node {
+	if len(cond) != 2 {
+		panic(fmt.Errorf("policy velocity: got %d conditioning tensors, want 2 (prompt_embeds, pooled_prompt_embeds)", len(cond)))
+	}
+	return p.Model.Forward(ctx, x, timestep, cond[0], cond[1], withLoRA)
+}
+
+// Check verifies that the frozen parts fit the transformer: the text encoder's widths are the
+// model's joint_attention_dim and pooled_projection_dim (where the graph declares them), and
+// the VAE's latents have in_channels channels and a size the patch grid covers.
+func (p *Policy) Check(te *frozen.TextEncoder, vae *frozen.VAEDecoder) error {
+	c := p.Model.Config
+	if d, pd := te.Dims(); (d != 0 && d != c.JointAttentionDim) || (pd != 0 && pd != c.PooledProjectionDim) {
+		return fmt.Errorf("text encoder %s gives widths D=%d, P=%d; the transformer wants joint_attention_dim %d, pooled_projection_dim %d",
+			te.Path(), d, pd, c.JointAttentionDim, c.PooledProjectionDim)
+	}
+	ls := vae.LatentShape()
+	maxSide := c.PosEmbedMaxSize * c.PatchSize
+	if ls[0] != c.InChannels || ls[1]%c.PatchSize != 0 || ls[2]%c.PatchSize != 0 || ls[1] > maxSide || ls[2] > maxSide {
+		return fmt.Errorf("VAE decoder %s takes latents %v; the transformer wants [%d,h,w] with h, w multiples of patch_size %d up to %d",
+			vae.Path(), ls, c.InChannels, c.PatchSize, maxSide)
+	}
+	return nil
+}
+
+// Condition encodes prompts into the conditioning rl's sampler feeds the Velocity: one row per
+// prompt; with guidance > 0, Uncond holds the empty prompt's embeddings (one shared row).
+func (p *Policy) Condition(ctx context.Context, te *frozen.TextEncoder, prompts []string, guidance float64) (rl.Conditioning, error) {
+	emb, pooled, err := te.Encode(ctx, prompts)
+	if err != nil {
+		return rl.Conditioning{}, err
+	}
+	c := rl.Conditioning{Cond: []*tensors.Tensor{toTensor(emb), toTensor(pooled)}}
+	if guidance > 0 {
+		emb, pooled, err := te.Encode(ctx, []string{""})
+		if err != nil {
+			return rl.Conditioning{}, err
+		}
+		c.Uncond = []*tensors.Tensor{toTensor(emb), toTensor(pooled)}
+	}
+	return c, nil
+}
+
+func toTensor(t onnxrt.Tensor) *tensors.Tensor {
+	dims := make([]int, len(t.Shape))
+	for i, d := range t.Shape {
+		dims[i] = int(d)
+	}
+	return tensors.FromFlatDataAndDimensions(t.Float32, dims...)
+}
+
+// Close releases the backend if the policy created it.
+func (p *Policy) Close() {
+	if p.ownBackend && p.Backend != nil {
+		p.Backend.Finalize()
+		p.Backend = nil
+	}
+}
+
+// Guidance maps sampler.guidance to rl's scale: values <= 1 disable guidance (0).
+func Guidance(cfg Config) float64 {
+	if cfg.Sampler.Guidance <= 1 {
+		return 0
+	}
+	return cfg.Sampler.Guidance
+}
+
+// Frozen is the frozen side of a run, opened once: the ONNX text encoder and VAE decoder and
+// the reward models.
+type Frozen struct {
+	TextEncoder *frozen.TextEncoder
+	VAE         *frozen.VAEDecoder
+	Rewards     *rewards.Set
+}
+
+// OpenFrozen opens the text encoder, VAE decoder and rewards of cfg, checking every declared
+// input and output. On error nothing stays open.
+func OpenFrozen(ctx context.Context, cfg Config) (*Frozen, error) {
+	f := &Frozen{}
+	var err error
+	f.TextEncoder, err = frozen.OpenTextEncoder(cfg.Resolve(cfg.TextEncoder.Model), frozen.TextEncoderOptions{
+		Runtime: cfg.ONNX, Tokenizer: cfg.TextEncoder.Tokenizer, MaxLength: cfg.TextEncoder.MaxLength})
+	if err != nil {
+		return nil, err
+	}
+	f.VAE, err = frozen.OpenVAEDecoder(cfg.Resolve(cfg.VAE.Decoder), frozen.VAEOptions{Runtime: cfg.ONNX, BatchSize: cfg.Eval.BatchSize})
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	// cfg.Rewards carry paths already resolved against the config's directory.
+	f.Rewards, err = rewards.Open(ctx, cfg.Rewards, "", cfg.ONNX)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// Decode decodes latents into images for the reward models.
+func (f *Frozen) Decode(ctx context.Context, latents [][]float32) ([]rewards.Image, error) {
+	imgs, err := f.VAE.Decode(ctx, latents)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]rewards.Image, len(imgs))
+	for i, im := range imgs {
+		out[i] = rewards.Image(im)
+	}
+	return out, nil
+}
+
+// Close releases every session; it is safe on a partly opened Frozen and more than once.
+func (f *Frozen) Close() error {
+	var errs []error
+	if f.TextEncoder != nil {
+		errs = append(errs, f.TextEncoder.Close())
+		f.TextEncoder = nil
+	}
+	if f.VAE != nil {
+		errs = append(errs, f.VAE.Close())
+		f.VAE = nil
+	}
+	if f.Rewards != nil {
+		errs = append(errs, f.Rewards.Close())
+		f.Rewards = nil
+	}
+	return errors.Join(errs...)
+}
