@@ -130,17 +130,65 @@ func variableData(ctx *mlctx.Context, key string, shape []int) ([]float32, error
 	return data, nil
 }
 
-// save writes the variables of params to path.
-func save(ctx *mlctx.Context, path string, params []Param, meta map[string]string) error {
+// tensorsOf copies the variables of params, keyed by checkpoint key.
+func tensorsOf(ctx *mlctx.Context, params []Param) (map[string]safetensors.Tensor, error) {
 	out := make(map[string]safetensors.Tensor, len(params))
 	for _, p := range params {
 		data, err := variableData(ctx, p.Key, p.Shape)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		out[p.Key] = safetensors.Tensor{Shape: p.Shape, Data: data}
 	}
+	return out, nil
+}
+
+// save writes the variables of params to path.
+func save(ctx *mlctx.Context, path string, params []Param, meta map[string]string) error {
+	out, err := tensorsOf(ctx, params)
+	if err != nil {
+		return err
+	}
 	return safetensors.Write(path, out, meta)
+}
+
+// LoRATensors copies the adapters' current values, keyed by PEFT name (what SaveLoRA writes).
+func (m *Model) LoRATensors(ctx *mlctx.Context) (map[string]safetensors.Tensor, error) {
+	if m.LoRA == nil {
+		return nil, fmt.Errorf("lora tensors: model has no LoRA config")
+	}
+	out, err := tensorsOf(ctx, m.LoRA.Params(m.Config))
+	if err != nil {
+		return nil, fmt.Errorf("lora tensors: %w", err)
+	}
+	return out, nil
+}
+
+// SetLoRATensors overwrites the adapters with values keyed by PEFT name; every adapter must
+// be present with its shape.
+func (m *Model) SetLoRATensors(ctx *mlctx.Context, values map[string]safetensors.Tensor) error {
+	if m.LoRA == nil {
+		return fmt.Errorf("set lora tensors: model has no LoRA config")
+	}
+	params := m.LoRA.Params(m.Config)
+	for _, p := range params {
+		t, ok := values[p.Key]
+		if !ok {
+			return fmt.Errorf("set lora tensors: missing tensor %q (want %v)", p.Key, p.Shape)
+		}
+		if !slices.Equal(t.Shape, p.Shape) || len(t.Data) != numElements(p.Shape) {
+			return fmt.Errorf("set lora tensors: tensor %q: got shape %v, want %v", p.Key, t.Shape, p.Shape)
+		}
+	}
+	if len(values) != len(params) {
+		return fmt.Errorf("set lora tensors: got %d tensors, want the %d adapters", len(values), len(params))
+	}
+	for _, p := range params {
+		if err := setVariable(ctx, p.Key, p.Shape, values[p.Key].Data, true); err != nil {
+			return fmt.Errorf("set lora tensors: %w", err)
+		}
+	}
+	return nil
 }
 
 // SaveBase writes the base weights as F32 safetensors with diffusers keys

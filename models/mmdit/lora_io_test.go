@@ -2,6 +2,7 @@ package mmdit
 
 import (
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -347,5 +348,48 @@ func TestLoadErrors(t *testing.T) {
 	err = execErr(func() error { _, err := exec.Exec1(bad.latents, bad.timestep, bad.enc, bad.pooled); return err })
 	if err == nil || !strings.Contains(err.Error(), "latents 4x7") {
 		t.Errorf("forward with odd width: %v", err)
+	}
+}
+
+// LoRATensors / SetLoRATensors move adapters in memory (EMA swaps, checkpoints): a copy taken,
+// overwritten and set back restores the model's output exactly.
+func TestLoRATensorsRoundTrip(t *testing.T) {
+	c := smallConfig()
+	m, err := New(c, &LoRAConfig{Rank: 2, Alpha: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := mlctx.New()
+	if err := m.Init(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	randomizeBase(t, ctx, m, 2)
+	randomizeLoRA(t, ctx, m, 3)
+	in := makeInputs(c, 2, 4, 8, 3, 4)
+	want := forward(t, ctx, m, in, true).Value().([][][][]float32)
+	saved, err := m.LoRATensors(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(saved) != len(m.LoRA.Params(c)) {
+		t.Fatalf("got %d adapters, want %d", len(saved), len(m.LoRA.Params(c)))
+	}
+	randomizeLoRA(t, ctx, m, 9)
+	if got := forward(t, ctx, m, in, true).Value().([][][][]float32); got[0][0][0][0] == want[0][0][0][0] {
+		t.Fatal("randomizing the adapters did not change the output: test is vacuous")
+	}
+	if err := m.SetLoRATensors(ctx, saved); err != nil {
+		t.Fatal(err)
+	}
+	got := forward(t, ctx, m, in, true).Value().([][][][]float32)
+	if !reflect.DeepEqual(got, want) {
+		t.Error("output after SetLoRATensors differs from the output with the saved adapters")
+	}
+	for key := range saved {
+		delete(saved, key)
+		break
+	}
+	if err := m.SetLoRATensors(ctx, saved); err == nil || !strings.Contains(err.Error(), "missing tensor") {
+		t.Errorf("missing adapter: error %v, want a missing tensor error", err)
 	}
 }
