@@ -194,6 +194,10 @@ func TestTrainStepDoesNotDeadlock(t *testing.T) {
 // reports the matrix-product throughput. Run:
 //
 //	GOMLX_NO_AUTO_INSTALL=1 go test ./models/nn -run XXX -bench TrainStep -benchtime 3x
+//
+// Measured on the 2-core development machine shared with other jobs (1,776,384 parameters,
+// 5.74 GFLOP per step): default-grad 25.5 CPU-s and 29.9 s wall per step, fast-grad 2.17 CPU-s
+// and 4.43 s wall: 11.7× less CPU time (6.8× wall time under that load), 2.64 GFLOP per CPU-second.
 func BenchmarkTrainStep(b *testing.B) {
 	benchModel := transformer{batch: 8, seq: 64, dim: 192, heads: 6, layers: 4}
 	backend, desc, err := nn.NewBackend("go")
