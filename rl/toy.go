@@ -52,7 +52,7 @@ type ToyConfig struct {
 // DefaultToyConfig returns the configuration of BenchmarkToyDenseVsSparse.
 func DefaultToyConfig(seed uint64) ToyConfig {
 	return ToyConfig{Seed: seed, Hidden: 64, PretrainSteps: 1500, PretrainBatch: 256, PretrainLR: 2e-3,
-		Epochs: 60, GroupSize: 32, Steps: 10, NoiseLevel: 0.7, LearningRate: 2e-3, GradClip: 1,
+		Epochs: 50, GroupSize: 32, Steps: 10, NoiseLevel: 0.7, LearningRate: 2e-3, GradClip: 1,
 		EvalEvery: 2, EvalSamples: 512}
 }
 

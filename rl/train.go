@@ -109,9 +109,9 @@ func (t *Trainer) buildAccExec() error {
 	exec, err := mlctx.NewExec(t.backend, t.ctx, func(ctx *mlctx.Context, in []*Node) []*Node {
 		x, next, sigma, sigmaNext, s, logpOld, adv, weight, idx := in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8]
 		cond, uncond := condInputs(in[9:], nCond, idx)
-		terms := StepObjective(ctx, vel, x, next, sigma, sigmaNext, s, logpOld, adv, cond, uncond, w, cfg)
 		g := x.Graph()
 		ctx.SetTraining(g, true)
+		terms := StepObjective(ctx, vel, x, next, sigma, sigmaNext, s, logpOld, adv, cond, uncond, w, cfg)
 		grads := ctx.BuildTrainableVariablesGradientsGraph(Mul(terms.Total, f32(weight)))
 		_, accs := accumulators(ctx, g)
 		if len(accs) != len(grads) {
@@ -172,7 +172,7 @@ func (t *Trainer) buildApplyExec() error {
 // Accumulate adds the gradient of weight·L_k for the transitions x_k → x_{k+1} of the given
 // samples of tr (a minibatch) to the accumulators. adv[j] is the advantage of samples[j] at
 // step k, c the conditioning tr was sampled with. Use weight = 1/(trained steps × minibatches)
-// for the mean over an epoch's accumulation.
+// for the mean over an epoch's accumulation. Each distinct minibatch size compiles its graph once.
 func (t *Trainer) Accumulate(ctx context.Context, c Conditioning, tr *Trajectories, k int, samples []int, adv []float64, weight float64) (StepStats, error) {
 	if err := ctx.Err(); err != nil {
 		return StepStats{}, fmt.Errorf("accumulate step %d: %w", k, err)
