@@ -230,11 +230,10 @@ func timestepOf(sigma *Node, b int) *Node {
 
 // checkConditioning validates the conditioning and fixes the number of tensors the graphs take.
 func (s *Sampler) checkConditioning(c Conditioning) error {
-	if len(c.Cond) == 0 {
-		// An unconditional model is allowed: it gets an empty cond slice.
-		if s.cfg.Guidance > 0 {
-			return errors.New("check conditioning: guidance > 0 needs Cond and Uncond tensors")
-		}
+	// An unconditional model (no Cond tensors) is allowed, without guidance: it gets an empty
+	// cond slice.
+	if len(c.Cond) == 0 && s.cfg.Guidance > 0 {
+		return errors.New("check conditioning: guidance > 0 needs Cond and Uncond tensors")
 	}
 	nUncond := 0
 	if s.cfg.Guidance > 0 {
