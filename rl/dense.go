@@ -147,13 +147,22 @@ func ComputeDenseRewards(ctx context.Context, s *Sampler, c Conditioning, tr *Tr
 // fillDeltas sets Delta[i][k] = R[i][k+1] − R[i][k] for k < need.
 func fillDeltas(d *DenseRewards, need int) error {
 	for i, r := range d.R {
-		d.Delta[i] = make([]float64, need)
-		for k := range need {
-			d.Delta[i][k] = r[k+1] - r[k]
-			if math.IsNaN(d.Delta[i][k]) {
+		d.Delta[i] = StepRewards(r, need)
+		for k, v := range d.Delta[i] {
+			if math.IsNaN(v) {
 				return fmt.Errorf("dense rewards: sample %d step %d: reward is NaN", i, k)
 			}
 		}
 	}
 	return nil
+}
+
+// StepRewards returns the step rewards ΔR_k = R_{k+1} − R_k, k = 0 … need−1, of one sample
+// whose look-ahead rewards are r (r[k] from x_k, r[T] the final reward).
+func StepRewards(r []float64, need int) []float64 {
+	out := make([]float64, need)
+	for k := range out {
+		out[k] = r[k+1] - r[k]
+	}
+	return out
 }

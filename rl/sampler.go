@@ -164,6 +164,18 @@ func (s *Sampler) Schedule() Schedule { return s.sched }
 // Config returns the sampler's configuration.
 func (s *Sampler) Config() SamplerConfig { return s.cfg }
 
+// SetPsi replaces the calibrated noise schedule ψ (nil: back to a·sqrt(σ/(1−σ))) without
+// recompiling: the noise level is an input of the step graph. Calibration changes ψ every round.
+func (s *Sampler) SetPsi(psi []float32) error {
+	cfg := s.cfg
+	cfg.Psi = psi
+	if err := cfg.Validate(s.sched.Steps()); err != nil {
+		return fmt.Errorf("set psi: %w", err)
+	}
+	s.cfg = cfg
+	return nil
+}
+
 // GuidedVelocity evaluates vel at x [B, …] with timestep [B], per-sample cond and, when
 // guidance w > 0, classifier-free guidance v = v_u + w·(v_c − v_u): the conditional and the
 // unconditional branch run as one batch of 2B (x and the timestep repeated, cond concatenated

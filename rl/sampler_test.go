@@ -163,3 +163,26 @@ func TestSamplerConfigErrors(t *testing.T) {
 		t.Errorf("base config: %v", err)
 	}
 }
+
+// SetPsi changes the noise levels of the next rollout to ψ itself (s_k = ψ(k)) without a new
+// sampler; the wrong length is refused.
+func TestSetPsi(t *testing.T) {
+	cond := Conditioning{Cond: []*tensors.Tensor{tensors.FromValue([][]float32{{0.5}})}}
+	s := newTestSampler(t, linearVelocity, 3, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 1, LatentShape: []int{2}})
+	psi := []float32{0.11, 0.22, 0.33}
+	if err := s.SetPsi(psi); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := s.Rollout(context.Background(), cond, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range psi {
+		if tr.S[k] != want {
+			t.Errorf("s_%d = %v, want ψ(%d) = %v", k, tr.S[k], k, want)
+		}
+	}
+	if err := s.SetPsi([]float32{0.1}); err == nil {
+		t.Error("SetPsi with 1 value for 3 steps: no error")
+	}
+}
