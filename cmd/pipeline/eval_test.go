@@ -1,0 +1,140 @@
+package main
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
+
+	"github.com/densegrpo/densegrpo/models/frozen/frozentest"
+	"github.com/densegrpo/densegrpo/models/mmdit"
+	"github.com/densegrpo/densegrpo/pipeline"
+)
+
+// writeFixture writes the frozentest pipeline (tiny MMDiT, text encoder, VAE, brightness
+// reward, 3 prompts) into a temp dir; zero replaces the weights by mmdit's Init, whose
+// velocity is zero everywhere.
+func writeFixture(t *testing.T, zero bool) frozentest.Files {
+	t.Helper()
+	files, err := frozentest.WriteConfig(t.TempDir(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if zero {
+		m, err := mmdit.New(frozentest.TinyMMDiT, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := mlctx.New()
+		if err := m.Init(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.SaveBase(ctx, files.Weights); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return files
+}
+
+// zeroBrightness is the reward of image i of a zero-velocity fixture model: the clean latent
+// is the initial noise x0 [4,4,8], the fixture VAE shows sigmoid of its first 3 channels and the
+// reward is the mean pixel, so it is the mean of sigmoid over the first 96 noise values.
+func zeroBrightness(seed int64, i int) float64 {
+	var s float64
+	for _, v := range pipeline.InitialNoise(seed, i, 128)[:96] {
+		s += 1 / (1 + math.Exp(-float64(v)))
+	}
+	return s / 96
+}
+
+type evalJSON struct {
+	N          int                `json:"n"`
+	RewardMean float64            `json:"eval_reward_mean"`
+	Rewards    map[string]float64 `json:"rewards"`
+}
+
+func runEvalJSON(t *testing.T, args ...string) evalJSON {
+	t.Helper()
+	out, errOut, code := runBinary(t, ".", nil, append([]string{"eval", "--json"}, args...)...)
+	if code != 0 {
+		t.Fatalf("eval %v: exit %d: %s", args, code, errOut)
+	}
+	var got evalJSON
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&got); err != nil {
+		t.Fatalf("decode %q: %v", out, err)
+	}
+	return got
+}
+
+func TestEvalCommandZeroModel(t *testing.T) {
+	files := writeFixture(t, true)
+	got := runEvalJSON(t, "--config", files.Config)
+	// The fixture's run.seed is 3 and it has 3 test prompts.
+	want := (zeroBrightness(3, 0) + zeroBrightness(3, 1) + zeroBrightness(3, 2)) / 3
+	if got.N != 3 || math.Abs(got.RewardMean-want) > 1e-5 || len(got.Rewards) != 1 || math.Abs(got.Rewards["bright"]-want) > 1e-5 {
+		t.Errorf("got %+v, want n 3, eval_reward_mean and rewards.bright %v", got, want)
+	}
+	// --set reaches the config: the first prompt alone.
+	one := runEvalJSON(t, "--config", files.Config, "--set", "eval.prompts=1")
+	if one.N != 1 || math.Abs(one.RewardMean-zeroBrightness(3, 0)) > 1e-5 {
+		t.Errorf("eval.prompts=1: got %+v, want n 1, mean %v", one, zeroBrightness(3, 0))
+	}
+}
+
+func TestEvalCommandCheckpoint(t *testing.T) {
+	files := writeFixture(t, false)
+	lora := mmdit.LoRAConfig{Rank: 2, Alpha: 4} // the fixture's [model.lora]
+	ckpt := t.TempDir()
+	if err := frozentest.WriteLoRA(filepath.Join(ckpt, pipeline.LoRAFile), frozentest.TinyMMDiT, lora, 1, 0.3); err != nil {
+		t.Fatal(err)
+	}
+	base := runEvalJSON(t, "--config", files.Config)
+	raw := runEvalJSON(t, "--config", files.Config, "--checkpoint", ckpt)
+	direct := runEvalJSON(t, "--config", files.Config, "--lora", filepath.Join(ckpt, pipeline.LoRAFile))
+	if raw.RewardMean == base.RewardMean || raw.RewardMean != direct.RewardMean {
+		t.Errorf("base %v, --checkpoint %v, --lora %v: want the checkpoint to equal --lora and differ from base", base.RewardMean, raw.RewardMean, direct.RewardMean)
+	}
+	if err := frozentest.WriteLoRA(filepath.Join(ckpt, pipeline.EMALoRAFile), frozentest.TinyMMDiT, lora, 2, 0.3); err != nil {
+		t.Fatal(err)
+	}
+	grid := filepath.Join(t.TempDir(), "eval.png")
+	out, errOut, code := runBinary(t, ".", nil, "eval", "--config", files.Config, "--checkpoint", ckpt, "--grid", grid)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"policy: base model + LoRA " + filepath.Join(ckpt, pipeline.EMALoRAFile), "n=3 eval_reward_mean=", " bright=", "wrote " + grid} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output %q lacks %q", out, want)
+		}
+	}
+	if st, err := os.Stat(grid); err != nil || st.Size() == 0 {
+		t.Errorf("grid: %v", err)
+	}
+}
+
+func TestEvalCommandErrors(t *testing.T) {
+	files := writeFixture(t, false)
+	empty := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"eval"}, 2, "--config is required"},
+		{[]string{"eval", "--config", files.Config, "--lora", "a", "--checkpoint", "b"}, 2, "--lora and --checkpoint exclude each other"},
+		{[]string{"eval", "--config", files.Config, "--checkpoint", empty}, 1, "neither ema.safetensors nor lora.safetensors"},
+		{[]string{"eval", "--config", files.Config, "--set", "eval.steps=0"}, 1, "eval.steps: got 0, want >= 1"},
+		{[]string{"eval", "--config", files.Config, "--lora", filepath.Join(empty, "x.safetensors")}, 1, "x.safetensors"},
+	} {
+		_, errOut, code := runBinary(t, ".", nil, tc.args...)
+		if code != tc.code || !strings.Contains(errOut, tc.want) || strings.Count(strings.TrimSpace(errOut), "\n") > 0 {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d and one line containing %q", tc.args, code, errOut, tc.code, tc.want)
+		}
+	}
+}
