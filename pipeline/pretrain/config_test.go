@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/densegrpo/densegrpo/models/mmdit"
 )
 
 const validTOML = `
@@ -192,5 +194,26 @@ func TestLearningRate(t *testing.T) {
 		if got := LearningRate(tc.c, tc.step, tc.p); math.Abs(got-tc.want) > 1e-12 {
 			t.Errorf("%s: LearningRate(step %d, p %g) = %g, want %g", tc.name, tc.step, tc.p, got, tc.want)
 		}
+	}
+}
+
+// The committed default config loads and fits the committed transformer config.
+func TestCommittedConfig(t *testing.T) {
+	cfg, err := LoadConfig(filepath.Join("..", "..", "configs", "pretrain-tiny.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mmdit.LoadConfig(cfg.Model.Transformer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkCompatible(m, cfg.Model.TextEncoder.tinyocr()); err != nil {
+		t.Errorf("%s does not fit the text encoder: %v", cfg.Model.Transformer, err)
+	}
+	if cfg.Train.BatchSize != 32 || cfg.Train.Budget() <= 0 || cfg.Train.Budget() > 45*time.Minute {
+		t.Errorf("batch %d, budget %v: want 32 and a budget within 45 minutes", cfg.Train.BatchSize, cfg.Train.Budget())
+	}
+	if _, err := os.Stat(cfg.Data.Prompts); err != nil {
+		t.Errorf("prompts: %v", err)
 	}
 }

@@ -24,11 +24,15 @@ const tinyTransformerJSON = `{
 
 var tinyTextEncoder = TextEncoderConfig{Dim: 16, PooledDim: 16, Hidden: 16}
 
-// writeRandomVAE writes a small randomly initialised VAE (tinyocr format) to dir/vae.safetensors:
-// the pretraining only needs some fixed encoder.
-func writeRandomVAE(t *testing.T, dir string) string {
+// writeVAE writes a randomly initialised VAE (tinyocr format) to dir/vae.safetensors: the
+// pretraining only needs some fixed encoder. full selects the committed size
+// (tinyocr.DefaultVAEConfig, for benchmarks), otherwise a small one.
+func writeVAE(t testing.TB, dir string, full bool) string {
 	t.Helper()
 	cfg := tinyocr.VAEConfig{Hidden: 8, EncoderBlocks: 0, DecoderBlocks: 0}
+	if full {
+		cfg = tinyocr.DefaultVAEConfig()
+	}
 	mctx := mlctx.New()
 	if err := mctx.SetRNGStateFromSeed(7); err != nil {
 		t.Fatal(err)
@@ -64,7 +68,7 @@ func testConfig(t *testing.T, dir string, steps int) Config {
 	}
 	cfg := Default()
 	cfg.Model.Transformer = model
-	cfg.Model.VAE = writeRandomVAE(t, dir)
+	cfg.Model.VAE = writeVAE(t, dir, false)
 	cfg.Model.TextEncoder = tinyTextEncoder
 	cfg.Data.Prompts = filepath.Join("..", "..", "datasets", "ocr-tiny", "train.txt")
 	cfg.Train.BatchSize = 4

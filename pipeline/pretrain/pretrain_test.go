@@ -89,8 +89,9 @@ func TestTrainingLowersLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := tinyocr.ImportVariables(mlctx.New(), ts, tinyocr.TextEncoderParamShapes(tinyTextEncoder.tinyocr(), "text_encoder")); err != nil {
-		t.Errorf("import %s: %v", TextEncoderFile, err)
+	// The exporter reads the text encoder with tinyocr.TextEncoderTensors under its prefix.
+	if _, teCfg, err := tinyocr.TextEncoderTensors(ts, tinyocr.TextEncoderPrefix); err != nil || teCfg != tinyTextEncoder.tinyocr() {
+		t.Errorf("read %s: config %+v, error %v; want %+v", TextEncoderFile, teCfg, err, tinyTextEncoder.tinyocr())
 	}
 	if !strings.Contains(meta["config"], `"dim":16`) {
 		t.Errorf("text encoder metadata %v: want the config", meta)

@@ -41,7 +41,7 @@ const (
 // Scopes of the two trained models in the training context.
 const (
 	transformerScope = "transformer"
-	textEncoderScope = "text_encoder"
+	textEncoderScope = tinyocr.TextEncoderPrefix
 )
 
 // Stop reasons of a Result.
