@@ -21,6 +21,22 @@ import (
 // declared (unit, range, default); Default holds every default in one place; Validate checks
 // every field. Unknown keys are errors.
 type Config struct {
+	Sections
+	// Reward holds the raw `[[reward]]` tables; the rewards package decodes them so that it
+	// alone owns their schema.
+	Reward toml.Primitive `toml:"reward"`
+	// Rewards are the decoded `[[reward]]` blocks, paths resolved. Not a TOML key.
+	Rewards []rewards.Config `toml:"-"`
+
+	// Path is the file the config was read from; relative paths inside resolve against its
+	// directory. Not a TOML key.
+	Path string `toml:"-"`
+	// rawRewards are the `[[reward]]` tables as written (after --set), for the resolved copy.
+	rawRewards []map[string]any
+}
+
+// Sections are the config's tables other than `[[reward]]`.
+type Sections struct {
 	Run         RunConfig         `toml:"run"`
 	Model       ModelConfig       `toml:"model"`
 	ONNX        onnxrt.Config     `toml:"onnx"`
@@ -33,15 +49,6 @@ type Config struct {
 	Calibrate   CalibrateConfig   `toml:"calibrate"`
 	Eval        EvalConfig        `toml:"eval"`
 	Pipeline    PipelineConfig    `toml:"pipeline"`
-	// Reward holds the raw `[[reward]]` tables; the rewards package decodes them so that it
-	// alone owns their schema.
-	Reward toml.Primitive `toml:"reward"`
-	// Rewards are the decoded `[[reward]]` blocks, paths resolved. Not a TOML key.
-	Rewards []rewards.Config `toml:"-"`
-
-	// Path is the file the config was read from; relative paths inside resolve against its
-	// directory. Not a TOML key.
-	Path string `toml:"-"`
 }
 
 // RunConfig names the run and bounds it.
@@ -208,7 +215,7 @@ type PipelineConfig struct {
 
 // Default returns the configuration with every default set.
 func Default() Config {
-	return Config{
+	return Config{Sections: Sections{
 		Run: RunConfig{Name: "tiny-ocr", OutDir: "runs", Seed: 1, TimeBudget: "10m", CheckpointEvery: 5,
 			KeepCheckpoints: 2, Backend: "auto", SampleEvery: 5},
 		Model: ModelConfig{LoRA: LoRAConfig{Rank: 8, Alpha: 16,
@@ -223,7 +230,7 @@ func Default() Config {
 		Calibrate: CalibrateConfig{Iterations: 10, Trajectories: 32, Epsilon1: 2, Epsilon2: 0.01},
 		Eval:      EvalConfig{Steps: 40, BatchSize: 16},
 		Pipeline:  PipelineConfig{Overlap: true, RolloutBatch: 16, Buffer: 2, ScoreWorkers: 1},
-	}
+	}}
 }
 
 // Load reads path strictly (unknown keys are errors), applies `key=value` overrides (each
@@ -253,6 +260,13 @@ func Parse(path string, data []byte) (Config, error) {
 		return Config{}, fmt.Errorf("decode config %s: %w", path, err)
 	}
 	cfg.Path = path
+	var raw struct {
+		Reward []map[string]any `toml:"reward"`
+	}
+	if _, err := toml.Decode(string(data), &raw); err != nil {
+		return Config{}, fmt.Errorf("decode config %s: %w", path, err)
+	}
+	cfg.rawRewards = raw.Reward
 	if md.IsDefined("reward") {
 		if cfg.Rewards, err = rewards.DecodePrimitive(md, cfg.Reward); err != nil {
 			return Config{}, fmt.Errorf("config %s: %w", path, err)

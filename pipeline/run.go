@@ -1,0 +1,457 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/gomlx/gomlx/backends"
+
+	"github.com/densegrpo/densegrpo/models/safetensors"
+	"github.com/densegrpo/densegrpo/pipeline/progress"
+	"github.com/densegrpo/densegrpo/pipeline/report"
+)
+
+// RunOptions are the choices of Run that are not in the config.
+type RunOptions struct {
+	// Resume continues the run in this directory from its newest checkpoint.
+	Resume bool
+	// Log receives progress and the summary (nil: discarded).
+	Log io.Writer
+	// Backend, if not nil, replaces the config's GoMLX backend (tests share one).
+	Backend backends.Backend
+}
+
+// RunResult summarises a finished (or interrupted) run.
+type RunResult struct {
+	Dir        string
+	Epochs     int
+	EvalBefore *EvalResult
+	EvalAfter  *EvalResult
+	Report     string
+	// Checkpoint is the newest checkpoint directory.
+	Checkpoint string
+}
+
+// trainState is the JSON part of a checkpoint: everything besides tensors that a resumed run
+// needs to continue exactly.
+type trainState struct {
+	RNG        []byte                 `json:"rng"`
+	Samples    int                    `json:"samples"`
+	Elapsed    float64                `json:"elapsed_seconds"`
+	EMAUpdates int                    `json:"ema_updates"`
+	Ints       map[string]intVariable `json:"int_variables"`
+}
+
+// Checkpoint tensor groups.
+const (
+	groupLoRA    = "lora"    // LoRAFile: the adapters being trained
+	groupEMA     = "ema"     // EMALoRAFile: their moving average, used for evaluation
+	groupTrainer = "trainer" // optimizer moments and other trainer variables
+)
+
+// RunDir is the run directory of cfg: out_dir/name, relative to the config file.
+func RunDir(cfg Config) string { return filepath.Join(cfg.Resolve(cfg.Run.OutDir), cfg.Run.Name) }
+
+// Run trains cfg's policy with DenseGRPO (or Flow-GRPO when dense.enabled is false): it
+// evaluates the base model, runs epochs until the epoch count or time budget, evaluates the
+// EMA adapters, and writes metrics, checkpoints, sample grids and the report into RunDir(cfg).
+// A cancelled ctx (Ctrl-C) checkpoints the last finished epoch and returns context.Canceled.
+func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err error) {
+	log := opts.Log
+	if log == nil {
+		log = io.Discard
+	}
+	dir := RunDir(cfg)
+	res.Dir = dir
+	ckpt := NewCheckpointer(filepath.Join(dir, "checkpoints"), cfg.Run.KeepCheckpoints)
+	if err := prepareRunDir(cfg, dir, opts.Resume, ckpt); err != nil {
+		return res, err
+	}
+
+	// Open everything (and check every declared tensor) before any compute is spent.
+	frozen, err := OpenFrozen(ctx, cfg)
+	if err != nil {
+		return res, err
+	}
+	defer frozen.Close()
+	policy, err := NewPolicy(cfg, PolicyOptions{Backend: opts.Backend})
+	if err != nil {
+		return res, err
+	}
+	defer policy.Close()
+	if err := policy.Check(frozen.TextEncoder, frozen.VAE); err != nil {
+		return res, err
+	}
+	fmt.Fprintf(log, "run %s: backend %s, %d base + %d LoRA parameters, dense=%v\n",
+		dir, policy.BackendDesc, policy.Model.NumParams(), policy.Model.NumLoRAParams(), cfg.Dense.Enabled)
+	t, err := newTrainer(ctx, cfg, policy, frozen)
+	if err != nil {
+		return res, err
+	}
+
+	metrics, err := openMetrics(filepath.Join(dir, "metrics.jsonl"))
+	if err != nil {
+		return res, err
+	}
+	defer metrics.Close()
+	if opts.Resume {
+		ck, ckDir, ok, err := ckpt.Latest()
+		if err != nil {
+			return res, err
+		}
+		if !ok {
+			return res, fmt.Errorf("resume %s: no checkpoint in %s", dir, ckpt.Dir)
+		}
+		if err := t.restore(ck); err != nil {
+			return res, fmt.Errorf("resume from %s: %w", ckDir, err)
+		}
+		if err := metrics.TruncateAfter(ck.Epoch); err != nil {
+			return res, err
+		}
+		res.Checkpoint = ckDir
+		fmt.Fprintf(log, "resumed from %s (epoch %d)\n", ckDir, ck.Epoch)
+	} else {
+		before, err := t.evaluate(ctx, log)
+		if err != nil {
+			return res, err
+		}
+		res.EvalBefore = &before
+		fmt.Fprintf(log, "eval before training: %s\n", before.Summary())
+		if err := metrics.Write(evalLine(0, before)); err != nil {
+			return res, err
+		}
+		if err := t.writeSamples(dir, 0, before); err != nil {
+			return res, err
+		}
+	}
+	if res.EvalBefore == nil {
+		res.EvalBefore = metrics.BaseEval()
+	}
+
+	budget := cfg.TimeBudgetDuration()
+	started := time.Now().Add(-time.Duration(t.elapsed * float64(time.Second)))
+	// checkpoint saves the last finished epoch; it must work after ctx is cancelled.
+	checkpoint := func() error {
+		ck, err := t.checkpoint()
+		if err != nil {
+			return err
+		}
+		path, err := ckpt.Save(ck)
+		if err != nil {
+			return err
+		}
+		res.Checkpoint = path
+		return nil
+	}
+	bar := progress.New(log, "train", max(cfg.Run.Epochs, 0))
+	defer bar.Done()
+	for {
+		epoch := t.epoch + 1
+		if cfg.Run.Epochs > 0 && epoch > cfg.Run.Epochs {
+			break
+		}
+		if budget > 0 && time.Since(started) >= budget {
+			break
+		}
+		line, err := t.runEpoch(ctx)
+		if err != nil {
+			if errors.Is(err, context.Canceled) && t.epoch > 0 {
+				if cerr := checkpoint(); cerr != nil {
+					return res, errors.Join(err, cerr)
+				}
+				return res, fmt.Errorf("interrupted during epoch %d; checkpoint of epoch %d in %s: %w", epoch, t.epoch, res.Checkpoint, err)
+			}
+			return res, fmt.Errorf("epoch %d: %w", epoch, err)
+		}
+		t.elapsed = time.Since(started).Seconds()
+		line["elapsed_seconds"] = t.elapsed
+		last := (cfg.Run.Epochs > 0 && epoch >= cfg.Run.Epochs) || (budget > 0 && time.Since(started) >= budget)
+		if last || (cfg.Eval.Every > 0 && epoch%cfg.Eval.Every == 0) {
+			after, err := t.evaluateEMA(ctx, log)
+			if err != nil {
+				return res, fmt.Errorf("epoch %d: %w", epoch, err)
+			}
+			for k, v := range evalLine(epoch, after) {
+				line[k] = v
+			}
+			if last {
+				res.EvalAfter = &after
+				if err := t.writeSamples(dir, epoch, after); err != nil {
+					return res, err
+				}
+			}
+		}
+		if err := metrics.Write(line); err != nil {
+			return res, err
+		}
+		res.Epochs = epoch
+		if last || epoch%cfg.Run.CheckpointEvery == 0 {
+			if err := checkpoint(); err != nil {
+				return res, err
+			}
+		}
+		if cfg.Run.SampleEvery > 0 && epoch%cfg.Run.SampleEvery == 0 && !last {
+			if err := t.writeRolloutSamples(dir, epoch); err != nil {
+				return res, err
+			}
+		}
+		bar.Add(1)
+		bar.SetSuffix(fmt.Sprintf("epoch %d reward %.3f", epoch, line["reward_mean"]))
+		fmt.Fprintf(log, "epoch %d: reward %.4f ± %.4f, loss %.3g, kl %.3g, %.1f samples/s, %.1fs\n", epoch,
+			line["reward_mean"], line["reward_std"], line["loss"], line["kl"], line["samples_per_second"], line["wall_seconds"])
+		if err := ctx.Err(); err != nil {
+			return res, fmt.Errorf("interrupted after epoch %d; checkpoint in %s: %w", epoch, res.Checkpoint, err)
+		}
+	}
+	if res.EvalAfter == nil && res.Epochs == 0 {
+		return res, fmt.Errorf("run %s: no epoch ran (epochs %d, time budget %s already spent)", dir, cfg.Run.Epochs, cfg.Run.TimeBudget)
+	}
+	res.Report = filepath.Join(dir, "report.html")
+	if err := report.Write(ctx, []string{dir}, res.Report); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// prepareRunDir creates the run directory (or checks it for --resume), saves the resolved
+// config, and fails early when the directory is not writable or the disk is nearly full.
+func prepareRunDir(cfg Config, dir string, resume bool, ckpt *Checkpointer) error {
+	if resume {
+		if _, err := os.Stat(dir); err != nil {
+			return fmt.Errorf("resume: run directory %s: %w", dir, err)
+		}
+	} else {
+		if _, _, ok, _ := ckpt.Latest(); ok {
+			return fmt.Errorf("run directory %s already holds a run; resume it with --resume %s or set run.name", dir, dir)
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "samples"), 0o755); err != nil {
+			return fmt.Errorf("create run directory: %w", err)
+		}
+	}
+	probe := filepath.Join(dir, ".write-test")
+	if err := os.WriteFile(probe, []byte("ok"), 0o644); err != nil {
+		return fmt.Errorf("run directory %s is not writable: %w", dir, err)
+	}
+	os.Remove(probe)
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err == nil {
+		const minFree = 64 << 20
+		if free := st.Bavail * uint64(st.Bsize); free < minFree {
+			return fmt.Errorf("run directory %s: only %d MiB free on its disk, want at least %d MiB for checkpoints", dir, free>>20, minFree>>20)
+		}
+	}
+	if resume {
+		return nil
+	}
+	text, err := ResolvedTOML(cfg)
+	if err != nil {
+		return err
+	}
+	return writeFileSync(filepath.Join(dir, "config.toml"), text)
+}
+
+// ResolvedTOML renders cfg with every path made absolute, so the file reproduces the run from
+// any directory (it is what `--resume` reads back).
+func ResolvedTOML(cfg Config) ([]byte, error) {
+	abs := func(p string) string {
+		if p == "" {
+			return p
+		}
+		a, err := filepath.Abs(cfg.Resolve(p))
+		if err != nil {
+			return cfg.Resolve(p)
+		}
+		return a
+	}
+	out := cfg
+	out.Run.OutDir = abs(cfg.Run.OutDir)
+	out.Model.Config, out.Model.Weights = abs(cfg.Model.Config), abs(cfg.Model.Weights)
+	out.ONNX.Library = abs(cfg.ONNX.Library)
+	out.TextEncoder.Model, out.VAE.Decoder = abs(cfg.TextEncoder.Model), abs(cfg.VAE.Decoder)
+	out.Prompts.Train, out.Prompts.Test = abs(cfg.Prompts.Train), abs(cfg.Prompts.Test)
+	out.Sampler.Psi = abs(cfg.Sampler.Psi)
+	var buf bytes.Buffer
+	buf.WriteString("# Resolved configuration of this run (paths absolute). Source: " + cfg.Path + "\n\n")
+	if err := toml.NewEncoder(&buf).Encode(out.Sections); err != nil {
+		return nil, fmt.Errorf("render resolved config: %w", err)
+	}
+	// Reward blocks are written as the user wrote them (their defaults depend on the kind),
+	// with every file path made absolute.
+	rewardsOut := make([]map[string]any, len(cfg.rawRewards))
+	for i, r := range cfg.rawRewards {
+		rewardsOut[i] = absPaths(r, abs)
+	}
+	buf.WriteString("\n")
+	if err := toml.NewEncoder(&buf).Encode(map[string]any{"reward": rewardsOut}); err != nil {
+		return nil, fmt.Errorf("render resolved config rewards: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// rewardPathKeys are the keys of a `[[reward]]` table (and its sub-tables) that name files.
+var rewardPathKeys = map[string]bool{"model": true, "image_model": true, "text_model": true, "detector": true,
+	"keys": true, "classes": true, "vocab": true, "merges": true}
+
+// absPaths copies a reward table with its file paths passed through abs.
+func absPaths(table map[string]any, abs func(string) string) map[string]any {
+	out := make(map[string]any, len(table))
+	for k, v := range table {
+		switch x := v.(type) {
+		case string:
+			if rewardPathKeys[k] {
+				x = abs(x)
+			}
+			out[k] = x
+		case map[string]any:
+			out[k] = absPaths(x, abs)
+		default:
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// LoadRunConfig reads the resolved config saved in a run directory (for --resume).
+func LoadRunConfig(dir string, sets []string) (Config, error) {
+	return Load(filepath.Join(dir, "config.toml"), sets)
+}
+
+// metricsFile appends one JSON object per line, fsynced, so a killed run loses at most the
+// line being written.
+type metricsFile struct {
+	path string
+	f    *os.File
+}
+
+func openMetrics(path string) (*metricsFile, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open metrics: %w", err)
+	}
+	return &metricsFile{path: path, f: f}, nil
+}
+
+func (m *metricsFile) Write(line map[string]any) error {
+	for k, v := range line {
+		if x, ok := v.(float64); ok && (math.IsNaN(x) || math.IsInf(x, 0)) {
+			line[k] = nil // JSON has no NaN; null says "not a number" in the log
+		}
+	}
+	data, err := json.Marshal(line)
+	if err != nil {
+		return fmt.Errorf("write metrics %s: %w", m.path, err)
+	}
+	if _, err := m.f.Write(append(data, '\n')); err != nil {
+		return fmt.Errorf("write metrics %s: %w", m.path, err)
+	}
+	if err := m.f.Sync(); err != nil {
+		return fmt.Errorf("write metrics %s: %w", m.path, err)
+	}
+	return nil
+}
+
+// lines returns the decoded lines; a torn last line (a killed run) is dropped.
+func (m *metricsFile) lines() ([]map[string]any, error) {
+	data, err := os.ReadFile(m.path)
+	if err != nil {
+		return nil, fmt.Errorf("read metrics %s: %w", m.path, err)
+	}
+	var out []map[string]any
+	for i, raw := range strings.Split(string(data), "\n") {
+		if strings.TrimSpace(raw) == "" {
+			continue
+		}
+		var line map[string]any
+		if err := json.Unmarshal([]byte(raw), &line); err != nil {
+			if i == strings.Count(string(data), "\n") { // the unterminated last line
+				break
+			}
+			return nil, fmt.Errorf("read metrics %s:%d: %w", m.path, i+1, err)
+		}
+		out = append(out, line)
+	}
+	return out, nil
+}
+
+// TruncateAfter keeps the lines of epochs <= epoch: a resumed run rewrites what came after its
+// checkpoint, so its log equals an uninterrupted run's.
+func (m *metricsFile) TruncateAfter(epoch int) error {
+	lines, err := m.lines()
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	for _, l := range lines {
+		if e, _ := l["epoch"].(float64); int(e) <= epoch {
+			data, _ := json.Marshal(l)
+			buf.Write(append(data, '\n'))
+		}
+	}
+	m.f.Close()
+	if err := writeFileSync(m.path, buf.Bytes()); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(m.path, os.O_RDWR|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("reopen metrics: %w", err)
+	}
+	m.f = f
+	return nil
+}
+
+// BaseEval returns the evaluation of the base model logged at epoch 0, if any.
+func (m *metricsFile) BaseEval() *EvalResult {
+	lines, err := m.lines()
+	if err != nil {
+		return nil
+	}
+	for _, l := range lines {
+		if e, _ := l["epoch"].(float64); e == 0 {
+			if v, ok := l["eval_reward_mean"].(float64); ok {
+				n, _ := l["eval_n"].(float64)
+				return &EvalResult{N: int(n), RewardMean: v}
+			}
+		}
+	}
+	return nil
+}
+
+func (m *metricsFile) Close() error { return m.f.Close() }
+
+func evalLine(epoch int, r EvalResult) map[string]any {
+	line := map[string]any{"epoch": epoch, "eval_reward_mean": r.RewardMean, "eval_n": r.N}
+	for name, v := range r.Rewards {
+		line["eval/"+name] = v
+	}
+	for name, v := range r.Extra {
+		line["eval/"+name] = v
+	}
+	return line
+}
+
+// newRNG returns the run's generator of prompt order and rollout seeds.
+func newRNG(seed int64) (*rand.PCG, *rand.Rand) {
+	src := rand.NewPCG(uint64(seed), 0x747261696e) // "train"
+	return src, rand.New(src)
+}
+
+// copyTensors deep-copies a tensor group.
+func copyTensors(in map[string]safetensors.Tensor) map[string]safetensors.Tensor {
+	out := make(map[string]safetensors.Tensor, len(in))
+	for k, t := range in {
+		out[k] = safetensors.Tensor{Shape: append([]int{}, t.Shape...), Data: append([]float32{}, t.Data...)}
+	}
+	return out
+}

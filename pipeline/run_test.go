@@ -1,0 +1,199 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/densegrpo/densegrpo/exporters/onnx"
+	"github.com/densegrpo/densegrpo/models/nn/nntest"
+)
+
+// smallRun is the fixture shrunk to seconds: 2 prompts × 2 images, 3 steps (2 trained),
+// minibatches of 2, evaluation on 2 test prompts.
+var smallRun = []string{"run.epochs=2", "prompts.per_epoch=2", "sampler.group_size=2", "sampler.steps=3",
+	"pipeline.rollout_batch=2", "grpo.minibatch=2", "eval.prompts=2", "run.checkpoint_every=1", "run.sample_every=1"}
+
+func readMetrics(t *testing.T, dir string) []map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "metrics.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func TestRunDenseAndSparse(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		sets []string
+	}{
+		{"dense overlapped", []string{"dense.enabled=true", "pipeline.overlap=true"}},
+		{"sparse sequential", []string{"dense.enabled=false", "pipeline.overlap=false"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, _ := fixture(t, append(append([]string{}, smallRun...), tc.sets...)...)
+			res, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := readMetrics(t, res.Dir)
+			if len(lines) != 3 {
+				t.Fatalf("%d metrics lines, want 3 (eval at epoch 0, epochs 1 and 2)", len(lines))
+			}
+			if lines[0]["epoch"].(float64) != 0 || lines[0]["eval_reward_mean"] == nil {
+				t.Errorf("first line %v, want the base model's evaluation at epoch 0", lines[0])
+			}
+			for _, key := range []string{"reward_mean", "reward_std", "reward/bright", "loss", "kl", "approx_kl", "clip_frac",
+				"stage_seconds", "wall_seconds", "samples_per_second", "samples"} {
+				if _, ok := lines[1][key]; !ok {
+					t.Errorf("epoch line lacks %q: %v", key, lines[1])
+				}
+			}
+			if got := lines[2]["samples"].(float64); got != 8 {
+				t.Errorf("samples after 2 epochs = %v, want 8 (2 prompts × 2 images × 2 epochs)", got)
+			}
+			pos, isDense := lines[1]["dense_pos_frac"].([]any)
+			if isDense != cfg.Dense.Enabled || (isDense && len(pos) != 2) {
+				t.Errorf("dense_pos_frac = %v with dense=%v, want 2 per-step values exactly when dense", lines[1]["dense_pos_frac"], cfg.Dense.Enabled)
+			}
+			stages := lines[1]["stage_seconds"].(map[string]any)
+			if _, ok := stages[StageTrain]; !ok {
+				t.Errorf("stage_seconds %v lacks %s", stages, StageTrain)
+			}
+			if lines[2]["eval_reward_mean"] == nil || res.EvalAfter == nil || res.EvalBefore == nil {
+				t.Error("no evaluation after the last epoch")
+			}
+			for _, f := range []string{"config.toml", "report.html", "checkpoints/epoch-000002/lora.safetensors",
+				"checkpoints/epoch-000002/ema.safetensors", "checkpoints/epoch-000002/trainer.safetensors",
+				"samples/eval-0000.png", "samples/eval-0002.png", "samples/epoch-0001.png"} {
+				if _, err := os.Stat(filepath.Join(res.Dir, f)); err != nil {
+					t.Errorf("run directory: %v", err)
+				}
+			}
+			if _, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)}); err == nil || !strings.Contains(err.Error(), "--resume") {
+				t.Errorf("second run into the same directory: error %v, want a pointer to --resume", err)
+			}
+		})
+	}
+}
+
+// trainingKeys are the metrics a resumed run must reproduce exactly (timings differ).
+var trainingKeys = []string{"samples", "reward_mean", "reward_std", "loss", "policy_loss", "kl", "approx_kl",
+	"clip_frac", "grad_norm", "dense_pos_frac", "dense_delta_mean"}
+
+// A run stopped after epoch 2 and resumed to epoch 3 logs the same epochs as one that ran
+// straight to epoch 3.
+func TestRunResumeIsExact(t *testing.T) {
+	straight, _ := fixture(t, append(append([]string{}, smallRun...), "run.epochs=3")...)
+	a, err := Run(context.Background(), straight, RunOptions{Backend: nntest.Backend(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := fixture(t, smallRun...)
+	b, err := Run(context.Background(), first, RunOptions{Backend: nntest.Backend(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resumed, err := LoadRunConfig(b.Dir, []string{"run.epochs=3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(context.Background(), resumed, RunOptions{Backend: nntest.Backend(t), Resume: true}); err != nil {
+		t.Fatal(err)
+	}
+	la, lb := readMetrics(t, a.Dir), readMetrics(t, b.Dir)
+	if len(la) != 4 || len(lb) != 4 {
+		t.Fatalf("got %d and %d metrics lines, want 4 each", len(la), len(lb))
+	}
+	for e := 1; e <= 3; e++ {
+		for _, k := range trainingKeys {
+			ja, _ := json.Marshal(la[e][k])
+			jb, _ := json.Marshal(lb[e][k])
+			if string(ja) != string(jb) {
+				t.Errorf("epoch %d %s: straight %s, resumed %s", e, k, ja, jb)
+			}
+		}
+	}
+	if la[3]["eval_reward_mean"] != lb[3]["eval_reward_mean"] {
+		t.Errorf("final eval: straight %v, resumed %v", la[3]["eval_reward_mean"], lb[3]["eval_reward_mean"])
+	}
+}
+
+// writeNaNReward writes an onnx-scalar reward whose score is sqrt(−1 − mean) = NaN.
+func writeNaNReward(t *testing.T, path string) {
+	t.Helper()
+	g := onnx.NewGraph("nan_reward")
+	x := g.Input("pixel_values", onnx.Float32, onnx.Sym("batch"), onnx.Fixed(3)[0], onnx.Sym("height"), onnx.Sym("width"))
+	m := g.Op("ReduceMean", []string{x}, onnx.AttrInts("axes", 1, 2, 3), onnx.AttrInt("keepdims", 0))
+	neg := g.Op("Sub", []string{g.ConstF32("minus_one", []int64{}, []float32{-1}), m})
+	g.Node("Sqrt", []string{neg}, []string{"score"})
+	g.Output("score", onnx.Float32, onnx.Sym("batch"))
+	if err := (&onnx.Model{Graph: g}).WriteFile(path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRunStopsOnNaNReward(t *testing.T) {
+	cfg, files := fixture(t, smallRun...)
+	writeNaNReward(t, files.Reward)
+	_, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)})
+	// The base-model evaluation meets the NaN first; the rewards layer names the reward.
+	if err == nil || !strings.Contains(err.Error(), `reward "bright"`) || !strings.Contains(err.Error(), "NaN") {
+		t.Fatalf("error %v, want it to name the reward that gave NaN", err)
+	}
+}
+
+// An output directory that cannot be created is an error before anything is opened or run.
+// (A path under a regular file fails even for root, whom permissions do not stop.)
+func TestRunUnwritableDir(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "not-a-dir")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := fixture(t, append(append([]string{}, smallRun...), "run.out_dir="+filepath.Join(file, "runs"))...)
+	_, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)})
+	if err == nil || !strings.Contains(err.Error(), "create run directory") || !strings.Contains(err.Error(), file) {
+		t.Fatalf("error %v, want the run directory named before training", err)
+	}
+}
+
+func TestDenseStats(t *testing.T) {
+	// Three samples, two steps: step 0 has ΔR = 1, −1, 0 (one positive: 1/3, mean 0,
+	// population std sqrt(2/3)); step 1 has 0.5 each (all positive, std 0).
+	pos, mean, std := denseStats([][]float64{{1, 0.5}, {-1, 0.5}, {0, 0.5}})
+	want := [][]float64{{1.0 / 3, 1}, {0, 0.5}, {math.Sqrt(2.0 / 3), 0}}
+	for i, got := range [][]float64{pos, mean, std} {
+		for k := range got {
+			if math.Abs(got[k]-want[i][k]) > 1e-12 {
+				t.Errorf("stat %d step %d: got %v, want %v", i, k, got[k], want[i][k])
+			}
+		}
+	}
+}
+
+func TestEMADecay(t *testing.T) {
+	// decay min((1+n)/(10+n), 0.9): n=0 → 0.1, n=1 → 2/11, n=80 → 0.9 (81/90 = 0.9 exactly).
+	e := newEMA(0.9, nil)
+	for _, tc := range []struct {
+		n    int
+		want float64
+	}{{0, 0.1}, {1, 2.0 / 11}, {80, 0.9}, {1000, 0.9}} {
+		e.Updates = tc.n
+		if got := e.decay(); math.Abs(got-tc.want) > 1e-15 {
+			t.Errorf("decay after %d updates = %v, want %v", tc.n, got, tc.want)
+		}
+	}
+}

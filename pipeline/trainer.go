@@ -1,0 +1,409 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/densegrpo/densegrpo/models/safetensors"
+	"github.com/densegrpo/densegrpo/rewards"
+	"github.com/densegrpo/densegrpo/rl"
+)
+
+// trainer holds one run's state between epochs.
+type trainer struct {
+	cfg     Config
+	policy  *Policy
+	frozen  *Frozen
+	col     *collector
+	grpo    *rl.Trainer
+	prompts []string
+	rngSrc  *rand.PCG
+	rng     *rand.Rand
+	ema     *ema
+	epoch   int
+	samples int
+	elapsed float64
+	// lastRollout is the newest epoch's first minibatch, for sample grids.
+	lastRollout *epochBatch
+}
+
+func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen) (*trainer, error) {
+	prompts, err := LoadPromptFile(cfg.Resolve(cfg.Prompts.Train))
+	if err != nil {
+		return nil, err
+	}
+	sched, err := rl.SD3Schedule(cfg.Sampler.Steps, cfg.Sampler.Shift)
+	if err != nil {
+		return nil, fmt.Errorf("sampler: %w", err)
+	}
+	psi, err := loadPsi(cfg, sched)
+	if err != nil {
+		return nil, err
+	}
+	scfg := rl.SamplerConfig{
+		Kind: rl.Kind(cfg.Sampler.Kind), NoiseLevel: cfg.Sampler.NoiseLevel, Psi: psi,
+		Guidance: Guidance(cfg), GroupSize: cfg.Sampler.GroupSize, SameNoise: cfg.Sampler.SameNoise,
+		LatentShape: frozen.VAE.LatentShape(),
+	}
+	sampler, err := rl.NewSampler(policy.Backend, policy.Ctx, policy.Velocity, sched, scfg)
+	if err != nil {
+		return nil, err
+	}
+	grpo, err := rl.NewTrainer(policy.Backend, policy.Ctx, policy.Velocity, rl.TrainConfig{
+		Loss:     rl.LossConfig{Kind: rl.Kind(cfg.Sampler.Kind), ClipRange: cfg.GRPO.ClipRange, Beta: cfg.GRPO.Beta},
+		Guidance: Guidance(cfg), LearningRate: cfg.GRPO.LearningRate, WeightDecay: cfg.GRPO.WeightDecay,
+		GradClip: cfg.GRPO.GradClip,
+	})
+	if err != nil {
+		return nil, err
+	}
+	lora, err := policy.Model.LoRATensors(policy.Ctx)
+	if err != nil {
+		return nil, err
+	}
+	src, rng := newRNG(cfg.Run.Seed)
+	return &trainer{
+		cfg: cfg, policy: policy, frozen: frozen, grpo: grpo, prompts: prompts, rngSrc: src, rng: rng,
+		ema: newEMA(cfg.GRPO.EMADecayMax, lora),
+		col: &collector{cfg: cfg, policy: policy, frozen: frozen, sampler: sampler, sched: sched,
+			need: cfg.TrainedSteps(), dense: cfg.Dense.Enabled},
+	}, nil
+}
+
+// psiFile is psi.json, written by `pipeline calibrate` and drawn by the report.
+type psiFile struct {
+	Sigmas     []float32      `json:"sigmas"`
+	Start      []float32      `json:"start"`
+	Psi        []float32      `json:"psi"`
+	NoiseLevel float64        `json:"noise_level"`
+	Iterations []psiIteration `json:"iterations"`
+}
+
+type psiIteration struct {
+	Iteration int       `json:"iteration"`
+	Psi       []float32 `json:"psi"`
+	Pos       []int     `json:"pos"`
+	Neg       []int     `json:"neg"`
+}
+
+// loadPsi reads sampler.psi, checking it was calibrated for this schedule.
+func loadPsi(cfg Config, sched rl.Schedule) ([]float32, error) {
+	if cfg.Sampler.Psi == "" {
+		return nil, nil
+	}
+	path := cfg.Resolve(cfg.Sampler.Psi)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("sampler.psi: %w", err)
+	}
+	var f psiFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("sampler.psi: decode %s: %w", path, err)
+	}
+	if len(f.Psi) != sched.Steps() {
+		return nil, fmt.Errorf("sampler.psi: %s has %d values, want %d (sampler.steps)", path, len(f.Psi), sched.Steps())
+	}
+	for k, s := range f.Sigmas {
+		if k < len(sched.Sigmas) && math.Abs(float64(s-sched.Sigmas[k])) > 1e-6 {
+			return nil, fmt.Errorf("sampler.psi: %s was calibrated for another schedule (σ_%d = %v, this run has %v)", path, k, s, sched.Sigmas[k])
+		}
+	}
+	return f.Psi, nil
+}
+
+// evaluate runs the configured evaluation with the current adapters.
+func (t *trainer) evaluate(ctx context.Context, log io.Writer) (EvalResult, error) {
+	return Evaluate(ctx, t.cfg, t.policy, EvalOptions{Frozen: t.frozen, KeepImages: true, Progress: log})
+}
+
+// evaluateEMA evaluates with the EMA of the adapters, then puts the trained adapters back.
+func (t *trainer) evaluateEMA(ctx context.Context, log io.Writer) (EvalResult, error) {
+	current, err := t.policy.Model.LoRATensors(t.policy.Ctx)
+	if err != nil {
+		return EvalResult{}, err
+	}
+	if err := t.policy.Model.SetLoRATensors(t.policy.Ctx, t.ema.Values); err != nil {
+		return EvalResult{}, err
+	}
+	res, evalErr := t.evaluate(ctx, log)
+	if err := t.policy.Model.SetLoRATensors(t.policy.Ctx, current); err != nil {
+		return EvalResult{}, err
+	}
+	return res, evalErr
+}
+
+// collected is one epoch's data: the scored minibatches and their rewards.
+type collected struct {
+	batches []*epochBatch
+	rewards epochRewards
+	timer   *stageTimer
+	wall    float64
+}
+
+// collect draws the epoch's prompts and rollout seeds from the run's RNG, runs the collection
+// stages and gathers the rewards.
+func (t *trainer) collect(ctx context.Context) (collected, error) {
+	cfg := t.cfg
+	start := time.Now()
+	perBatch := max(1, cfg.Pipeline.RolloutBatch/cfg.Sampler.GroupSize) // prompts per rollout minibatch
+	prompts := make([]string, cfg.Prompts.PerEpoch)
+	ids := make([]int, len(prompts))
+	for i := range prompts {
+		prompts[i] = t.prompts[t.rng.IntN(len(t.prompts))]
+		ids[i] = i
+	}
+	n := (len(prompts) + perBatch - 1) / perBatch
+	seeds := make([]uint64, n)
+	for j := range seeds {
+		seeds[j] = t.rng.Uint64()
+	}
+	c := collected{timer: newStageTimer()}
+	var err error
+	c.batches, err = runStages(ctx, n, t.col.stages(prompts, ids, perBatch, seeds), cfg.Pipeline.Overlap,
+		cfg.Pipeline.Buffer, cfg.Pipeline.ScoreWorkers, c.timer)
+	if err != nil {
+		return c, err
+	}
+	c.wall = time.Since(start).Seconds()
+	c.rewards, err = gatherRewards(c.batches, t.col.sched.Steps(), t.col.need, t.col.dense)
+	if err != nil {
+		return c, &StageError{Stage: StageScore, Err: err}
+	}
+	return c, nil
+}
+
+// runEpoch collects one epoch of rollouts, computes advantages and updates the policy. It
+// returns the epoch's metrics line.
+func (t *trainer) runEpoch(ctx context.Context) (map[string]any, error) {
+	cfg := t.cfg
+	start := time.Now()
+	col, err := t.collect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	batches, rw, timer, need := col.batches, col.rewards, col.timer, t.col.need
+	final := rw.Final()
+	advCfg := rl.AdvantageConfig{Std: rl.StdMode(cfg.GRPO.Std), Clip: cfg.GRPO.AdvClip}
+	var adv [][]float64
+	if cfg.Dense.Enabled {
+		adv, err = rl.DenseAdvantages(rw.Delta, rw.Group, need, advCfg)
+	} else {
+		adv, err = rl.SparseAdvantages(final, rw.Group, need, advCfg)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("advantages: %w", err)
+	}
+
+	trainStart := time.Now()
+	stats, dropped, err := t.update(ctx, batches, adv)
+	timer.mu.Lock()
+	timer.busy[StageTrain] += time.Since(trainStart).Seconds()
+	timer.mu.Unlock()
+	if err != nil {
+		return nil, &StageError{Stage: StageTrain, Err: err}
+	}
+	t.epoch++
+	t.samples += len(final)
+	t.lastRollout = batches[0]
+
+	mean, std := meanStd(final)
+	wall := time.Since(start).Seconds()
+	line := map[string]any{
+		"epoch": t.epoch, "samples": t.samples, "reward_mean": mean, "reward_std": std,
+		"loss": stats.Loss, "policy_loss": stats.Policy, "kl": stats.KL, "approx_kl": stats.ApproxKL,
+		"clip_frac": stats.ClipFrac, "ratio_mean": stats.RatioMean, "grad_norm": stats.GradNorm,
+		"updates": stats.Updates, "dropped": dropped,
+		"stage_seconds": timer.snapshot(), "collect_wall_seconds": col.wall,
+		"wall_seconds": wall, "samples_per_second": float64(len(final)) / wall,
+	}
+	for name, vs := range rw.ByName {
+		m, _ := meanStd(vs)
+		line["reward/"+name] = m
+	}
+	if cfg.Dense.Enabled {
+		pos, dm, ds := denseStats(rw.Delta)
+		line["dense_pos_frac"], line["dense_delta_mean"], line["dense_delta_std"] = pos, dm, ds
+	}
+	for _, k := range []string{"loss", "kl", "policy_loss"} {
+		if v := line[k].(float64); math.IsNaN(v) || math.IsInf(v, 0) {
+			return nil, fmt.Errorf("%s is %v after epoch %d: stopping (the last good checkpoint is kept)", k, v, t.epoch)
+		}
+	}
+	return line, nil
+}
+
+// updateStats are the diagnostics of an epoch's updates, averaged over accumulated steps.
+type updateStats struct {
+	Loss, Policy, KL, ApproxKL, ClipFrac, RatioMean, GradNorm float64
+	Updates                                                   int
+}
+
+// update trains on the epoch: for each rollout minibatch, samples whose advantage is not zero
+// everywhere, in chunks of grpo.minibatch; each chunk accumulates the gradient of every trained
+// step (weight 1/steps) and takes one AdamW step, after which the EMA is updated.
+func (t *trainer) update(ctx context.Context, batches []*epochBatch, adv [][]float64) (updateStats, int, error) {
+	var st updateStats
+	need := t.col.need
+	kept, dropped := rl.DropZeroAdvantages(adv)
+	keep := make(map[int]bool, len(kept))
+	for _, i := range kept {
+		keep[i] = true
+	}
+	var acc int
+	base := 0
+	for _, b := range batches {
+		var samples []int
+		for i := range b.traj.Len() {
+			if keep[base+i] {
+				samples = append(samples, i)
+			}
+		}
+		for lo := 0; lo < len(samples); lo += t.cfg.GRPO.Minibatch {
+			chunk := samples[lo:min(lo+t.cfg.GRPO.Minibatch, len(samples))]
+			for k := range need {
+				a := make([]float64, len(chunk))
+				for j, i := range chunk {
+					a[j] = adv[base+i][k]
+				}
+				s, err := t.grpo.Accumulate(ctx, b.cond, b.traj, k, chunk, a, 1/float64(need))
+				if err != nil {
+					return st, 0, err
+				}
+				st.Loss += s.Loss
+				st.Policy += s.Policy
+				st.KL += s.KL
+				st.ApproxKL += s.ApproxKL
+				st.ClipFrac += s.ClipFrac
+				st.RatioMean += s.RatioMean
+				acc++
+			}
+			norm, err := t.grpo.Apply(ctx)
+			if err != nil {
+				return st, 0, err
+			}
+			st.GradNorm += norm
+			st.Updates++
+			lora, err := t.policy.Model.LoRATensors(t.policy.Ctx)
+			if err != nil {
+				return st, 0, err
+			}
+			if err := t.ema.Update(lora); err != nil {
+				return st, 0, err
+			}
+		}
+		base += b.traj.Len()
+	}
+	if acc > 0 {
+		n := float64(acc)
+		st.Loss, st.Policy, st.KL, st.ApproxKL, st.ClipFrac, st.RatioMean = st.Loss/n, st.Policy/n, st.KL/n, st.ApproxKL/n, st.ClipFrac/n, st.RatioMean/n
+	}
+	if st.Updates > 0 {
+		st.GradNorm /= float64(st.Updates)
+	}
+	return st, len(dropped), nil
+}
+
+func meanStd(v []float64) (mean, std float64) {
+	if len(v) == 0 {
+		return math.NaN(), math.NaN()
+	}
+	for _, x := range v {
+		mean += x
+	}
+	mean /= float64(len(v))
+	for _, x := range v {
+		std += (x - mean) * (x - mean)
+	}
+	return mean, math.Sqrt(std / float64(len(v)))
+}
+
+// checkpoint captures everything a resumed run needs.
+func (t *trainer) checkpoint() (Checkpoint, error) {
+	lora, err := t.policy.Model.LoRATensors(t.policy.Ctx)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	floats, ints, err := trainerVariables(t.policy.Ctx, t.policy.Model)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	rng, err := t.rngSrc.MarshalBinary()
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("save RNG state: %w", err)
+	}
+	state, err := json.Marshal(trainState{RNG: rng, Samples: t.samples, Elapsed: t.elapsed, EMAUpdates: t.ema.Updates, Ints: ints})
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	return Checkpoint{Epoch: t.epoch, State: state, Tensors: map[string]map[string]safetensors.Tensor{
+		groupLoRA: lora, groupEMA: copyTensors(t.ema.Values), groupTrainer: floats,
+	}}, nil
+}
+
+// restore puts a checkpoint back: adapters, EMA, optimizer state, RNG, counters.
+func (t *trainer) restore(ck Checkpoint) error {
+	var st trainState
+	if err := json.Unmarshal(ck.State, &st); err != nil {
+		return fmt.Errorf("decode state: %w", err)
+	}
+	for _, g := range []string{groupLoRA, groupEMA} {
+		if _, ok := ck.Tensors[g]; !ok {
+			return fmt.Errorf("checkpoint has no %s.safetensors", g)
+		}
+	}
+	if err := t.policy.Model.SetLoRATensors(t.policy.Ctx, ck.Tensors[groupLoRA]); err != nil {
+		return err
+	}
+	if err := restoreTrainerVariables(t.policy.Ctx, ck.Tensors[groupTrainer], st.Ints); err != nil {
+		return err
+	}
+	if err := t.rngSrc.UnmarshalBinary(st.RNG); err != nil {
+		return fmt.Errorf("restore RNG state: %w", err)
+	}
+	t.ema = newEMA(t.cfg.GRPO.EMADecayMax, ck.Tensors[groupEMA])
+	t.ema.Updates = st.EMAUpdates
+	t.epoch, t.samples, t.elapsed = ck.Epoch, st.Samples, st.Elapsed
+	return nil
+}
+
+// writeSamples writes a grid of evaluation images with their prompts and rewards.
+func (t *trainer) writeSamples(dir string, epoch int, r EvalResult) error {
+	n := min(len(r.Images), 16)
+	if n == 0 {
+		return nil
+	}
+	labels := make([]string, n)
+	for i := range labels {
+		labels[i] = fmt.Sprintf("%s  %.2f", r.Prompts[i], r.Totals[i])
+	}
+	return WriteGrid(filepath.Join(dir, "samples", fmt.Sprintf("eval-%04d.png", epoch)), r.Images[:n], labels, 4)
+}
+
+// writeRolloutSamples writes the final images of the newest epoch's first minibatch.
+func (t *trainer) writeRolloutSamples(dir string, epoch int) error {
+	b := t.lastRollout
+	if b == nil {
+		return nil
+	}
+	var idx []int
+	for j, s := range b.slots {
+		if s.step == t.col.sched.Steps() {
+			idx = append(idx, j)
+		}
+	}
+	idx = idx[:min(len(idx), 16)]
+	imgs := make([]rewards.Image, len(idx))
+	labels := make([]string, len(idx))
+	for n, j := range idx {
+		imgs[n] = b.images[j]
+		labels[n] = fmt.Sprintf("%s  %.2f", b.prompts[b.traj.Prompts[b.slots[j].sample]], b.scores.Total[j])
+	}
+	return WriteGrid(filepath.Join(dir, "samples", fmt.Sprintf("epoch-%04d.png", epoch)), imgs, labels, 4)
+}
