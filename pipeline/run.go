@@ -31,6 +31,8 @@ type RunOptions struct {
 	Log io.Writer
 	// Backend, if not nil, replaces the config's GoMLX backend (tests share one).
 	Backend backends.Backend
+	// OnEpoch, if set, is called with each epoch's metrics line once it is written.
+	OnEpoch func(epoch int, line map[string]any)
 }
 
 // RunResult summarises a finished (or interrupted) run.
@@ -142,18 +144,26 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 
 	budget := cfg.TimeBudgetDuration()
 	started := time.Now().Add(-time.Duration(t.elapsed * float64(time.Second)))
-	// checkpoint saves the last finished epoch; it must work after ctx is cancelled.
-	checkpoint := func() error {
-		ck, err := t.checkpoint()
-		if err != nil {
-			return err
-		}
-		path, err := ckpt.Save(ck)
+	// saved is the state after the newest epoch whose metrics line is written. An interrupted
+	// epoch is discarded and saved is checkpointed instead, so a resumed run redoes that epoch
+	// exactly. Saving needs no context: it must work after Ctrl-C.
+	saved, err := t.checkpoint()
+	if err != nil {
+		return res, err
+	}
+	save := func() error {
+		path, err := ckpt.Save(saved)
 		if err != nil {
 			return err
 		}
 		res.Checkpoint = path
 		return nil
+	}
+	interrupted := func(cause error) (RunResult, error) {
+		if err := save(); err != nil {
+			return res, errors.Join(cause, err)
+		}
+		return res, fmt.Errorf("interrupted; checkpoint of epoch %d in %s: %w", saved.Epoch, res.Checkpoint, cause)
 	}
 	bar := progress.New(log, "train", max(cfg.Run.Epochs, 0))
 	defer bar.Done()
@@ -166,13 +176,10 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 			break
 		}
 		line, err := t.runEpoch(ctx)
+		if errors.Is(err, context.Canceled) {
+			return interrupted(err)
+		}
 		if err != nil {
-			if errors.Is(err, context.Canceled) && t.epoch > 0 {
-				if cerr := checkpoint(); cerr != nil {
-					return res, errors.Join(err, cerr)
-				}
-				return res, fmt.Errorf("interrupted during epoch %d; checkpoint of epoch %d in %s: %w", epoch, t.epoch, res.Checkpoint, err)
-			}
 			return res, fmt.Errorf("epoch %d: %w", epoch, err)
 		}
 		t.elapsed = time.Since(started).Seconds()
@@ -180,6 +187,9 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 		last := (cfg.Run.Epochs > 0 && epoch >= cfg.Run.Epochs) || (budget > 0 && time.Since(started) >= budget)
 		if last || (cfg.Eval.Every > 0 && epoch%cfg.Eval.Every == 0) {
 			after, err := t.evaluateEMA(ctx, log)
+			if errors.Is(err, context.Canceled) {
+				return interrupted(err)
+			}
 			if err != nil {
 				return res, fmt.Errorf("epoch %d: %w", epoch, err)
 			}
@@ -197,8 +207,11 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 			return res, err
 		}
 		res.Epochs = epoch
+		if saved, err = t.checkpoint(); err != nil {
+			return res, err
+		}
 		if last || epoch%cfg.Run.CheckpointEvery == 0 {
-			if err := checkpoint(); err != nil {
+			if err := save(); err != nil {
 				return res, err
 			}
 		}
@@ -207,12 +220,15 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 				return res, err
 			}
 		}
+		if opts.OnEpoch != nil {
+			opts.OnEpoch(epoch, line)
+		}
 		bar.Add(1)
 		bar.SetSuffix(fmt.Sprintf("epoch %d reward %.3f", epoch, line["reward_mean"]))
 		fmt.Fprintf(log, "epoch %d: reward %.4f ± %.4f, loss %.3g, kl %.3g, %.1f samples/s, %.1fs\n", epoch,
 			line["reward_mean"], line["reward_std"], line["loss"], line["kl"], line["samples_per_second"], line["wall_seconds"])
 		if err := ctx.Err(); err != nil {
-			return res, fmt.Errorf("interrupted after epoch %d; checkpoint in %s: %w", epoch, res.Checkpoint, err)
+			return interrupted(err)
 		}
 	}
 	if res.EvalAfter == nil && res.Epochs == 0 {

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -129,6 +130,49 @@ func TestRunResumeIsExact(t *testing.T) {
 	}
 	if la[3]["eval_reward_mean"] != lb[3]["eval_reward_mean"] {
 		t.Errorf("final eval: straight %v, resumed %v", la[3]["eval_reward_mean"], lb[3]["eval_reward_mean"])
+	}
+}
+
+// Ctrl-C (a cancelled context) after epoch 1 checkpoints epoch 1, even though checkpoints are
+// otherwise written every 5 epochs, and the resumed run ends where a straight run ends.
+func TestRunInterruptCheckpointsAndResumes(t *testing.T) {
+	sets := append(append([]string{}, smallRun...), "run.checkpoint_every=5")
+	straight, _ := fixture(t, sets...)
+	a, err := Run(context.Background(), straight, RunOptions{Backend: nntest.Backend(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := fixture(t, sets...)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b, err := Run(ctx, cfg, RunOptions{Backend: nntest.Backend(t), OnEpoch: func(epoch int, _ map[string]any) {
+		if epoch == 1 {
+			cancel()
+		}
+	}})
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "checkpoint of epoch 1") {
+		t.Fatalf("error %v, want an interruption that names the epoch-1 checkpoint", err)
+	}
+	if _, err := os.Stat(filepath.Join(b.Dir, "checkpoints", "epoch-000001", "lora.safetensors")); err != nil {
+		t.Fatalf("no checkpoint after the interruption: %v", err)
+	}
+	resumed, err := LoadRunConfig(b.Dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(context.Background(), resumed, RunOptions{Backend: nntest.Backend(t), Resume: true}); err != nil {
+		t.Fatal(err)
+	}
+	la, lb := readMetrics(t, a.Dir), readMetrics(t, b.Dir)
+	if len(lb) != len(la) {
+		t.Fatalf("resumed run logged %d lines, straight run %d", len(lb), len(la))
+	}
+	for _, k := range trainingKeys {
+		ja, _ := json.Marshal(la[2][k])
+		jb, _ := json.Marshal(lb[2][k])
+		if string(ja) != string(jb) {
+			t.Errorf("epoch 2 %s: straight %s, resumed %s", k, ja, jb)
+		}
 	}
 }
 
