@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 
@@ -50,10 +51,13 @@ func mean(xs []float32) float64 {
 func TestTrainingLowersLoss(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(t, dir, 40)
+	cfg.Output.CheckpointEvery = 10
+	started := time.Now()
 	losses, res, err := runSteps(t, context.Background(), cfg, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	wall := time.Since(started).Seconds()
 	if res.Steps != 40 || res.Stopped != StoppedSteps || len(losses) != 40 {
 		t.Fatalf("result %+v after %d steps, want 40 steps stopped by %q", res, len(losses), StoppedSteps)
 	}
@@ -68,10 +72,17 @@ func TestTrainingLowersLoss(t *testing.T) {
 	if len(records) != 40 || records[0].Step != 1 || records[39].Step != 40 {
 		t.Fatalf("loss log has %d records (first %+v), want steps 1..40", len(records), records[0])
 	}
+	// Elapsed seconds grow and never exceed the wall time of the run (checkpoints every 10
+	// steps must not count time twice).
+	prev := 0.0
 	for i, r := range records {
 		if float32(r.Loss) != losses[i] || !(r.SamplesPerSec > 0) || !(r.LR > 0) {
 			t.Fatalf("record %+v: want loss %g and positive lr and rate", r, losses[i])
 		}
+		if r.Seconds < prev || r.Seconds > wall {
+			t.Fatalf("record %+v: seconds after %g and within the run's %.3f s", r, prev, wall)
+		}
+		prev = r.Seconds
 	}
 
 	mcfg, err := mmdit.LoadConfig(cfg.Model.Transformer)

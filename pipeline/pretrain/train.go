@@ -429,7 +429,10 @@ func (t *trainer) loop(ctx context.Context, state trainState) (res Result, err e
 
 	budget := cfg.Train.Budget()
 	start := time.Now()
-	elapsed := func() float64 { return state.ElapsedSeconds + time.Since(start).Seconds() }
+	// elapsed is the training wall time over all invocations: the earlier ones' (from the
+	// checkpoint) plus this one's.
+	before := state.ElapsedSeconds
+	elapsed := func() float64 { return before + time.Since(start).Seconds() }
 	firstStep := state.Step
 	win := window{start: time.Now()}
 	lastCheckpoint := -1
