@@ -7,14 +7,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 
+	exptinyocr "github.com/densegrpo/densegrpo/exporters/tinyocr"
 	"github.com/densegrpo/densegrpo/models/frozen/frozentest"
 	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/models/tinyocr"
 )
 
 // fixture writes the frozentest configuration into a temp dir and loads it with sets.
@@ -238,4 +241,123 @@ func TestLoadPromptFile(t *testing.T) {
 	if _, err := LoadPromptFile(path); err == nil || !strings.Contains(err.Error(), "no prompts") {
 		t.Errorf("empty file: error %v", err)
 	}
+}
+
+// BenchmarkEvaluateTinyOCR measures Evaluate at the tiny-ocr geometry: a 4-layer MMDiT of width
+// 64 (4 heads × 16; random weights), latents [4,8,32], the tiny-ocr text encoder and VAE decoder
+// (random weights, exported by exporters/tinyocr), PP-OCRv4 recognition as the reward, 16
+// prompts in one batch, 40 Euler steps. Run:
+//
+//	GOMLX_NO_AUTO_INSTALL=1 go test ./pipeline -run XXX -bench EvaluateTinyOCR -benchtime 2x
+func BenchmarkEvaluateTinyOCR(b *testing.B) {
+	if err := onnxrt.Init(onnxrt.Config{}); err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	mcfg := frozentest.TinyMMDiT
+	mcfg.SampleSize, mcfg.NumLayers, mcfg.NumAttentionHeads, mcfg.AttentionHeadDim = 32, 4, 4, 16
+	mcfg.JointAttentionDim, mcfg.CaptionProjectionDim, mcfg.PooledProjectionDim, mcfg.PosEmbedMaxSize = 64, 64, 64, 16
+	if err := frozentest.WriteMMDiT(filepath.Join(dir, "mmdit.json"), filepath.Join(dir, "transformer.safetensors"), mcfg, 1, 0.02); err != nil {
+		b.Fatal(err)
+	}
+	backend := nntest.Backend(b)
+	ts, err := tinyocr.InitTextEncoder(backend, tinyocr.DefaultTextEncoderConfig(), tinyocr.TextEncoderPrefix, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	te, err := exptinyocr.TextEncoderModel(ts, tinyocr.TextEncoderPrefix)
+	if err != nil {
+		b.Fatal(err)
+	}
+	w, err := tinyocr.InitVAE(backend, tinyocr.DefaultVAEConfig(), tinyocr.VAEScaling{ScalingFactor: 1}, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	vae, err := exptinyocr.VAEDecoderModel(w)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := te.WriteFile(filepath.Join(dir, "te.onnx")); err != nil {
+		b.Fatal(err)
+	}
+	if err := vae.WriteFile(filepath.Join(dir, "vae.onnx")); err != nil {
+		b.Fatal(err)
+	}
+	rec, err := onnxrt.FindCached("ocr/ch_PP-OCRv4_rec_infer.onnx")
+	if err != nil {
+		b.Fatal(err)
+	}
+	keys, err := onnxrt.FindCached("ocr/ppocr_keys_v1.txt")
+	if err != nil {
+		b.Fatal(err)
+	}
+	test, err := filepath.Abs(filepath.Join("..", "datasets", "ocr-tiny", "test.txt"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	toml := fmt.Sprintf(`[run]
+epochs = 1
+backend = "go"
+[model]
+config = "mmdit.json"
+weights = "transformer.safetensors"
+[onnx]
+intra_op_threads = 1
+[text_encoder]
+model = "te.onnx"
+[vae]
+decoder = "vae.onnx"
+[prompts]
+train = %q
+test = %q
+[eval]
+steps = 40
+prompts = 16
+batch_size = 16
+[[reward]]
+name = "ocr"
+kind = "ocr"
+model = %q
+keys = %q
+`, test, test, rec, keys)
+	path := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(path, []byte(toml), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	cfg, err := Load(path, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := NewPolicy(cfg, PolicyOptions{Backend: backend})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	f, err := OpenFrozen(ctx, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := Evaluate(ctx, cfg, p, EvalOptions{Frozen: f}); err != nil { // compiles the step graph
+		b.Fatal(err)
+	}
+	cpu0 := cpuSeconds()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := Evaluate(ctx, cfg, p, EvalOptions{Frozen: f}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(16*b.N)/b.Elapsed().Seconds(), "images/s")
+	// On a shared machine CPU time is the stable figure.
+	b.ReportMetric((cpuSeconds()-cpu0)/float64(16*b.N), "cpu-s/image")
+}
+
+// cpuSeconds is the user+system CPU time of the process so far.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
