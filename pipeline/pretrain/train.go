@@ -222,25 +222,26 @@ func (t *trainer) initModels() error {
 		return fmt.Errorf("pretrain: seed text encoder init: %w", err)
 	}
 	te := t.te
-	var exec *mlctx.Exec
-	err := nn.Try(func() {
-		var err error
-		exec, err = mlctx.NewExec(t.backend, t.mctx, func(c *mlctx.Context, ids *Node) *Node {
-			_, pooled := tinyocr.TextEncode(c.In(textEncoderScope), te, ids)
-			return pooled
-		})
-		if err != nil {
-			panic(err)
-		}
-		defer exec.Finalize()
-		outs, err := exec.Exec(tensors.FromFlatDataAndDimensions(make([]int64, tinyocr.MaxLength), 1, tinyocr.MaxLength))
-		if err != nil {
-			panic(err)
-		}
-		outs[0].FinalizeAll()
+	exec, err := mlctx.NewExec(t.backend, t.mctx, func(c *mlctx.Context, ids *Node) *Node {
+		_, pooled := tinyocr.TextEncode(c.In(textEncoderScope), te, ids)
+		return pooled
 	})
 	if err != nil {
 		return fmt.Errorf("pretrain: init text encoder: %w", err)
+	}
+	defer exec.Finalize()
+	// Running the graph once creates the variables and runs their initialisers.
+	var outs []*tensors.Tensor
+	if perr := nn.Try(func() {
+		outs, err = exec.Exec(tensors.FromFlatDataAndDimensions(make([]int64, tinyocr.MaxLength), 1, tinyocr.MaxLength))
+	}); perr != nil {
+		err = perr
+	}
+	if err != nil {
+		return fmt.Errorf("pretrain: init text encoder: %w", err)
+	}
+	for _, o := range outs {
+		o.FinalizeAll()
 	}
 	return nil
 }
@@ -255,30 +256,26 @@ func (t *trainer) buildStep() error {
 		return fmt.Errorf("pretrain: GoMLX's Adam does not take given gradients")
 	}
 	model, te, clip := t.model, t.te, t.cfg.Train.GradClip
-	err := nn.Try(func() {
-		var err error
-		// Reuse: a model variable missing here is an error, never a silent fresh init.
-		t.step, err = mlctx.NewExec(t.backend, t.mctx.Reuse(), func(c *mlctx.Context, x0, noise, sigma, ids *Node) (*Node, *Node) {
-			loss := flowMatchingLoss(c, model, te, x0, noise, sigma, ids)
-			grads := c.BuildTrainableVariablesGradientsGraph(loss)
-			norm := globalNorm(grads)
-			if clip > 0 {
-				// clip/max(norm, clip) is 1 below the threshold and clip/norm above it.
-				scale := Div(Scalar(x0.Graph(), dtypes.Float32, clip), MaxScalar(norm, clip))
-				for i := range grads {
-					grads[i] = Mul(grads[i], scale)
-				}
+	// Reuse: a model variable missing here is an error, never a silent fresh init. The graph
+	// is built at the first Exec (runStep turns its panics into errors).
+	step, err := mlctx.NewExec(t.backend, t.mctx.Reuse(), func(c *mlctx.Context, x0, noise, sigma, ids *Node) (*Node, *Node) {
+		loss := flowMatchingLoss(c, model, te, x0, noise, sigma, ids)
+		grads := c.BuildTrainableVariablesGradientsGraph(loss)
+		norm := globalNorm(grads)
+		if clip > 0 {
+			// clip/max(norm, clip) is 1 below the threshold and clip/norm above it.
+			scale := Div(Scalar(x0.Graph(), dtypes.Float32, clip), MaxScalar(norm, clip))
+			for i := range grads {
+				grads[i] = Mul(grads[i], scale)
 			}
-			updater.UpdateGraphWithGradients(c, grads, dtypes.Float32)
-			return loss, norm
-		})
-		if err != nil {
-			panic(err)
 		}
+		updater.UpdateGraphWithGradients(c, grads, dtypes.Float32)
+		return loss, norm
 	})
 	if err != nil {
 		return fmt.Errorf("pretrain: build train step: %w", err)
 	}
+	t.step = step
 	t.lrVar = optimizers.LearningRateVar(t.mctx, dtypes.Float32, t.cfg.Train.LR)
 	return nil
 }
@@ -391,11 +388,10 @@ func trimLossLog(path string, step int) error {
 
 // window accumulates the steps between two log lines.
 type window struct {
-	steps       int
-	loss, norm  float64
-	lr          float64
-	start       time.Time
-	lastLogLoss float32
+	steps      int
+	loss, norm float64
+	lr         float64
+	start      time.Time
 }
 
 // loop runs the steps, with the data producer one goroutine ahead.
