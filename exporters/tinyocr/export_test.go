@@ -195,3 +195,12 @@ func containsAll(s string, subs ...string) bool {
 	}
 	return true
 }
+
+// The committed VAE weights export to a graph that matches GoMLX within 1e-4.
+func TestCommittedVAEDecoderParity(t *testing.T) {
+	w, err := model.ReadVAE(filepath.Join("..", "..", "models", "tinyocr", "weights", "vae.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkVAEParity(t, w)
+}

@@ -148,7 +148,7 @@ func learningRate(step, steps int, peak float64) float64 {
 }
 
 // TrainVAE trains the VAE variables of mctx (scopes "encoder" and "decoder" under mctx's
-// current scope, created if new) on images from src with AdamW. It stops early with ctx's
+// current scope; existing variables are continued from, missing ones created) on images from src with AdamW. It stops early with ctx's
 // error if ctx is cancelled between steps.
 func TrainVAE(ctx context.Context, backend backends.Backend, mctx *mlctx.Context, src ImageSource, opts VAETrainOptions) (res VAETrainResult, err error) {
 	opts = opts.withDefaults()
@@ -160,7 +160,9 @@ func TrainVAE(ctx context.Context, backend backends.Backend, mctx *mlctx.Context
 	var exec *mlctx.Exec
 	if err := nn.Try(func() {
 		exec, err = mlctx.NewExec(backend, mctx, func(c *mlctx.Context, images, noise *Node) (*Node, *Node) {
-			loss, rec := VAELoss(c, cfg, images, noise, klWeight)
+			// Unchecked: existing encoder/decoder variables (a warm start) are reused, missing
+			// ones created.
+			loss, rec := VAELoss(c.Checked(false), cfg, images, noise, klWeight)
 			opt.UpdateGraph(c, images.Graph(), loss)
 			return loss, rec
 		})

@@ -27,6 +27,7 @@ func main() {
 	out := flag.String("out", "models/tinyocr/weights/vae.safetensors", "weight file to write")
 	grid := flag.String("grid", "", "optional PNG of originals and reconstructions of the check strings")
 	seed := flag.Uint64("seed", 1, "seed of the training images and noise")
+	initPath := flag.String("init", "", "optional VAE weight file to start from (its config overrides -hidden/-enc-blocks/-dec-blocks)")
 	check := flag.Int("check", 20, "number of test-split strings to reconstruct and read with PP-OCRv4")
 	flag.IntVar(&o.Steps, "steps", o.Steps, "optimizer steps")
 	flag.IntVar(&o.BatchSize, "batch", o.BatchSize, "images per step")
@@ -38,13 +39,13 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, o, *seed, *out, *grid, *check); err != nil {
+	if err := run(ctx, o, *seed, *initPath, *out, *grid, *check); err != nil {
 		fmt.Fprintln(os.Stderr, "trainvae:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, o tinyocr.VAETrainOptions, seed uint64, out, gridPath string, check int) error {
+func run(ctx context.Context, o tinyocr.VAETrainOptions, seed uint64, initPath, out, gridPath string, check int) error {
 	backend, desc, err := nn.NewBackend("go")
 	if err != nil {
 		return err
@@ -55,6 +56,17 @@ func run(ctx context.Context, o tinyocr.VAETrainOptions, seed uint64, out, gridP
 		fmt.Printf("step %5d  loss %.5f  rec %.5f  %6.1fs\n", step, loss, rec, el.Seconds())
 	}
 	mctx := mlctx.New()
+	if initPath != "" {
+		w, err := tinyocr.ReadVAE(initPath)
+		if err != nil {
+			return err
+		}
+		o.Config = w.Config
+		if err := tinyocr.ImportVariables(mctx, w.Tensors, tinyocr.VAEParamShapes(w.Config)); err != nil {
+			return fmt.Errorf("start from %s: %w", initPath, err)
+		}
+		fmt.Println("starting from", initPath)
+	}
 	res, err := tinyocr.TrainVAE(ctx, backend, mctx, tinyocr.RenderedImages(seed), o)
 	if err != nil {
 		return err
