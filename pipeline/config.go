@@ -128,8 +128,8 @@ type SamplerConfig struct {
 	Kind string `toml:"kind"`
 	// Steps T of the training schedule (>= 2). Default 10.
 	Steps int `toml:"steps"`
-	// NoiseLevel a (> 0): s_k = a·sqrt(σ_k/(1−σ_k)) for "sde" (default 0.7); for "cps" the
-	// angle fraction (default 0.8).
+	// NoiseLevel a (> 0): s_k = a·sqrt(σ_k/(1−σ_k)) for "sde"; for "cps" the angle fraction
+	// of s = σ_{k+1}·sin(a·π/2). Default 0.7 (Flow-GRPO's SDE); CPS's paper uses 0.8.
 	NoiseLevel float64 `toml:"noise_level"`
 	// Shift of the SD3 schedule (> 0). Default 3.
 	Shift float64 `toml:"shift"`
@@ -260,6 +260,8 @@ func Parse(path string, data []byte) (Config, error) {
 		return Config{}, fmt.Errorf("decode config %s: %w", path, err)
 	}
 	cfg.Path = path
+	// The library path is a file path like the others: relative to the config file.
+	cfg.ONNX.Library = cfg.Resolve(cfg.ONNX.Library)
 	var raw struct {
 		Reward []map[string]any `toml:"reward"`
 	}

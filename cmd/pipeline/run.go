@@ -95,6 +95,10 @@ func runCalibrate(ctx context.Context, args []string, out io.Writer) error {
 	if path == "" {
 		path = filepath.Join(pipeline.RunDir(cfg), "psi.json")
 	}
+	// sampler.psi resolves against the config's directory; an absolute path works anywhere.
+	if path, err = filepath.Abs(path); err != nil {
+		return err
+	}
 	if err := ensureDir(filepath.Dir(path)); err != nil {
 		return err
 	}
