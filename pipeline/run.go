@@ -18,6 +18,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/gomlx/gomlx/backends"
 
+	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/pipeline/progress"
 	"github.com/densegrpo/densegrpo/pipeline/report"
@@ -49,11 +50,11 @@ type RunResult struct {
 // trainState is the JSON part of a checkpoint: everything besides tensors that a resumed run
 // needs to continue exactly.
 type trainState struct {
-	RNG        []byte                 `json:"rng"`
-	Samples    int                    `json:"samples"`
-	Elapsed    float64                `json:"elapsed_seconds"`
-	EMAUpdates int                    `json:"ema_updates"`
-	Ints       map[string]intVariable `json:"int_variables"`
+	RNG        []byte                    `json:"rng"`
+	Samples    int                       `json:"samples"`
+	Elapsed    float64                   `json:"elapsed_seconds"`
+	EMAUpdates int                       `json:"ema_updates"`
+	Ints       map[string]nn.IntVariable `json:"int_variables"`
 }
 
 // Checkpoint tensor groups.

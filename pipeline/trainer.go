@@ -361,7 +361,7 @@ func (t *trainer) restore(ck Checkpoint) error {
 	if err := t.policy.Model.SetLoRATensors(t.policy.Ctx, ck.Tensors[groupLoRA]); err != nil {
 		return err
 	}
-	if err := restoreTrainerVariables(t.policy.Ctx, ck.Tensors[groupTrainer], st.Ints); err != nil {
+	if err := restoreTrainerVariables(t.policy.Ctx, t.policy.Model, ck.Tensors[groupTrainer], st.Ints); err != nil {
 		return err
 	}
 	if err := t.rngSrc.UnmarshalBinary(st.RNG); err != nil {

@@ -337,7 +337,7 @@ func (t *trainer) start() (trainState, error) {
 			return state, fmt.Errorf("pretrain: resume from %s: checkpoint has seed %d and batch size %d, config has %d and %d",
 				ckDir, state.Seed, state.BatchSize, t.cfg.Train.Seed, t.cfg.Train.BatchSize)
 		}
-		if err := restore(t.mctx, ck.Tensors[stateGroup], state.Integers); err != nil {
+		if err := nn.RestoreVariables(t.mctx, ck.Tensors[stateGroup], state.Integers, nil); err != nil {
 			return state, fmt.Errorf("pretrain: resume from %s: %w", ckDir, err)
 		}
 	}
@@ -588,7 +588,7 @@ func (t *trainer) logWindow(w io.Writer, win *window, step int, elapsed float64)
 
 // saveCheckpoint writes every variable of the training context and the state.
 func (t *trainer) saveCheckpoint(state trainState) (string, error) {
-	floats, ints, err := snapshot(t.mctx)
+	floats, ints, err := nn.SnapshotVariables(t.mctx, nil)
 	if err != nil {
 		return "", fmt.Errorf("pretrain: checkpoint: %w", err)
 	}
