@@ -157,4 +157,3 @@ func RestoreVariables(mctx *mlctx.Context, floats map[string]safetensors.Tensor,
 	}
 	return nil
 }
-
