@@ -2,9 +2,9 @@ package onnx
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
+
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 )
 
 // Defaults written when a Model leaves the field zero. ONNX opset 17 (LayerNormalization's
@@ -267,6 +267,9 @@ func (a *Attr) validate() error {
 	return nil
 }
 
+// files writes model files; tests replace its CreateTemp to make the disk fail.
+var files atomicfile.Writer
+
 // WriteFile marshals the model and writes it to path atomically: a temporary file in the
 // same directory is written, fsynced and renamed over path, and the directory is fsynced, so
 // a crash leaves either the old file or the complete new one.
@@ -275,53 +278,8 @@ func (m *Model) WriteFile(path string) error {
 	if err != nil {
 		return fmt.Errorf("write ONNX model %s: %w", path, err)
 	}
-	if err := writeFileAtomic(path, data); err != nil {
+	if err := files.WriteBytes(path, data); err != nil {
 		return fmt.Errorf("write ONNX model %s: %w", path, err)
-	}
-	return nil
-}
-
-// createTemp is a seam for tests of the failure path.
-var createTemp = os.CreateTemp
-
-func writeFileAtomic(path string, data []byte) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := createTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create temporary file: %w", err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return fmt.Errorf("chmod %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("rename %s: %w", tmp, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open directory %s to sync: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -345,7 +346,7 @@ func TestWriteFile(t *testing.T) {
 
 	// A failing write (the temp file opened read-only) removes the temporary file and keeps
 	// the old one.
-	createTemp = func(d, pattern string) (*os.File, error) {
+	files.CreateTemp = func(d, pattern string) (atomicfile.File, error) {
 		f, err := os.CreateTemp(d, pattern)
 		if err != nil {
 			return nil, err
@@ -353,7 +354,7 @@ func TestWriteFile(t *testing.T) {
 		f.Close()
 		return os.Open(f.Name())
 	}
-	defer func() { createTemp = os.CreateTemp }()
+	defer func() { files = atomicfile.Writer{} }()
 	if err := (&Model{Graph: fullModel().Graph, OtherOpsets: fullModel().OtherOpsets}).WriteFile(path); err == nil {
 		t.Error("write to a read-only temp file: no error")
 	}
@@ -362,7 +363,7 @@ func TestWriteFile(t *testing.T) {
 	}
 	onlyFile()
 
-	createTemp = func(string, string) (*os.File, error) { return nil, errors.New("disk full") }
+	files.CreateTemp = func(string, string) (atomicfile.File, error) { return nil, errors.New("disk full") }
 	if err := m.WriteFile(path); err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Errorf("create failure: error %v, want disk full", err)
 	}

@@ -38,7 +38,7 @@ func WriteCurvesPNG(runDirs []string, out string, metric string) error {
 		return fmt.Errorf("write curves %s: metric %q not found in any run (have %s)", out, metric, strings.Join(scalarKeys(runs), ", "))
 	}
 	img := c.raster(curvesPNGWidth, curvesPNGHeight)
-	if err := writeAtomic(out, func(w io.Writer) error { return png.Encode(w, img) }); err != nil {
+	if err := files.Write(out, func(w io.Writer) error { return png.Encode(w, img) }); err != nil {
 		return fmt.Errorf("write curves: %w", err)
 	}
 	return nil

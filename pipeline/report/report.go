@@ -22,6 +22,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 )
 
 // Chart sizes in the page.
@@ -29,6 +31,10 @@ const (
 	wideW, wideH   = 1080, 360
 	smallW, smallH = 530, 270
 )
+
+// files writes the report and the curves PNG; tests replace its CreateTemp to make the disk
+// fail.
+var files atomicfile.Writer
 
 // Write builds the HTML report of the runs in runDirs and writes it atomically to out.
 func Write(ctx context.Context, runDirs []string, out string) error {
@@ -43,7 +49,7 @@ func Write(ctx context.Context, runDirs []string, out string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("write report %s: %w", out, err)
 	}
-	if err := writeAtomic(out, func(w io.Writer) error { _, err := w.Write(page); return err }); err != nil {
+	if err := files.Write(out, func(w io.Writer) error { _, err := w.Write(page); return err }); err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil

@@ -16,6 +16,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 )
 
 // fakeRun is a run directory the test writes itself.
@@ -360,25 +362,44 @@ func hasColorNear(img image.Image, x, y int, c color.RGBA) bool {
 	return false
 }
 
-func TestWriteAtomicFailure(t *testing.T) {
+// failingSync is a temporary file whose fsync fails, as on a full or broken disk.
+type failingSync struct{ *os.File }
+
+func (failingSync) Sync() error { return errors.New("disk full") }
+
+// A disk that fails while the report or the curves PNG is written leaves the previous file and
+// no temporary file; the error names the output and the cause.
+func TestWriteDiskFailure(t *testing.T) {
+	on, off := twoRuns(t)
 	dir := t.TempDir()
-	out := filepath.Join(dir, "r.html")
-	orig := createTemp
-	defer func() { createTemp = orig }()
-	createTemp = func(string, string) (*os.File, error) { return nil, errors.New("disk full") }
-	if err := writeAtomic(out, func(w io.Writer) error { return nil }); err == nil || !strings.Contains(err.Error(), "disk full") {
-		t.Errorf("got %v, want the create error", err)
+	page, curves := filepath.Join(dir, "r.html"), filepath.Join(dir, "curves.png")
+	must(t, os.WriteFile(page, []byte("old page"), 0o644))
+	must(t, os.WriteFile(curves, []byte("old png"), 0o644))
+	defer func() { files = atomicfile.Writer{} }()
+
+	files.CreateTemp = func(string, string) (atomicfile.File, error) { return nil, errors.New("disk full") }
+	if err := Write(context.Background(), []string{on, off}, page); err == nil ||
+		!strings.Contains(err.Error(), "write report") || !strings.Contains(err.Error(), page) || !strings.Contains(err.Error(), "disk full") {
+		t.Errorf("create failure: got %v, want an error naming the report and disk full", err)
 	}
-	createTemp = orig
-	if err := writeAtomic(out, func(w io.Writer) error { return errors.New("encoder broke") }); err == nil || !strings.Contains(err.Error(), "encoder broke") {
-		t.Errorf("got %v, want the fill error", err)
+	files.CreateTemp = func(d, pattern string) (atomicfile.File, error) {
+		f, err := os.CreateTemp(d, pattern)
+		if err != nil {
+			return nil, err
+		}
+		return failingSync{f}, nil
 	}
-	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
-		t.Errorf("failed writes left %d files", len(entries))
+	if err := WriteCurvesPNG([]string{on, off}, curves, ""); err == nil ||
+		!strings.Contains(err.Error(), "write curves") || !strings.Contains(err.Error(), curves) || !strings.Contains(err.Error(), "disk full") {
+		t.Errorf("sync failure: got %v, want an error naming the PNG and disk full", err)
 	}
-	must(t, writeAtomic(out, func(w io.Writer) error { _, err := io.WriteString(w, "ok"); return err }))
-	if data, _ := os.ReadFile(out); string(data) != "ok" {
-		t.Errorf("content %q, want ok", data)
+	for path, want := range map[string]string{page: "old page", curves: "old png"} {
+		if data, _ := os.ReadFile(path); string(data) != want {
+			t.Errorf("%s holds %q after the failed write, want %q", path, data, want)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
+		t.Errorf("failed writes left %d entries, want the 2 old files", len(entries))
 	}
 }
 
