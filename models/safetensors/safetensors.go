@@ -17,8 +17,9 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"sort"
+
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 )
 
 // Tensor is a dense row-major float32 tensor.
@@ -278,14 +279,14 @@ func F16ToFloat32(h uint16) float32 {
 	}
 }
 
-// createTemp is a seam for tests of the failure path.
-var createTemp = os.CreateTemp
+// files writes safetensors files; tests replace its CreateTemp to make the disk fail.
+var files atomicfile.Writer
 
 // Write stores the tensors as F32 with the given metadata (may be nil),
 // atomically: it writes a temp file next to path, fsyncs it, renames it over
 // path and fsyncs the directory. Tensors are laid out in sorted name order, so
 // equal inputs give byte-identical files.
-func Write(path string, tensors map[string]Tensor, metadata map[string]string) (err error) {
+func Write(path string, tensors map[string]Tensor, metadata map[string]string) error {
 	names := sortedKeys(tensors)
 	header := make(map[string]any, len(tensors)+1)
 	var offset int64
@@ -324,84 +325,37 @@ func Write(path string, tensors map[string]Tensor, metadata map[string]string) (
 		hdr = append(hdr, ' ')
 	}
 
-	dir := filepath.Dir(path)
-	tmp, err := createTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	err = files.Write(path, func(w io.Writer) error {
+		var lenBuf [8]byte
+		binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(hdr)))
+		if _, err := w.Write(lenBuf[:]); err != nil {
+			return err
+		}
+		if _, err := w.Write(hdr); err != nil {
+			return err
+		}
+		// Encode in chunks of up to 16384 values (64 KiB) rather than 4 bytes at a time.
+		chunk := make([]byte, 0, 1<<16)
+		for _, name := range names {
+			data := tensors[name].Data
+			for len(data) > 0 {
+				n := min(len(data), cap(chunk)/4)
+				chunk = chunk[:4*n]
+				for i, v := range data[:n] {
+					binary.LittleEndian.PutUint32(chunk[4*i:], math.Float32bits(v))
+				}
+				if _, err := w.Write(chunk); err != nil {
+					return err
+				}
+				data = data[n:]
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("write safetensors %q: create temp file: %w", path, err)
-	}
-	tmpName := tmp.Name()
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmpName)
-		}
-	}()
-	w := newBufWriter(tmp)
-	var lenBuf [8]byte
-	binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(hdr)))
-	w.write(lenBuf[:])
-	w.write(hdr)
-	var b4 [4]byte
-	for _, name := range names {
-		for _, v := range tensors[name].Data {
-			binary.LittleEndian.PutUint32(b4[:], math.Float32bits(v))
-			w.write(b4[:])
-		}
-	}
-	if err := w.flush(); err != nil {
-		return fmt.Errorf("write safetensors %q: write %s: %w", path, tmpName, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write safetensors %q: fsync %s: %w", path, tmpName, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write safetensors %q: close %s: %w", path, tmpName, err)
-	}
-	if err := os.Rename(tmpName, path); err != nil {
-		return fmt.Errorf("write safetensors %q: rename temp file: %w", path, err)
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		serr := d.Sync()
-		d.Close()
-		if serr != nil {
-			return fmt.Errorf("write safetensors %q: fsync directory: %w", path, serr)
-		}
-	} else {
-		return fmt.Errorf("write safetensors %q: open directory for fsync: %w", path, derr)
+		return fmt.Errorf("write safetensors %q: %w", path, err)
 	}
 	return nil
-}
-
-// bufWriter buffers writes and remembers the first error.
-type bufWriter struct {
-	w   io.Writer
-	buf []byte
-	err error
-}
-
-func newBufWriter(w io.Writer) *bufWriter { return &bufWriter{w: w, buf: make([]byte, 0, 1<<20)} }
-
-func (b *bufWriter) write(p []byte) {
-	if b.err != nil {
-		return
-	}
-	if len(b.buf)+len(p) > cap(b.buf) {
-		if b.flush() != nil {
-			return
-		}
-	}
-	b.buf = append(b.buf, p...)
-}
-
-func (b *bufWriter) flush() error {
-	if b.err != nil {
-		return b.err
-	}
-	if len(b.buf) > 0 {
-		_, b.err = b.w.Write(b.buf)
-		b.buf = b.buf[:0]
-	}
-	return b.err
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/x448/float16"
 )
 
@@ -21,6 +22,11 @@ func TestRoundTripBitExact(t *testing.T) {
 		"a.bias":   {Shape: []int{3}, Data: []float32{math.MaxFloat32, -math.SmallestNonzeroFloat32, 0.1}},
 		"scalar":   {Shape: []int{}, Data: []float32{42}},
 		"empty":    {Shape: []int{0, 4}, Data: []float32{}},
+		// 3·12345 = 37035 values: two full 16384-value write chunks and a part.
+		"big": {Shape: []int{3, 12345}, Data: make([]float32, 3*12345)},
+	}
+	for i := range tensors["big"].Data {
+		tensors["big"].Data[i] = float32(i) - 0.25 // distinct and exact in float32
 	}
 	meta := map[string]string{"format": "pt", "note": "round trip"}
 	dir := t.TempDir()
@@ -278,10 +284,10 @@ func TestWriteErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	before, _ := os.ReadFile(path)
-	orig := createTemp
-	createTemp = func(string, string) (*os.File, error) { return nil, errors.New("disk full") }
+	defer func() { files = atomicfile.Writer{} }()
+	files.CreateTemp = func(string, string) (atomicfile.File, error) { return nil, errors.New("disk full") }
 	err = Write(path, map[string]Tensor{"v": {Shape: []int{1}, Data: []float32{8}}}, nil)
-	createTemp = orig
+	files = atomicfile.Writer{}
 	if err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("error = %v, want disk full", err)
 	}
@@ -290,7 +296,7 @@ func TestWriteErrors(t *testing.T) {
 		t.Error("failed write changed the existing file")
 	}
 	// A temp file that fails on write is removed and the target is kept.
-	createTemp = func(dir, pattern string) (*os.File, error) {
+	files.CreateTemp = func(dir, pattern string) (atomicfile.File, error) {
 		f, err := os.CreateTemp(dir, pattern)
 		if err != nil {
 			return nil, err
@@ -300,7 +306,7 @@ func TestWriteErrors(t *testing.T) {
 		return os.Open(name) // read-only: writes fail
 	}
 	err = Write(path, map[string]Tensor{"v": {Shape: []int{1}, Data: []float32{9}}}, nil)
-	createTemp = orig
+	files = atomicfile.Writer{}
 	if err == nil {
 		t.Fatal("write through a read-only temp file succeeded")
 	}
