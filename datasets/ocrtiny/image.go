@@ -5,8 +5,10 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"io"
 	"os"
-	"path/filepath"
+
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 )
 
 // Pixels returns img as float32 RGB in [0,1], row-major [H,W,3].
@@ -88,21 +90,16 @@ func Grid(imgs []image.Image, cols int) *image.RGBA {
 	return out
 }
 
-// SavePNG writes img to path through a temporary file renamed into place.
+// SavePNG writes img to path atomically (see internal/atomicfile): a reader sees the old file
+// or the whole new one.
 func SavePNG(path string, img image.Image) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	err := atomicfile.Write(path, func(w io.Writer) error {
+		if err := png.Encode(w, img); err != nil {
+			return fmt.Errorf("encode: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("save PNG %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := png.Encode(tmp, img); err != nil {
-		tmp.Close()
-		return fmt.Errorf("save PNG %s: encode: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("save PNG %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("save PNG %s: %w", path, err)
 	}
 	return nil

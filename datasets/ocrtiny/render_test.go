@@ -4,6 +4,9 @@ import (
 	"image"
 	"image/color"
 	"math"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -204,5 +207,26 @@ func TestPNGRoundTrip(t *testing.T) {
 	g := Grid([]image.Image{img, back, img}, 2)
 	if g.Bounds().Dx() != 2*(Width+2)+2 || g.Bounds().Dy() != 2*(Height+2)+2 {
 		t.Errorf("grid bounds %v", g.Bounds())
+	}
+}
+
+// An image PNG cannot encode (0×0) leaves the previous file and no temporary file.
+func TestSavePNGFailureKeepsOldFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "x.png")
+	img, _ := Render("OLD", 1)
+	if err := SavePNG(path, img); err != nil {
+		t.Fatal(err)
+	}
+	err := SavePNG(path, image.NewRGBA(image.Rect(0, 0, 0, 0)))
+	if err == nil || !strings.HasPrefix(err.Error(), "save PNG "+path+": ") || !strings.Contains(err.Error(), "encode: ") {
+		t.Errorf("error %v, want a save PNG encode error naming %s", err, path)
+	}
+	back, err := LoadPNG(path)
+	if err != nil || !equal(Pixels(back), Pixels(img)) {
+		t.Errorf("the old PNG did not survive the failed save (%v)", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("directory holds %d entries, want only x.png", len(entries))
 	}
 }
