@@ -1,0 +1,142 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/gomlx/gomlx/backends"
+)
+
+// BenchVariant is one configuration measured by Bench: the config with Sets applied.
+type BenchVariant struct {
+	Name string
+	Sets []string
+}
+
+// DefaultBenchVariants compare what the design promises: overlap against the same stages one
+// after another, and dense rewards against sparse ones at the same batch.
+var DefaultBenchVariants = []BenchVariant{
+	{"dense overlapped", []string{"dense.enabled=true", "pipeline.overlap=true"}},
+	{"dense sequential", []string{"dense.enabled=true", "pipeline.overlap=false"}},
+	{"sparse overlapped", []string{"dense.enabled=false", "pipeline.overlap=true"}},
+}
+
+// BenchResult is the epoch wall time of every variant, measured round-robin.
+type BenchResult struct {
+	Variants []string
+	// Seconds[v] are the wall times of variant v's measured epochs.
+	Seconds [][]float64
+	// Stages[v] are the summed busy seconds per stage of variant v.
+	Stages []map[string]float64
+}
+
+// Mean returns variant v's mean epoch wall time.
+func (r BenchResult) Mean(v int) float64 {
+	m, _ := meanStd(r.Seconds[v])
+	return m
+}
+
+// BenchOptions are the choices of Bench.
+type BenchOptions struct {
+	Variants []BenchVariant
+	// Epochs measured per variant, after one unmeasured warm-up epoch (graph compilation).
+	Epochs  int
+	Backend backends.Backend
+	Log     io.Writer
+}
+
+// Bench measures the epoch wall time of each variant of cfg on one policy and one set of frozen
+// models. Epochs run round-robin (variant 1, 2, 3, 1, 2, 3, …) so that a shared, noisy machine
+// slows every variant alike; each variant trains its own adapters from the same start, so the
+// work per epoch is the same as in a real run. Nothing is written to disk.
+func Bench(ctx context.Context, cfgPath string, sets []string, opts BenchOptions) (BenchResult, error) {
+	log := opts.Log
+	if log == nil {
+		log = io.Discard
+	}
+	variants := opts.Variants
+	if len(variants) == 0 {
+		variants = DefaultBenchVariants
+	}
+	cfgs := make([]Config, len(variants))
+	for i, v := range variants {
+		c, err := Load(cfgPath, append(append([]string{}, sets...), v.Sets...))
+		if err != nil {
+			return BenchResult{}, fmt.Errorf("bench variant %q: %w", v.Name, err)
+		}
+		cfgs[i] = c
+	}
+	frozen, err := OpenFrozen(ctx, cfgs[0])
+	if err != nil {
+		return BenchResult{}, err
+	}
+	defer frozen.Close()
+	res := BenchResult{Seconds: make([][]float64, len(variants)), Stages: make([]map[string]float64, len(variants))}
+	trainers := make([]*trainer, len(variants))
+	for i, c := range cfgs {
+		res.Variants = append(res.Variants, variants[i].Name)
+		res.Stages[i] = map[string]float64{}
+		policy, err := NewPolicy(c, PolicyOptions{Backend: opts.Backend})
+		if err != nil {
+			return res, err
+		}
+		defer policy.Close()
+		if trainers[i], err = newTrainer(ctx, c, policy, frozen); err != nil {
+			return res, err
+		}
+	}
+	for round := 0; round <= max(opts.Epochs, 1); round++ {
+		for i, t := range trainers {
+			start := time.Now()
+			line, err := t.runEpoch(ctx)
+			if err != nil {
+				return res, fmt.Errorf("bench variant %q: %w", variants[i].Name, err)
+			}
+			wall := time.Since(start).Seconds()
+			if round == 0 {
+				fmt.Fprintf(log, "%-20s warm-up epoch %.1fs\n", variants[i].Name, wall)
+				continue
+			}
+			res.Seconds[i] = append(res.Seconds[i], wall)
+			for s, v := range line["stage_seconds"].(map[string]float64) {
+				res.Stages[i][s] += v
+			}
+			fmt.Fprintf(log, "%-20s epoch %d %.1fs\n", variants[i].Name, round, wall)
+		}
+	}
+	return res, nil
+}
+
+// WriteTable prints each variant's mean epoch time, its ratio to the first variant, and its
+// mean busy seconds per stage.
+func (r BenchResult) WriteTable(w io.Writer) {
+	stageSet := map[string]bool{}
+	for _, st := range r.Stages {
+		for s := range st {
+			stageSet[s] = true
+		}
+	}
+	var stages []string
+	for s := range stageSet {
+		stages = append(stages, s)
+	}
+	sort.Strings(stages)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprint(tw, "variant\tepochs\tepoch s\t× first")
+	for _, s := range stages {
+		fmt.Fprintf(tw, "\t%s s", s)
+	}
+	fmt.Fprintln(tw)
+	for v, name := range r.Variants {
+		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.2f", name, len(r.Seconds[v]), r.Mean(v), r.Mean(v)/r.Mean(0))
+		for _, s := range stages {
+			fmt.Fprintf(tw, "\t%.2f", r.Stages[v][s]/float64(len(r.Seconds[v])))
+		}
+		fmt.Fprintln(tw)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,34 @@
+package pipeline
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/densegrpo/densegrpo/models/nn/nntest"
+)
+
+func TestBenchMeasuresEveryVariant(t *testing.T) {
+	cfg, _ := fixture(t)
+	res, err := Bench(context.Background(), cfg.Path, smallRun, BenchOptions{Epochs: 1, Backend: nntest.Backend(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Variants) != len(DefaultBenchVariants) {
+		t.Fatalf("measured %d variants, want %d", len(res.Variants), len(DefaultBenchVariants))
+	}
+	for v := range res.Variants {
+		if len(res.Seconds[v]) != 1 || !(res.Mean(v) > 0) {
+			t.Errorf("variant %s: seconds %v, want one positive measurement", res.Variants[v], res.Seconds[v])
+		}
+	}
+	// Only dense variants integrate look-aheads; sparse ones merely pass the final latents on.
+	if d, s := res.Stages[0][StageLookahead], res.Stages[2][StageLookahead]; !(s < d/10) {
+		t.Errorf("look-ahead seconds dense %v, sparse %v: want sparse's a small fraction", d, s)
+	}
+	var b strings.Builder
+	res.WriteTable(&b)
+	if !strings.Contains(b.String(), "dense sequential") || !strings.Contains(b.String(), "× first") {
+		t.Errorf("table:\n%s", b.String())
+	}
+}
