@@ -9,6 +9,7 @@ import (
 
 	"github.com/gomlx/gomlx/backends"
 
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/densegrpo/densegrpo/rl"
 )
 
@@ -86,7 +87,7 @@ func Calibrate(ctx context.Context, cfg Config, opts CalibrateOptions) (rl.Calib
 	if err != nil {
 		return rl.Calibration{}, err
 	}
-	if err := writeFileSync(opts.Out, data); err != nil {
+	if err := atomicfile.WriteBytes(opts.Out, data); err != nil {
 		return rl.Calibration{}, err
 	}
 	writePsiTable(log, f)

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 )
 
@@ -82,10 +83,10 @@ func (c *Checkpointer) Save(ck Checkpoint) (string, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if err := writeFileSync(filepath.Join(tmp, stateFile), doc); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(tmp, stateFile), doc); err != nil {
 		return fail(err)
 	}
-	if err := syncDir(tmp); err != nil {
+	if err := atomicfile.SyncDir(tmp); err != nil {
 		return fail(err)
 	}
 	if err := os.RemoveAll(final); err != nil {
@@ -94,7 +95,7 @@ func (c *Checkpointer) Save(ck Checkpoint) (string, error) {
 	if err := os.Rename(tmp, final); err != nil {
 		return fail(err)
 	}
-	if err := syncDir(c.Dir); err != nil {
+	if err := atomicfile.SyncDir(c.Dir); err != nil {
 		return fail(err)
 	}
 	if err := c.prune(); err != nil {
@@ -183,41 +184,4 @@ func LoadCheckpoint(dir string) (Checkpoint, error) {
 		ck.Tensors[strings.TrimSuffix(filepath.Base(f), ".safetensors")] = tensors
 	}
 	return ck, nil
-}
-
-// writeFileSync writes data to path through a temp file in the same directory, fsyncs it and
-// renames it into place.
-func writeFileSync(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }

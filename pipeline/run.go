@@ -18,6 +18,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/gomlx/gomlx/backends"
 
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/pipeline/progress"
@@ -276,7 +277,7 @@ func prepareRunDir(cfg Config, dir string, resume bool, ckpt *Checkpointer) erro
 	if err != nil {
 		return err
 	}
-	return writeFileSync(filepath.Join(dir, "config.toml"), text)
+	return atomicfile.WriteBytes(filepath.Join(dir, "config.toml"), text)
 }
 
 // ResolvedTOML renders cfg with every path made absolute, so the file reproduces the run from
@@ -417,7 +418,7 @@ func (m *metricsFile) TruncateAfter(epoch int) error {
 		}
 	}
 	m.f.Close()
-	if err := writeFileSync(m.path, buf.Bytes()); err != nil {
+	if err := atomicfile.WriteBytes(m.path, buf.Bytes()); err != nil {
 		return err
 	}
 	f, err := os.OpenFile(m.path, os.O_RDWR|os.O_APPEND, 0o644)
