@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	exptinyocr "github.com/densegrpo/densegrpo/exporters/tinyocr"
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/models/tinyocr"
@@ -155,9 +156,8 @@ func exportRewardFile(out io.Writer, reward, path string) error {
 	return nil
 }
 
-// install writes data to path unless it already holds exactly data: through a temp file in
-// the same directory, fsynced, renamed, and the directory fsynced, so a reader never sees a
-// partial file.
+// install writes data to path unless it already holds exactly data, atomically (see
+// internal/atomicfile), so a reader never sees a partial file.
 func install(out io.Writer, path string, data []byte) error {
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
 		fmt.Fprintf(out, "up to date %s\n", path)
@@ -165,38 +165,11 @@ func install(out io.Writer, path string, data []byte) error {
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("install %s: %w", path, err)
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("install %s: %w", path, err)
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
+	if err := atomicfile.WriteBytes(path, data); err != nil {
 		return fmt.Errorf("install %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp, 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("install %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		serr := d.Sync()
-		d.Close()
-		if serr != nil {
-			return fmt.Errorf("install %s: sync %s: %w", path, dir, serr)
-		}
 	}
 	fmt.Fprintf(out, "wrote %s (%d bytes)\n", path, len(data))
 	return nil
