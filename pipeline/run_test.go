@@ -241,3 +241,26 @@ func TestEMADecay(t *testing.T) {
 		}
 	}
 }
+
+// Update minibatches span rollout minibatches: 4 samples (2 rollout minibatches of 2) with
+// grpo.minibatch = 4 are one on-policy update (ratio exactly 1, nothing clipped); with 3 they
+// are two updates (3 + the remaining 1).
+func TestRunUpdateMinibatches(t *testing.T) {
+	for _, tc := range []struct {
+		minibatch string
+		updates   float64
+	}{{"4", 1}, {"3", 2}} {
+		cfg, _ := fixture(t, append(append([]string{}, smallRun...), "run.epochs=1", "grpo.minibatch="+tc.minibatch)...)
+		res, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		line := readMetrics(t, res.Dir)[1]
+		if line["updates"].(float64) != tc.updates {
+			t.Errorf("minibatch %s: %v updates, want %v", tc.minibatch, line["updates"], tc.updates)
+		}
+		if tc.updates == 1 && (line["ratio_mean"].(float64) != 1 || line["clip_frac"].(float64) != 0) {
+			t.Errorf("one update per epoch: ratio_mean %v, clip_frac %v, want exactly 1 and 0", line["ratio_mean"], line["clip_frac"])
+		}
+	}
+}

@@ -245,18 +245,34 @@ type updateStats struct {
 	Updates                                                   int
 }
 
-// update trains on the epoch: for each rollout minibatch, samples whose advantage is not zero
-// everywhere, in chunks of grpo.minibatch; each chunk accumulates the gradient of every trained
-// step (weight 1/steps) and takes one AdamW step, after which the EMA is updated.
+// update trains on the epoch: the samples whose advantage is not zero everywhere, in update
+// minibatches of grpo.minibatch samples that may span rollout minibatches. Each update
+// accumulates the gradient of every trained step of its samples — a part of c samples of a
+// minibatch of m weighs c/(m·steps), so the update is the mean over its samples and steps —
+// and takes one AdamW step, after which the EMA is updated.
 func (t *trainer) update(ctx context.Context, batches []*epochBatch, adv [][]float64) (updateStats, int, error) {
 	var st updateStats
-	need := t.col.need
+	need, mb := t.col.need, t.cfg.GRPO.Minibatch
 	kept, dropped := rl.DropZeroAdvantages(adv)
 	keep := make(map[int]bool, len(kept))
 	for _, i := range kept {
 		keep[i] = true
 	}
-	var acc int
+	var acc, pending int
+	apply := func() error {
+		norm, err := t.grpo.Apply(ctx)
+		if err != nil {
+			return err
+		}
+		st.GradNorm += norm
+		st.Updates++
+		pending = 0
+		lora, err := t.policy.Model.LoRATensors(t.policy.Ctx)
+		if err != nil {
+			return err
+		}
+		return t.ema.Update(lora)
+	}
 	base := 0
 	for _, b := range batches {
 		var samples []int
@@ -265,14 +281,16 @@ func (t *trainer) update(ctx context.Context, batches []*epochBatch, adv [][]flo
 				samples = append(samples, i)
 			}
 		}
-		for lo := 0; lo < len(samples); lo += t.cfg.GRPO.Minibatch {
-			chunk := samples[lo:min(lo+t.cfg.GRPO.Minibatch, len(samples))]
+		for lo := 0; lo < len(samples); {
+			chunk := samples[lo:min(lo+mb-pending, len(samples))]
+			lo += len(chunk)
+			weight := float64(len(chunk)) / float64(mb*need)
 			for k := range need {
 				a := make([]float64, len(chunk))
 				for j, i := range chunk {
 					a[j] = adv[base+i][k]
 				}
-				s, err := t.grpo.Accumulate(ctx, b.cond, b.traj, k, chunk, a, 1/float64(need))
+				s, err := t.grpo.Accumulate(ctx, b.cond, b.traj, k, chunk, a, weight)
 				if err != nil {
 					return st, 0, err
 				}
@@ -284,21 +302,18 @@ func (t *trainer) update(ctx context.Context, batches []*epochBatch, adv [][]flo
 				st.RatioMean += s.RatioMean
 				acc++
 			}
-			norm, err := t.grpo.Apply(ctx)
-			if err != nil {
-				return st, 0, err
-			}
-			st.GradNorm += norm
-			st.Updates++
-			lora, err := t.policy.Model.LoRATensors(t.policy.Ctx)
-			if err != nil {
-				return st, 0, err
-			}
-			if err := t.ema.Update(lora); err != nil {
-				return st, 0, err
+			if pending += len(chunk); pending == mb {
+				if err := apply(); err != nil {
+					return st, 0, err
+				}
 			}
 		}
 		base += b.traj.Len()
+	}
+	if pending > 0 {
+		if err := apply(); err != nil {
+			return st, 0, err
+		}
 	}
 	if acc > 0 {
 		n := float64(acc)
