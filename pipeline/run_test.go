@@ -264,3 +264,48 @@ func TestRunUpdateMinibatches(t *testing.T) {
 		}
 	}
 }
+
+// Calibration writes psi.json with ψ per step and the sign counts of every round, and a run
+// reads it back through sampler.psi.
+func TestCalibrateThenTrainWithPsi(t *testing.T) {
+	cfg, _ := fixture(t, append(append([]string{}, smallRun...), "calibrate.iterations=2", "calibrate.trajectories=3")...)
+	out := filepath.Join(t.TempDir(), "psi.json")
+	var log strings.Builder
+	cal, err := Calibrate(context.Background(), cfg, CalibrateOptions{Out: out, Log: &log, Backend: nntest.Backend(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cal.Psi) != 3 || len(cal.Rounds) != 2 {
+		t.Fatalf("ψ %v over %d rounds, want 3 values and 2 rounds", cal.Psi, len(cal.Rounds))
+	}
+	// Each round moves every ψ(k) by exactly ε2 = 0.01, up or down.
+	for k := range cal.Psi {
+		prev := cal.Rounds[1].Psi[k]
+		if d := math.Abs(float64(cal.Psi[k] - prev)); math.Abs(d-0.01) > 1e-6 {
+			t.Errorf("ψ(%d) moved by %v in the last round, want ε2 = 0.01", k, d)
+		}
+	}
+	if !strings.Contains(log.String(), "ψ start") {
+		t.Errorf("no ψ table printed:\n%s", log.String())
+	}
+	trainCfg, _ := fixture(t, append(append([]string{}, smallRun...), "run.epochs=1", "sampler.psi="+out)...)
+	if _, err := Run(context.Background(), trainCfg, RunOptions{Backend: nntest.Backend(t)}); err != nil {
+		t.Fatalf("training with the calibrated ψ: %v", err)
+	}
+	bad, _ := fixture(t, append(append([]string{}, smallRun...), "sampler.steps=4", "sampler.psi="+out)...)
+	if _, err := Run(context.Background(), bad, RunOptions{Backend: nntest.Backend(t)}); err == nil || !strings.Contains(err.Error(), "want 4 (sampler.steps)") {
+		t.Errorf("ψ of 3 steps for a 4-step schedule: error %v, want a length mismatch", err)
+	}
+}
+
+// CPS rollouts train too (their log-prob has no variance term).
+func TestRunCPS(t *testing.T) {
+	cfg, _ := fixture(t, append(append([]string{}, smallRun...), "run.epochs=1", "sampler.kind=cps", "sampler.noise_level=0.8")...)
+	res, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := readMetrics(t, res.Dir)[1]; l["loss"] == nil {
+		t.Errorf("CPS epoch line %v has no loss", l)
+	}
+}

@@ -146,3 +146,21 @@ func TestSmokeKillNineThenResume(t *testing.T) {
 		t.Fatalf("metrics epochs %v, want 0 … 4", got)
 	}
 }
+
+func TestSmokeCalibrate(t *testing.T) {
+	exportSmokeModels(t)
+	out := t.TempDir()
+	psi := filepath.Join(out, "psi.json")
+	stdout, stderr, code := runBinary(t, ".", nil, "calibrate", "--config", smokeConfig, "--out", psi)
+	if code != 0 {
+		t.Fatalf("calibrate: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if !strings.Contains(stdout, "ψ start") || !strings.Contains(stdout, "train with --set sampler.psi="+psi) {
+		t.Errorf("calibrate output lacks the ψ table or the hint:\n%s", stdout)
+	}
+	stdout, stderr, code = runBinary(t, ".", nil, "run", "--config", smokeConfig, "--set", "run.out_dir="+out,
+		"--set", "sampler.psi="+psi, "--set", "run.epochs=1")
+	if code != 0 {
+		t.Fatalf("run with ψ: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+}
