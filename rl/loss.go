@@ -2,6 +2,7 @@ package rl
 
 import (
 	"fmt"
+	"slices"
 
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
@@ -58,7 +59,7 @@ type LossTerms struct {
 // ratio = exp(logp − logpOld); L = mean(max(−A·ratio, −A·clip(ratio, 1−ε, 1+ε))) + β·KL.
 func GRPOLoss(logp, logpOld, adv, meanTheta, meanRef, s *Node, cfg LossConfig) LossTerms {
 	logp, logpOld, adv = f32(logp), f32(logpOld), f32(adv)
-	if logp.Rank() != 1 || !dimsEqual(logp.Shape().Dimensions, logpOld.Shape().Dimensions) || !dimsEqual(logp.Shape().Dimensions, adv.Shape().Dimensions) {
+	if logp.Rank() != 1 || !slices.Equal(logp.Shape().Dimensions, logpOld.Shape().Dimensions) || !slices.Equal(logp.Shape().Dimensions, adv.Shape().Dimensions) {
 		panicf("rl: GRPOLoss wants logp, logpOld and adv of shape [B], got %s, %s and %s", logp.Shape(), logpOld.Shape(), adv.Shape())
 	}
 	g := logp.Graph()

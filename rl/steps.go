@@ -3,6 +3,7 @@ package rl
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
@@ -72,21 +73,9 @@ func checkLatent(name string, x *Node) {
 
 // checkSame panics unless a and b have the same dimensions.
 func checkSame(aName string, a *Node, bName string, b *Node) {
-	if !dimsEqual(a.Shape().Dimensions, b.Shape().Dimensions) {
+	if !slices.Equal(a.Shape().Dimensions, b.Shape().Dimensions) {
 		panicf("rl: %s has shape %s but %s has shape %s, want equal dimensions", aName, a.Shape(), bName, b.Shape())
 	}
-}
-
-func dimsEqual(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // meanPerSample averages t [B, …] over every axis but the batch axis, giving [B].

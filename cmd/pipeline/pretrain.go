@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/densegrpo/densegrpo/pipeline/pretrain"
+	"github.com/densegrpo/densegrpo/pipeline/progress"
 )
 
 func init() {
@@ -30,7 +30,7 @@ func runPretrain(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	opts := pretrain.Options{Resume: *resume, Progress: out}
-	if !isTerminal(out) {
+	if !progress.IsTerminal(out) {
 		// Off a terminal the bar only prints its final line; a log gets a line per window.
 		opts.Log = out
 	}
@@ -46,15 +46,4 @@ func runPretrain(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintf(out, "stopped by %s after step %d: loss %.4f, %.3f steps/s\ntransformer  %s\ntext encoder %s\ncheckpoint   %s\n",
 		res.Stopped, res.Steps, res.LastLoss, res.StepsPerSecond, res.Transformer, res.TextEncoder, res.Checkpoint)
 	return nil
-}
-
-// isTerminal reports whether w is a character device (a terminal, where a progress bar redraws
-// in place).
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

@@ -2,6 +2,7 @@ package tinyocr
 
 import (
 	"fmt"
+	"slices"
 
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
@@ -64,7 +65,7 @@ func resBlock(ctx *mlctx.Context, h *Node) *Node {
 // channels, mean then logvar, as diffusers' quant_conv output).
 func VAEEncode(ctx *mlctx.Context, cfg VAEConfig, images *Node) (mean, logvar *Node) {
 	want := []int{images.Shape().Dim(0), ImageChannels, ImageHeight, ImageWidth}
-	if images.Rank() != 4 || !equalDims(images.Shape().Dimensions, want) {
+	if images.Rank() != 4 || !slices.Equal(images.Shape().Dimensions, want) {
 		panic(fmt.Errorf("VAEEncode: want images [B,%d,%d,%d], got %s", ImageChannels, ImageHeight, ImageWidth, images.Shape()))
 	}
 	x := TransposeAllDims(images, 0, 2, 3, 1) // NHWC
@@ -86,7 +87,7 @@ func VAEEncode(ctx *mlctx.Context, cfg VAEConfig, images *Node) (mean, logvar *N
 // conv_out (48 = 3·4·4 channels unfolded in (C, fy, fx) order, ONNX DepthToSpace mode CRD).
 func VAEDecode(ctx *mlctx.Context, cfg VAEConfig, z *Node) *Node {
 	want := []int{z.Shape().Dim(0), LatentChannels, LatentHeight, LatentWidth}
-	if z.Rank() != 4 || !equalDims(z.Shape().Dimensions, want) {
+	if z.Rank() != 4 || !slices.Equal(z.Shape().Dimensions, want) {
 		panic(fmt.Errorf("VAEDecode: want z [B,%d,%d,%d], got %s", LatentChannels, LatentHeight, LatentWidth, z.Shape()))
 	}
 	x := TransposeAllDims(z, 0, 2, 3, 1) // [B,8,32,4]
@@ -116,18 +117,6 @@ func splitHalves(x *Node) (first, second *Node) {
 	m0 := Const(g, tensors.FromFlatDataAndDimensions([]float32{1, 0}, maskShape...))
 	m1 := Const(g, tensors.FromFlatDataAndDimensions([]float32{0, 1}, maskShape...))
 	return ReduceSum(Mul(x, m0), 1), ReduceSum(Mul(x, m1), 1)
-}
-
-func equalDims(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // VAEScaling maps VAE latents to the model space the transformer works in, as diffusers'

@@ -54,7 +54,7 @@ func Clock(now func() time.Time) Option { return func(b *Bar) { b.now = now } }
 
 // New starts a bar counting to total items at w; total <= 0 means unknown (no bar, no ETA).
 func New(w io.Writer, label string, total int, opts ...Option) *Bar {
-	b := &Bar{w: w, label: label, total: total, now: time.Now, terminal: isTerminal(w)}
+	b := &Bar{w: w, label: label, total: total, now: time.Now, terminal: IsTerminal(w)}
 	for _, o := range opts {
 		o(b)
 	}
@@ -62,8 +62,9 @@ func New(w io.Writer, label string, total int, opts ...Option) *Bar {
 	return b
 }
 
-// isTerminal reports whether w is an *os.File on a character device.
-func isTerminal(w io.Writer) bool {
+// IsTerminal reports whether w is an *os.File on a character device (a terminal, where a bar
+// redraws in place).
+func IsTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false

@@ -148,10 +148,10 @@ func TestIsTerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if isTerminal(f) {
+	if IsTerminal(f) {
 		t.Error("a regular file counts as a terminal")
 	}
-	if isTerminal(&bytes.Buffer{}) {
+	if IsTerminal(&bytes.Buffer{}) {
 		t.Error("a buffer counts as a terminal")
 	}
 	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
@@ -159,7 +159,7 @@ func TestIsTerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer null.Close()
-	if !isTerminal(null) {
+	if !IsTerminal(null) {
 		t.Error("/dev/null, a character device, does not count as a terminal")
 	}
 }
