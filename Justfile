@@ -25,18 +25,22 @@ build:
 export-models: setup build
     {{bin}} export-models --config configs/tiny-ocr.toml
 
-# The main job: DenseGRPO on the embedded tiny-ocr model.
+# The main job: DenseGRPO on the embedded tiny-ocr model, in a new run directory each time.
 demo: export-models
-    {{bin}} run --config configs/tiny-ocr.toml
+    {{bin}} run --config configs/tiny-ocr.toml --set run.name=demo-$(date +%Y%m%d-%H%M%S)
 
 # The whole test suite (needs the setup cache; CPU ONNX Runtime tests never skip).
 test: setup
     go vet ./...
     go test -count=1 -timeout 30m ./...
 
-# Benchmarks measured side by side in one run.
-bench: setup
-    go test -run '^$' -bench . -benchtime 3x ./...
+# Benchmarks, each comparing its variants side by side in one run: fast vs default matmul
+# gradients, reward-layer overhead, pretraining step, dense vs sparse GRPO on the toy problem,
+# and the pipeline's epoch time (overlap vs sequential, dense vs sparse).
+bench: export-models
+    go test -run '^$' -bench . -benchtime 3x ./models/nn ./rewards ./pipeline/pretrain
+    go test -run '^$' -bench ToyDenseVsSparse -benchtime 1x ./rl
+    {{bin}} bench --config configs/tiny-ocr.toml --epochs 2
 
 # gofmt + go vet.
 lint:
