@@ -33,12 +33,10 @@ type epochBatch struct {
 	// clean are the latents to decode: the look-ahead results of (sample, step) slots, then
 	// every sample's own final latent (step = T).
 	clean  [][]float32
-	slots  []slot
+	slots  []rl.Slot
 	images []rewards.Image
 	scores rewards.Scores
 }
-
-type slot struct{ sample, step int }
 
 func (c *collector) stages(prompts []string, ids []int, perBatch int, seeds []uint64) stageFuncs[*epochBatch] {
 	return stageFuncs[*epochBatch]{
@@ -60,7 +58,7 @@ func (c *collector) stages(prompts []string, ids []int, perBatch int, seeds []ui
 		score: func(ctx context.Context, b *epochBatch) (err error) {
 			rp := make([]rewards.Prompt, len(b.slots))
 			for j, s := range b.slots {
-				rp[j] = rewards.Prompt{Text: b.prompts[b.traj.Prompts[s.sample]]}
+				rp[j] = rewards.Prompt{Text: b.prompts[b.traj.Prompts[s.Sample]]}
 			}
 			b.scores, err = c.frozen.Rewards.Score(ctx, b.images, rp)
 			return err
@@ -75,24 +73,17 @@ func (c *collector) lookahead(ctx context.Context, b *epochBatch) error {
 	steps, n, l := c.sched.Steps(), tr.Len(), tr.LatentSize()
 	b.clean, b.slots = nil, nil
 	if c.dense {
-		var paths []rl.ODEPath
-		for k := 0; k <= min(c.need, steps-1); k++ {
-			sigmas := rl.LookaheadSigmas(c.sched, k, c.cfg.Dense.Lookahead)
-			for i := range n {
-				paths = append(paths, rl.ODEPath{Prompt: tr.Prompts[i], X: tr.X[k][i*l : (i+1)*l], Sigmas: sigmas})
-				b.slots = append(b.slots, slot{i, k})
-			}
-		}
+		paths, slots := rl.LookaheadPaths(tr, c.need, c.cfg.Dense.Lookahead)
 		// Batches of n paths: the paths of one k have one length, so no batch is padded.
 		clean, err := c.sampler.IntegrateODE(ctx, b.cond, paths, n)
 		if err != nil {
 			return err
 		}
-		b.clean = clean
+		b.clean, b.slots = clean, slots
 	}
 	for i := range n {
 		b.clean = append(b.clean, tr.X[steps][i*l:(i+1)*l])
-		b.slots = append(b.slots, slot{i, steps})
+		b.slots = append(b.slots, rl.Slot{Sample: i, Step: steps})
 	}
 	return nil
 }
@@ -128,10 +119,10 @@ func gatherRewards(batches []*epochBatch, steps, need int, dense bool) (epochRew
 		for j, s := range b.slots {
 			v := b.scores.Total[j]
 			if math.IsNaN(v) || math.IsInf(v, 0) {
-				return epochRewards{}, fmt.Errorf("reward of prompt %q is %v: %s", b.prompts[b.traj.Prompts[s.sample]], v, badRewards(b.scores, j))
+				return epochRewards{}, fmt.Errorf("reward of prompt %q is %v: %s", b.prompts[b.traj.Prompts[s.Sample]], v, badRewards(b.scores, j))
 			}
-			out.R[base+s.sample][s.step] = v
-			if s.step == steps {
+			out.R[base+s.Sample][s.Step] = v
+			if s.Step == steps {
 				for _, name := range b.scores.Names {
 					out.ByName[name] = append(out.ByName[name], b.scores.ByName[name][j])
 				}

@@ -409,7 +409,7 @@ func (t *trainer) writeRolloutSamples(dir string, epoch int) error {
 	}
 	var idx []int
 	for j, s := range b.slots {
-		if s.step == t.col.sched.Steps() {
+		if s.Step == t.col.sched.Steps() {
 			idx = append(idx, j)
 		}
 	}
@@ -418,7 +418,7 @@ func (t *trainer) writeRolloutSamples(dir string, epoch int) error {
 	labels := make([]string, len(idx))
 	for n, j := range idx {
 		imgs[n] = b.images[j]
-		labels[n] = fmt.Sprintf("%s  %.2f", b.prompts[b.traj.Prompts[b.slots[j].sample]], b.scores.Total[j])
+		labels[n] = fmt.Sprintf("%s  %.2f", b.prompts[b.traj.Prompts[b.slots[j].Sample]], b.scores.Total[j])
 	}
 	return WriteGrid(filepath.Join(dir, "samples", fmt.Sprintf("epoch-%04d.png", epoch)), imgs, labels, 4)
 }

@@ -63,6 +63,34 @@ func LookaheadSigmas(sched Schedule, k, lookahead int) []float32 {
 	return out
 }
 
+// Slot names the look-ahead of sample Sample from state x_Step.
+type Slot struct{ Sample, Step int }
+
+// LookaheadPaths returns the ODE look-aheads dense rewards need from the rollouts tr: one per
+// sample i and state x_k, k = 0 … need (capped at T−1: x_T is already clean), along
+// LookaheadSigmas(k, lookahead), grouped by k. The first Euler step of each is taken here with
+// the velocity the rollout already computed at x_k (tr.V), so a path starts at its second sigma
+// and a one-step look-ahead (the x̂0 prediction, and every path from x_{T−1}) needs no model call.
+func LookaheadPaths(tr *Trajectories, need, lookahead int) ([]ODEPath, []Slot) {
+	steps, b, l := tr.Schedule.Steps(), tr.Len(), tr.LatentSize()
+	var paths []ODEPath
+	var slots []Slot
+	for k := 0; k <= min(need, steps-1); k++ {
+		sigmas := LookaheadSigmas(tr.Schedule, k, lookahead)
+		dt := sigmas[1] - sigmas[0]
+		for i := range b {
+			x, v := tr.X[k][i*l:(i+1)*l], tr.V[k][i*l:(i+1)*l]
+			next := make([]float32, l)
+			for e := range next {
+				next[e] = x[e] + v[e]*dt
+			}
+			paths = append(paths, ODEPath{Prompt: tr.Prompts[i], X: next, Sigmas: sigmas[1:]})
+			slots = append(slots, Slot{i, k})
+		}
+	}
+	return paths, slots
+}
+
 // ComputeDenseRewards computes DenseGRPO's step rewards for the rollouts tr: for each sample i and
 // each needed state k < T, a deterministic ODE from x_k to a clean latent (all these paths batched
 // together, see Sampler.IntegrateODE), scored by scorer; R at x_T is the sample's own reward; and
@@ -88,19 +116,7 @@ func ComputeDenseRewards(ctx context.Context, s *Sampler, c Conditioning, tr *Tr
 		}
 		return rowIDs[row], nil
 	}
-	// Look-ahead paths from x_k for k = 0 … need (x_T is already clean).
-	lastK := min(need, steps-1)
-	l := tr.LatentSize()
-	var paths []ODEPath
-	type slot struct{ i, k int }
-	var slots []slot
-	for k := 0; k <= lastK; k++ {
-		sigmas := LookaheadSigmas(tr.Schedule, k, cfg.Lookahead)
-		for i := range b {
-			paths = append(paths, ODEPath{Prompt: tr.Prompts[i], X: tr.X[k][i*l : (i+1)*l], Sigmas: sigmas})
-			slots = append(slots, slot{i, k})
-		}
-	}
+	paths, slots := LookaheadPaths(tr, need, cfg.Lookahead)
 	clean, err := s.IntegrateODE(ctx, c, paths, batch)
 	if err != nil {
 		return DenseRewards{}, fmt.Errorf("dense rewards: look-ahead: %w", err)
@@ -108,7 +124,7 @@ func ComputeDenseRewards(ctx context.Context, s *Sampler, c Conditioning, tr *Tr
 	latents := make([]Latent, 0, len(clean)+b)
 	prompts := make([]int, 0, len(clean)+b)
 	for j, d := range clean {
-		id, err := promptID(slots[j].i)
+		id, err := promptID(slots[j].Sample)
 		if err != nil {
 			return DenseRewards{}, fmt.Errorf("dense rewards: %w", err)
 		}
@@ -139,7 +155,7 @@ func ComputeDenseRewards(ctx context.Context, s *Sampler, c Conditioning, tr *Tr
 		out.R[i][steps] = scores[len(clean)+i]
 	}
 	for j, sl := range slots {
-		out.R[sl.i][sl.k] = scores[j]
+		out.R[sl.Sample][sl.Step] = scores[j]
 	}
 	return out, fillDeltas(&out, need)
 }

@@ -153,3 +153,43 @@ func TestDenseRewardsPartialSteps(t *testing.T) {
 		t.Errorf("got %d scores, %d deltas, R_3 = %v; want 8, 2, NaN", calls, len(d.Delta[0]), d.R[0][3])
 	}
 }
+
+// The rollout keeps the velocity of each step (v = m·x for the linear field), and a look-ahead
+// path from x_k starts one Euler step later: x_k + v_k·(σ' − σ_k), at its second sigma; a
+// one-step look-ahead is then already clean (Sigmas = [0]).
+func TestLookaheadPathsReuseRolloutVelocity(t *testing.T) {
+	cond := Conditioning{Cond: []*tensors.Tensor{tensors.FromValue([][]float32{{0.5}})}}
+	s := newTestSampler(t, linearVelocity, 3, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 2, LatentShape: []int{2}})
+	tr, err := s.Rollout(context.Background(), cond, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range 3 {
+		for e, x := range tr.X[k] {
+			if want := 0.5 * x; math.Abs(float64(tr.V[k][e]-want)) > 1e-6 {
+				t.Errorf("V[%d][%d] = %v, want m·x = %v", k, e, tr.V[k][e], want)
+			}
+		}
+	}
+	paths, slots := LookaheadPaths(tr, 3, 0)
+	if len(paths) != 6 || slots[5] != (Slot{Sample: 1, Step: 2}) {
+		t.Fatalf("%d paths, last slot %+v: want 6 (2 samples × x_0, x_1, x_2), last {1 2}", len(paths), slots[len(slots)-1])
+	}
+	sig := tr.Schedule.Sigmas
+	for j, p := range paths {
+		k, i := slots[j].Step, slots[j].Sample
+		if len(p.Sigmas) != 3-k || p.Sigmas[0] != sig[k+1] {
+			t.Errorf("path %d from x_%d: sigmas %v, want σ_%d … σ_3", j, k, p.Sigmas, k+1)
+		}
+		for e := range p.X {
+			x := float64(tr.X[k][i*2+e])
+			want := x + 0.5*x*float64(sig[k+1]-sig[k])
+			if math.Abs(float64(p.X[e])-want) > 1e-6*math.Max(1, math.Abs(want)) {
+				t.Errorf("path %d elem %d starts at %v, want %v", j, e, p.X[e], want)
+			}
+		}
+	}
+	if one, _ := LookaheadPaths(tr, 1, 1); len(one[0].Sigmas) != 1 || one[0].Sigmas[0] != 0 {
+		t.Errorf("one-step look-ahead sigmas %v, want [0]", one[0].Sigmas)
+	}
+}

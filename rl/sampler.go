@@ -97,6 +97,9 @@ type Trajectories struct {
 	Mean [][]float32
 	// LogProb[k][i] is log p(x_{k+1} | x_k) of sample i under the sampling policy.
 	LogProb [][]float32
+	// V[k] holds the (guided) velocity at x_k the step used, [B·L], for k = 0 … T−1: the first
+	// Euler step of a look-ahead from x_k needs no model call.
+	V [][]float32
 	// S[k] is the noise level of step k (StepOut.S) and Std[k] the standard deviation of x_{k+1}.
 	S, Std []float32
 }
@@ -293,7 +296,7 @@ func numPrompts(c Conditioning, fallback int) (int, error) {
 }
 
 // buildStepExec builds the rollout step graph: inputs x, noise [B, …], sigma, sigmaNext, s [],
-// prompt index [B] int32, cond…, uncond…; outputs next, mean, logp.
+// prompt index [B] int32, cond…, uncond…; outputs next, mean, logp, v.
 func (s *Sampler) buildStepExec() error {
 	kind, vel, w, nCond := s.cfg.Kind, s.vel, s.cfg.Guidance, s.nCond
 	exec, err := mlctx.NewExec(s.backend, s.ctx, func(ctx *mlctx.Context, in []*Node) []*Node {
@@ -301,7 +304,7 @@ func (s *Sampler) buildStepExec() error {
 		cond, uncond := condInputs(in[6:], nCond, idx)
 		v := GuidedVelocity(ctx, vel, x, timestepOf(sigma, x.Shape().Dimensions[0]), cond, uncond, w, true)
 		o := StochasticStep(kind, x, v, sigma, sigmaNext, sd, noise)
-		return []*Node{o.Next, o.Mean, o.LogProb}
+		return []*Node{o.Next, o.Mean, o.LogProb, v}
 	})
 	if err != nil {
 		return fmt.Errorf("build rollout step graph: %w", err)
@@ -439,6 +442,7 @@ func (s *Sampler) Rollout(ctx context.Context, c Conditioning, seed uint64) (*Tr
 		tr.X = append(tr.X, outs[0])
 		tr.Mean = append(tr.Mean, outs[1])
 		tr.LogProb = append(tr.LogProb, outs[2])
+		tr.V = append(tr.V, outs[3])
 	}
 	return tr, nil
 }
