@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/densegrpo/densegrpo/datasets/ocrtiny"
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/safetensors"
@@ -348,7 +349,7 @@ func (t *trainer) start() (trainState, error) {
 	if err != nil {
 		return state, fmt.Errorf("pretrain: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, ConfigFile), doc, 0o644); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(dir, ConfigFile), doc); err != nil {
 		return state, fmt.Errorf("pretrain: write resolved config: %w", err)
 	}
 	if err := trimLossLog(filepath.Join(dir, LossFile), state.Step); err != nil {
@@ -380,7 +381,8 @@ func trimLossLog(path string, step int) error {
 			kept = append(kept, line...)
 		}
 	}
-	if err := os.WriteFile(path, kept, 0o644); err != nil {
+	// Atomic: a crash while trimming leaves the old log, never a half-written one.
+	if err := atomicfile.WriteBytes(path, kept); err != nil {
 		return fmt.Errorf("trim loss log: %w", err)
 	}
 	return nil
