@@ -28,10 +28,7 @@ type policyFlags struct {
 func addPolicyFlags(fs *flag.FlagSet) *policyFlags {
 	pf := &policyFlags{}
 	fs.StringVar(&pf.config, "config", "", "training TOML (required)")
-	fs.Func("set", "override a config value, key=value (repeatable), e.g. eval.prompts=16", func(s string) error {
-		pf.sets = append(pf.sets, s)
-		return nil
-	})
+	fs.Var((*setFlag)(&pf.sets), "set", "override a config value, key=value (repeatable), e.g. eval.prompts=16")
 	fs.StringVar(&pf.lora, "lora", "", "LoRA safetensors file (PEFT names) to apply")
 	fs.StringVar(&pf.checkpoint, "checkpoint", "", "run checkpoint directory: its ema.safetensors if present, else lora.safetensors")
 	return pf

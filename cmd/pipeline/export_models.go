@@ -34,11 +34,8 @@ var setupCacheOCR = []string{"ch_PP-OCRv4_det_infer.onnx", "ch_PP-OCRv4_rec_infe
 func runExportModels(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("export-models", "", out)
 	configPath := fs.String("config", "", "training TOML whose [text_encoder], [vae] and [[reward]] files are written (required)")
-	var sets []string
-	fs.Func("set", "override a config value, key=value (repeatable)", func(s string) error {
-		sets = append(sets, s)
-		return nil
-	})
+	var sets setFlag
+	fs.Var(&sets, "set", "override a config value, key=value (repeatable)")
 	teWeights := fs.String("text-encoder-weights", "", "tiny-ocr text encoder weights (default: "+textEncoderWeightsFile+" beside model.weights)")
 	vaeWeights := fs.String("vae-weights", "", "tiny-ocr VAE weights (default: "+vaeWeightsFile+" beside model.weights)")
 	pos, err := parseFlags(fs, args)

@@ -16,7 +16,8 @@ func init() {
 	register(command{name: "calibrate", summary: "calibrate the per-step exploration noise ψ (DenseGRPO Algorithm 1)", run: runCalibrate})
 }
 
-// setFlag collects repeatable --set key=value overrides.
+// setFlag collects repeatable --set key=value overrides; every command that reads a config
+// takes them through it.
 type setFlag []string
 
 func (s *setFlag) String() string     { return fmt.Sprint(*s) }
