@@ -209,7 +209,9 @@ type PipelineConfig struct {
 	RolloutBatch int `toml:"rollout_batch"`
 	// Buffer is the capacity of each inter-stage channel (>= 1). Default 2.
 	Buffer int `toml:"buffer"`
-	// ScoreWorkers decode+score concurrently (>= 1). Default 1.
+	// LookaheadWorkers run look-aheads of different minibatches concurrently (>= 1). Default 2.
+	LookaheadWorkers int `toml:"lookahead_workers"`
+	// ScoreWorkers score concurrently (>= 1). Default 1.
 	ScoreWorkers int `toml:"score_workers"`
 }
 
@@ -229,7 +231,7 @@ func Default() Config {
 			WeightDecay: 1e-4, GradClip: 1, TimestepFraction: 0.99, Minibatch: 16, EMADecayMax: 0.9},
 		Calibrate: CalibrateConfig{Iterations: 10, Trajectories: 32, Epsilon1: 2, Epsilon2: 0.01},
 		Eval:      EvalConfig{Steps: 40, BatchSize: 16},
-		Pipeline:  PipelineConfig{Overlap: true, RolloutBatch: 16, Buffer: 2, ScoreWorkers: 1},
+		Pipeline:  PipelineConfig{Overlap: true, RolloutBatch: 16, Buffer: 2, LookaheadWorkers: 2, ScoreWorkers: 1},
 	}}
 }
 
@@ -419,6 +421,7 @@ func (c Config) Validate() error {
 	check(c.Eval.BatchSize >= 1, "eval.batch_size", c.Eval.BatchSize, ">= 1")
 	check(c.Pipeline.RolloutBatch >= 1, "pipeline.rollout_batch", c.Pipeline.RolloutBatch, ">= 1")
 	check(c.Pipeline.Buffer >= 1, "pipeline.buffer", c.Pipeline.Buffer, ">= 1")
+	check(c.Pipeline.LookaheadWorkers >= 1, "pipeline.lookahead_workers", c.Pipeline.LookaheadWorkers, ">= 1")
 	check(c.Pipeline.ScoreWorkers >= 1, "pipeline.score_workers", c.Pipeline.ScoreWorkers, ">= 1")
 	check(len(c.Rewards) > 0, "reward", "no [[reward]] tables", "at least one")
 	return errors.Join(errs...)

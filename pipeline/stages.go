@@ -32,6 +32,9 @@ type stageFuncs[B any] struct {
 	score     func(ctx context.Context, b B) error
 }
 
+// stageWorkers are the numbers of concurrent workers of the stages that may have several.
+type stageWorkers struct{ lookahead, score int }
+
 // StageError says which stage failed.
 type StageError struct {
 	Stage string
@@ -85,7 +88,11 @@ func (t *stageTimer) snapshot() map[string]float64 {
 // that owns and closes its output channel and selects every send against ctx.Done(), all
 // under one errgroup; the first error cancels the others and is returned. Without overlap the
 // same functions run one after another. Batches are returned in minibatch order.
-func runStages[B any](ctx context.Context, n int, st stageFuncs[B], overlap bool, buffer, scoreWorkers int, timer *stageTimer) ([]B, error) {
+//
+// Look-ahead and scoring may run several workers (w.lookahead, w.score), each taking the next
+// minibatch: with few large GoMLX computations per stage this is what puts the second core to
+// work while the first look-ahead is still running.
+func runStages[B any](ctx context.Context, n int, st stageFuncs[B], overlap bool, buffer int, w stageWorkers, timer *stageTimer) ([]B, error) {
 	out := make([]B, n)
 	if !overlap {
 		for j := range n {
@@ -148,14 +155,18 @@ func runStages[B any](ctx context.Context, n int, st stageFuncs[B], overlap bool
 		}
 		return nil
 	})
-	g.Go(func() error { defer close(looked); return pass(StageLookahead, st.lookahead, rolled, looked) })
-	g.Go(func() error { defer close(decoded); return pass(StageDecode, st.decode, looked, decoded) })
-	var workers sync.WaitGroup
-	for range max(1, scoreWorkers) {
-		workers.Add(1)
-		g.Go(func() error { defer workers.Done(); return pass(StageScore, st.score, decoded, scored) })
+	// stage runs workers passes of one stage over in and closes out when all have returned.
+	stage := func(name string, fn func(context.Context, B) error, workers int, in <-chan item, out chan<- item) {
+		var wg sync.WaitGroup
+		for range max(1, workers) {
+			wg.Add(1)
+			g.Go(func() error { defer wg.Done(); return pass(name, fn, in, out) })
+		}
+		g.Go(func() error { wg.Wait(); close(out); return nil })
 	}
-	g.Go(func() error { workers.Wait(); close(scored); return nil })
+	stage(StageLookahead, st.lookahead, w.lookahead, rolled, looked)
+	stage(StageDecode, st.decode, 1, looked, decoded)
+	stage(StageScore, st.score, w.score, decoded, scored)
 	// The collector drains scored until it is closed, so no stage blocks on a send after an
 	// error; it stops early only through the group context.
 	g.Go(func() error {

@@ -49,7 +49,7 @@ func TestRunStagesOrderAndCompleteness(t *testing.T) {
 	for _, overlap := range []bool{false, true} {
 		var calls atomic.Int32
 		timer := newStageTimer()
-		got, err := runStages(context.Background(), 7, fakeStages("", -1, &calls), overlap, 2, 3, timer)
+		got, err := runStages(context.Background(), 7, fakeStages("", -1, &calls), overlap, 2, stageWorkers{lookahead: 2, score: 3}, timer)
 		if err != nil {
 			t.Fatalf("overlap=%v: %v", overlap, err)
 		}
@@ -86,7 +86,7 @@ func TestRunStagesErrorsNameStageAndLeakNothing(t *testing.T) {
 	for _, tc := range tests {
 		for _, overlap := range []bool{false, true} {
 			var calls atomic.Int32
-			_, err := runStages(context.Background(), 20, fakeStages(tc.stage, 3, &calls), overlap, 1, 2, newStageTimer())
+			_, err := runStages(context.Background(), 20, fakeStages(tc.stage, 3, &calls), overlap, 1, stageWorkers{lookahead: 2, score: 2}, newStageTimer())
 			var se *StageError
 			if !errors.As(err, &se) || se.Stage != tc.stage || !strings.HasPrefix(err.Error(), tc.want) {
 				t.Errorf("overlap=%v fail %s: error %v, want it to start %q", overlap, tc.stage, err, tc.want)
@@ -118,12 +118,45 @@ func TestRunStagesCancelled(t *testing.T) {
 		}
 		return inner(c, b)
 	}
-	_, err := runStages(ctx, 10, st, true, 1, 1, newStageTimer())
+	_, err := runStages(ctx, 10, st, true, 1, stageWorkers{lookahead: 2, score: 1}, newStageTimer())
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("error %v, want context.Canceled", err)
 	}
 	var se *StageError
 	if errors.As(err, &se) {
 		t.Errorf("cancellation reported as a failure of stage %s", se.Stage)
+	}
+}
+
+// With two look-ahead workers two minibatches are in look-ahead at once; with overlap off,
+// never more than one stage call runs.
+func TestRunStagesLookaheadWorkers(t *testing.T) {
+	for _, tc := range []struct {
+		overlap bool
+		workers int
+		want    int32
+	}{{true, 2, 2}, {true, 1, 1}, {false, 2, 1}} {
+		var calls, inFlight, most atomic.Int32
+		st := fakeStages("", -1, &calls)
+		inner := st.lookahead
+		st.lookahead = func(c context.Context, b *fakeBatch) error {
+			now := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for m := most.Load(); now > m && !most.CompareAndSwap(m, now); m = most.Load() {
+			}
+			// Hold the first minibatch until a second look-ahead starts (or long enough to
+			// be sure none will), so concurrency shows up however the scheduler runs us.
+			deadline := time.Now().Add(300 * time.Millisecond)
+			for b.j == 0 && inFlight.Load() < 2 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			return inner(c, b)
+		}
+		if _, err := runStages(context.Background(), 4, st, tc.overlap, 2, stageWorkers{lookahead: tc.workers, score: 1}, newStageTimer()); err != nil {
+			t.Fatal(err)
+		}
+		if got := most.Load(); got != tc.want {
+			t.Errorf("overlap=%v, %d workers: at most %d look-aheads at once, want %d", tc.overlap, tc.workers, got, tc.want)
+		}
 	}
 }

@@ -167,7 +167,7 @@ func (t *trainer) collect(ctx context.Context) (collected, error) {
 	c := collected{timer: newStageTimer()}
 	var err error
 	c.batches, err = runStages(ctx, n, t.col.stages(prompts, ids, perBatch, seeds), cfg.Pipeline.Overlap,
-		cfg.Pipeline.Buffer, cfg.Pipeline.ScoreWorkers, c.timer)
+		cfg.Pipeline.Buffer, stageWorkers{lookahead: cfg.Pipeline.LookaheadWorkers, score: cfg.Pipeline.ScoreWorkers}, c.timer)
 	if err != nil {
 		return c, err
 	}

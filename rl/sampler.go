@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"sort"
+	"sync"
 
 	"github.com/gomlx/gomlx/backends"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
@@ -143,6 +144,9 @@ type Sampler struct {
 	sched   Schedule
 	cfg     SamplerConfig
 
+	// mu guards the lazily built graphs and the conditioning arity: the pipeline's rollout and
+	// look-ahead workers share one sampler.
+	mu                sync.Mutex
 	stepExec, odeExec *mlctx.Exec
 	nCond, nUncond    int
 }
@@ -243,7 +247,23 @@ func timestepOf(sigma *Node, b int) *Node {
 	return t
 }
 
-// checkConditioning validates the conditioning and fixes the number of tensors the graphs take.
+// prepare checks c and returns the graph *exec, built by build on first use.
+func (s *Sampler) prepare(c Conditioning, exec **mlctx.Exec, build func() error) (*mlctx.Exec, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.checkConditioning(c); err != nil {
+		return nil, err
+	}
+	if *exec == nil {
+		if err := build(); err != nil {
+			return nil, err
+		}
+	}
+	return *exec, nil
+}
+
+// checkConditioning validates the conditioning and fixes the number of tensors the graphs
+// take. The caller holds s.mu.
 func (s *Sampler) checkConditioning(c Conditioning) error {
 	// An unconditional model (no Cond tensors) is allowed, without guidance: it gets an empty
 	// cond slice.
@@ -396,17 +416,13 @@ func initialNoise(rng *rand.Rand, p, g, l int, same bool) []float32 {
 // reproducible from (weights, conditioning, seed). An unconditional model (no Cond tensors)
 // gets one prompt.
 func (s *Sampler) Rollout(ctx context.Context, c Conditioning, seed uint64) (*Trajectories, error) {
-	if err := s.checkConditioning(c); err != nil {
+	stepExec, err := s.prepare(c, &s.stepExec, s.buildStepExec)
+	if err != nil {
 		return nil, fmt.Errorf("rollout: %w", err)
 	}
 	p, err := numPrompts(c, 1)
 	if err != nil {
 		return nil, fmt.Errorf("rollout: %w", err)
-	}
-	if s.stepExec == nil {
-		if err := s.buildStepExec(); err != nil {
-			return nil, fmt.Errorf("rollout: %w", err)
-		}
 	}
 	g, shape, steps := s.cfg.GroupSize, s.cfg.LatentShape, s.sched.Steps()
 	b, l := p*g, shapeSize(shape)
@@ -435,7 +451,7 @@ func (s *Sampler) Rollout(ctx context.Context, c Conditioning, seed uint64) (*Tr
 		}
 		args := append([]any{latentTensor(tr.X[k], b, shape), latentTensor(normals(rng, b*l), b, shape),
 			sigma, sigmaNext, sd, idx}, condArgs...)
-		outs, err := run(s.stepExec, args...)
+		outs, err := run(stepExec, args...)
 		if err != nil {
 			return nil, fmt.Errorf("rollout step %d: %w", k, err)
 		}
@@ -461,16 +477,12 @@ type ODEPath struct {
 // unchanged. Paths are sorted by length first so little work is padding. It returns the clean
 // latents in the order of paths.
 func (s *Sampler) IntegrateODE(ctx context.Context, c Conditioning, paths []ODEPath, batch int) ([][]float32, error) {
-	if err := s.checkConditioning(c); err != nil {
+	odeExec, err := s.prepare(c, &s.odeExec, s.buildODEExec)
+	if err != nil {
 		return nil, fmt.Errorf("integrate ODE: %w", err)
 	}
 	if batch < 1 {
 		return nil, fmt.Errorf("integrate ODE: batch: got %d, want >= 1", batch)
-	}
-	if s.odeExec == nil {
-		if err := s.buildODEExec(); err != nil {
-			return nil, fmt.Errorf("integrate ODE: %w", err)
-		}
 	}
 	shape := s.cfg.LatentShape
 	l := shapeSize(shape)
@@ -511,7 +523,7 @@ func (s *Sampler) IntegrateODE(ctx context.Context, c Conditioning, paths []ODEP
 				}
 			}
 			args := append([]any{latentTensor(x, batch, shape), sig, sigNext, idx}, condArgs...)
-			outs, err := run(s.odeExec, args...)
+			outs, err := run(odeExec, args...)
 			if err != nil {
 				return nil, fmt.Errorf("integrate ODE: step %d of batch at %d: %w", step, start, err)
 			}
