@@ -87,6 +87,10 @@ type TrainConfig struct {
 	WeightDecay float64 `toml:"weight_decay"`
 	// GradClip is the maximum global L2 norm of the gradient (> 0; 0 disables). Default 1.0.
 	GradClip float64 `toml:"grad_clip"`
+	// Workers compute the gradients of equal shards of each batch at once (>= 1, dividing
+	// BatchSize); one SimpleGo computation keeps about one core busy. The step is the same
+	// up to float rounding. Default 2.
+	Workers int `toml:"workers"`
 	// Backend for GoMLX: one of nn.BackendSpecs ("auto", "go", "xla:cpu", "xla:cuda").
 	// Default "go".
 	Backend string `toml:"backend"`
@@ -127,7 +131,7 @@ func Default() Config {
 		Data:  DataConfig{CaptionDropout: 0.1, Prefetch: 2},
 		Train: TrainConfig{
 			Seed: 1, BatchSize: 32, Steps: 3000, LR: 1e-3, Schedule: "cosine", WarmupSteps: 100,
-			MinLRRatio: 0.05, WeightDecay: 1e-4, GradClip: 1, Backend: "go",
+			MinLRRatio: 0.05, WeightDecay: 1e-4, GradClip: 1, Workers: 2, Backend: "go",
 		},
 		Sigma:  SigmaConfig{Sampling: "logit-normal", Mean: 0, Std: 1, Shift: 3},
 		Output: OutputConfig{CheckpointEvery: 250, KeepCheckpoints: 2, LogEvery: 10},
@@ -221,6 +225,7 @@ func (c Config) Validate() error {
 		{!(c.Train.MinLRRatio >= 0 && c.Train.MinLRRatio <= 1), "train.min_lr_ratio", "0 <= r <= 1", c.Train.MinLRRatio},
 		{!(c.Train.WeightDecay >= 0) || !finite(c.Train.WeightDecay), "train.weight_decay", ">= 0", c.Train.WeightDecay},
 		{!(c.Train.GradClip >= 0) || !finite(c.Train.GradClip), "train.grad_clip", ">= 0 (0 disables)", c.Train.GradClip},
+		{c.Train.Workers < 1 || c.Train.BatchSize%max(1, c.Train.Workers) != 0, "train.workers", fmt.Sprintf(">= 1 and dividing train.batch_size (%d)", c.Train.BatchSize), c.Train.Workers},
 		{!validBackend(c.Train.Backend), "train.backend", "one of " + strings.Join(nn.BackendSpecs, ", "), fmt.Sprintf("%q", c.Train.Backend)},
 		{c.Sigma.Sampling != "logit-normal" && c.Sigma.Sampling != "uniform", "sigma.sampling", `"logit-normal" or "uniform"`, fmt.Sprintf("%q", c.Sigma.Sampling)},
 		{!finite(c.Sigma.Mean), "sigma.mean", "a finite number", c.Sigma.Mean},

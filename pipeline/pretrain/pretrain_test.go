@@ -231,3 +231,42 @@ func TestRunErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestWorkersTakeTheSameStep: two workers on shards of 2 take the step one worker takes on
+// the batch of 4 — the losses of a few steps agree to float rounding, and so do the weights.
+func TestWorkersTakeTheSameStep(t *testing.T) {
+	run := func(workers int) ([]float32, map[string][]float32) {
+		dir := t.TempDir()
+		cfg := testConfig(t, dir, 4)
+		cfg.Train.Workers = workers
+		losses, res, err := runSteps(t, context.Background(), cfg, Options{})
+		if err != nil {
+			t.Fatalf("workers %d: %v", workers, err)
+		}
+		ts, _, err := safetensors.Read(res.Transformer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := map[string][]float32{}
+		for name, tensor := range ts {
+			w[name] = tensor.Data
+		}
+		return losses, w
+	}
+	l1, w1 := run(1)
+	l2, w2 := run(2)
+	for i := range l1 {
+		if math.Abs(float64(l1[i]-l2[i])) > 1e-5*math.Abs(float64(l1[i])) {
+			t.Errorf("step %d: loss %.7f with one worker, %.7f with two", i+1, l1[i], l2[i])
+		}
+	}
+	var worst float64
+	for name, a := range w1 {
+		for j, v := range a {
+			worst = max(worst, math.Abs(float64(v-w2[name][j])))
+		}
+	}
+	if len(w1) == 0 || worst > 1e-5 {
+		t.Errorf("%d tensors; largest weight difference between one and two workers %g, want <= 1e-5", len(w1), worst)
+	}
+}

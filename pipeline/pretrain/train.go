@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/gomlx/gomlx/backends"
@@ -108,8 +109,11 @@ type trainer struct {
 	model   *mmdit.Model
 	te      tinyocr.TextEncoderConfig
 	mctx    *mlctx.Context
-	step    *mlctx.Exec
-	lrVar   *mlctx.Variable
+	// grads computes one shard's loss and gradients; apply averages the shards' gradients
+	// and takes the optimizer step. trainable lists the variables of the gradients, in order.
+	grads, apply *mlctx.Exec
+	trainable    []*mlctx.Variable
+	lrVar        *mlctx.Variable
 	vae     *tinyocr.VAE
 	data    *dataSource
 	ckpt    *pipeline.Checkpointer
@@ -257,26 +261,53 @@ func (t *trainer) buildStep() error {
 		return fmt.Errorf("pretrain: GoMLX's Adam does not take given gradients")
 	}
 	model, te, clip := t.model, t.te, t.cfg.Train.GradClip
-	// Reuse: a model variable missing here is an error, never a silent fresh init. The graph
-	// is built at the first Exec (runStep turns its panics into errors).
-	step, err := mlctx.NewExec(t.backend, t.mctx.Reuse(), func(c *mlctx.Context, x0, noise, sigma, ids *Node) (*Node, *Node) {
-		loss := flowMatchingLoss(c, model, te, x0, noise, sigma, ids)
-		grads := c.BuildTrainableVariablesGradientsGraph(loss)
-		norm := globalNorm(grads)
-		if clip > 0 {
-			// clip/max(norm, clip) is 1 below the threshold and clip/norm above it.
-			scale := Div(Scalar(x0.Graph(), dtypes.Float32, clip), MaxScalar(norm, clip))
-			for i := range grads {
-				grads[i] = Mul(grads[i], scale)
+	// Reuse: a model variable missing here is an error, never a silent fresh init. The graphs
+	// are built at their first Exec (runStep turns their panics into errors). The gradient
+	// graph of every shard is the same (equal shard shapes), so it is built once.
+	grads, err := mlctx.NewExec(t.backend, t.mctx.Reuse(), func(c *mlctx.Context, in []*Node) []*Node {
+		loss := flowMatchingLoss(c, model, te, in[0], in[1], in[2], in[3])
+		g := loss.Graph()
+		var vars []*mlctx.Variable
+		c.EnumerateVariables(func(v *mlctx.Variable) {
+			if v.Trainable && v.InUseByGraph(g) {
+				vars = append(vars, v)
 			}
-		}
-		updater.UpdateGraphWithGradients(c, grads, dtypes.Float32)
-		return loss, norm
+		})
+		t.trainable = vars
+		return append([]*Node{loss}, c.BuildTrainableVariablesGradientsGraph(loss)...)
 	})
 	if err != nil {
-		return fmt.Errorf("pretrain: build train step: %w", err)
+		return fmt.Errorf("pretrain: build gradient graph: %w", err)
 	}
-	t.step = step
+	// apply takes the shards' gradients (shard-major, in t.trainable order), averages them,
+	// clips the global norm and takes the AdamW step.
+	apply, err := mlctx.NewExec(t.backend, t.mctx.Reuse(), func(c *mlctx.Context, in []*Node) *Node {
+		g, nv := in[0].Graph(), len(t.trainable)
+		shards := len(in) / nv
+		avg := make([]*Node, nv)
+		for i, v := range t.trainable {
+			_ = v.ValueGraph(g) // the optimizer updates the variables the graph uses
+			sum := in[i]
+			for w := 1; w < shards; w++ {
+				sum = Add(sum, in[w*nv+i])
+			}
+			avg[i] = MulScalar(sum, 1/float64(shards))
+		}
+		norm := globalNorm(avg)
+		if clip > 0 {
+			// clip/max(norm, clip) is 1 below the threshold and clip/norm above it.
+			scale := Div(Scalar(g, dtypes.Float32, clip), MaxScalar(norm, clip))
+			for i := range avg {
+				avg[i] = Mul(avg[i], scale)
+			}
+		}
+		updater.UpdateGraphWithGradients(c, avg, dtypes.Float32)
+		return norm
+	})
+	if err != nil {
+		return fmt.Errorf("pretrain: build update graph: %w", err)
+	}
+	t.grads, t.apply = grads, apply
 	t.lrVar = optimizers.LearningRateVar(t.mctx, dtypes.Float32, t.cfg.Train.LR)
 	return nil
 }
@@ -308,8 +339,11 @@ func globalNorm(grads []*Node) *Node {
 }
 
 func (t *trainer) close() {
-	if t.step != nil {
-		t.step.Finalize()
+	if t.grads != nil {
+		t.grads.Finalize()
+	}
+	if t.apply != nil {
+		t.apply.Finalize()
 	}
 	if t.vae != nil {
 		t.vae.Close()
@@ -541,27 +575,60 @@ func (t *trainer) runStep(b batch, lr float64) (loss, norm float32, err error) {
 	if err := t.lrVar.SetValue(tensors.FromScalar(float32(lr))); err != nil {
 		return 0, 0, fmt.Errorf("set learning rate: %w", err)
 	}
-	n := t.cfg.Train.BatchSize
-	var outs []*tensors.Tensor
-	if perr := nn.Try(func() {
-		outs, err = t.step.Exec(
-			tensors.FromFlatDataAndDimensions(b.latents, n, latentChannels, latentHeight, latentWidth),
-			tensors.FromFlatDataAndDimensions(b.noise, n, latentChannels, latentHeight, latentWidth),
-			tensors.FromFlatDataAndDimensions(b.sigma, n),
-			tensors.FromFlatDataAndDimensions(b.ids, n, tinyocr.MaxLength))
-	}); perr != nil {
+	workers := t.cfg.Train.Workers
+	n := t.cfg.Train.BatchSize / workers
+	l, ids := latentSize, tinyocr.MaxLength
+	shardOuts := make([][]*tensors.Tensor, workers)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lo, hi := w*n, (w+1)*n
+			var err error
+			if perr := nn.Try(func() {
+				shardOuts[w], err = t.grads.Exec(
+					tensors.FromFlatDataAndDimensions(b.latents[lo*l:hi*l], n, latentChannels, latentHeight, latentWidth),
+					tensors.FromFlatDataAndDimensions(b.noise[lo*l:hi*l], n, latentChannels, latentHeight, latentWidth),
+					tensors.FromFlatDataAndDimensions(b.sigma[lo:hi], n),
+					tensors.FromFlatDataAndDimensions(b.ids[lo*ids:hi*ids], n, ids))
+			}); perr != nil {
+				err = perr
+			}
+			errs[w] = err
+		}()
+	}
+	wg.Wait()
+	defer func() {
+		for _, outs := range shardOuts {
+			for _, o := range outs {
+				o.FinalizeAll()
+			}
+		}
+	}()
+	if err := errors.Join(errs...); err != nil {
+		return 0, 0, err
+	}
+	var grads []any
+	for _, outs := range shardOuts {
+		loss += tensors.ToScalar[float32](outs[0]) / float32(workers)
+		for _, g := range outs[1:] {
+			grads = append(grads, g)
+		}
+	}
+	if math.IsNaN(float64(loss)) || math.IsInf(float64(loss), 0) {
+		return loss, 0, fmt.Errorf("loss is %v", loss)
+	}
+	var normT []*tensors.Tensor
+	if perr := nn.Try(func() { normT, err = t.apply.Exec(grads...) }); perr != nil {
 		return 0, 0, perr
 	}
 	if err != nil {
 		return 0, 0, err
 	}
-	loss, norm = tensors.ToScalar[float32](outs[0]), tensors.ToScalar[float32](outs[1])
-	for _, o := range outs {
-		o.FinalizeAll()
-	}
-	if math.IsNaN(float64(loss)) || math.IsInf(float64(loss), 0) {
-		return loss, norm, fmt.Errorf("loss is %v", loss)
-	}
+	norm = tensors.ToScalar[float32](normT[0])
+	normT[0].FinalizeAll()
 	return loss, norm, nil
 }
 
