@@ -114,9 +114,9 @@ type trainer struct {
 	grads, apply *mlctx.Exec
 	trainable    []*mlctx.Variable
 	lrVar        *mlctx.Variable
-	vae     *tinyocr.VAE
-	data    *dataSource
-	ckpt    *pipeline.Checkpointer
+	vae          *tinyocr.VAE
+	data         *dataSource
+	ckpt         *pipeline.Checkpointer
 }
 
 // Run pretrains the transformer and the text encoder as cfg says, until Train.Steps steps are
