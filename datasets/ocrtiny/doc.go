@@ -3,10 +3,11 @@
 // extraction of a prompt's quoted target string, and the renderer that draws a target string as
 // a 32×128 RGB image with the Go Mono fonts.
 //
-// Geometry: characters sit in 16-px cells whose left edges are multiples of 8 px, matching the
-// tiny VAE (downsample 4) and the MMDiT's 2×2 latent patches, so one character is two tokens.
-// A (text, seed) pair always renders the same image: face, font size, ink and paper colours
-// (luminance contrast ≥ MinContrast) and small offsets come from a PCG generator seeded by both.
+// Geometry: strings start LeftMargin = 16 px from the left edge, characters sit in 16-px cells,
+// matching the tiny VAE (downsample 4) and the MMDiT's 2×2 latent patches: character k of any
+// string is always the same two columns of tokens. A (text, seed) pair always renders the same
+// image: face (Go Mono regular or bold), font size, a dark ink and a light paper colour of any
+// hue, and offsets of a pixel come from a PCG generator seeded by both.
 package ocrtiny
 
 //go:generate go run ./gen -out ../ocr-tiny

@@ -22,16 +22,19 @@ import (
 
 // Image geometry. The latent of the tiny VAE is 4×(Height/4)×(Width/4) and the MMDiT takes
 // 2×2 latent patches, so one transformer token covers PatchPixels×PatchPixels pixels.
-// Characters sit in CellWidth-wide cells whose left edges are multiples of PatchPixels, so one
-// character is exactly two tokens wide.
+// Characters sit in CellWidth-wide cells starting LeftMargin pixels from the left edge, so one
+// character is exactly two tokens wide and character k of every string lies under the same
+// tokens: the transformer learns one place per character instead of one per string length.
 const (
 	Height      = 32
 	Width       = 128
 	Channels    = 3
 	CellWidth   = 16
 	PatchPixels = 8
-	// NumCells is how many character cells fit across the image.
-	NumCells = Width / CellWidth
+	// LeftMargin is the paper left of the first cell.
+	LeftMargin = 2 * PatchPixels
+	// NumCells is how many character cells fit right of the margin.
+	NumCells = (Width - LeftMargin) / CellWidth
 )
 
 // Face is one of the Go fonts the renderer draws with. All are monospaced with a 16 px
@@ -58,12 +61,21 @@ func (f Face) String() string {
 // Font sizes in pixels. MaxFontSize = 16·2048/1229 gives Go Mono's advance of 1229/2048 em
 // exactly one 16 px cell; smaller sizes are centred inside the cell.
 const (
-	MinFontSize = 23.0
+	MinFontSize = 24.5
 	MaxFontSize = CellWidth * 2048.0 / 1229.0
 )
 
-// MinContrast is the least difference of relative luminance between ink and paper.
-const MinContrast = 0.45
+// Ink is dark and paper light, of any hue: relative luminance of ink at most MaxInkLuminance,
+// of paper at least MinPaperLuminance, so the contrast is at least MinContrast.
+const (
+	MaxInkLuminance   = 0.12
+	MinPaperLuminance = 0.6
+	MinContrast       = MinPaperLuminance - MaxInkLuminance
+)
+
+// styleFaces are the faces StyleFor draws from: upright ones, whose glyphs stay inside their
+// cells (the italics lean into the next cell).
+var styleFaces = []Face{MonoRegular, MonoBold}
 
 // Style is every free choice of one rendering.
 type Style struct {
@@ -71,10 +83,7 @@ type Style struct {
 	FontSize float64 // pixels per em, in [MinFontSize, MaxFontSize]
 	Ink      color.RGBA
 	Paper    color.RGBA
-	// ShiftCells moves the centred string by whole half-cells (PatchPixels) to the left (<0)
-	// or right (>0); the renderer keeps the string inside the image.
-	ShiftCells int
-	// DX, DY are sub-token offsets in pixels, in [-1,1] and [-2,2].
+	// DX, DY are sub-token offsets in pixels, in [-1,1].
 	DX, DY int
 }
 
@@ -110,32 +119,22 @@ func newRand(text string, seed uint64) *rand.Rand {
 func StyleFor(text string, seed uint64) Style {
 	r := newRand(text, seed)
 	st := Style{
-		Face:       Face(r.IntN(int(numFaces))),
-		FontSize:   MinFontSize + (MaxFontSize-MinFontSize)*r.Float64(),
-		ShiftCells: r.IntN(3) - 1,
-		DX:         r.IntN(3) - 1,
-		DY:         r.IntN(5) - 2,
+		Face:     styleFaces[r.IntN(len(styleFaces))],
+		FontSize: MinFontSize + (MaxFontSize-MinFontSize)*r.Float64(),
+		DX:       r.IntN(3) - 1,
+		DY:       r.IntN(3) - 1,
 	}
 	st.Ink, st.Paper = colours(r)
 	return st
 }
 
-// colours draws an ink and a paper colour whose relative luminances differ by at least
-// MinContrast. Paper is light and ink dark two times in three.
+// colours draws a dark ink and a light paper colour by rejection from uniform RGB.
 func colours(r *rand.Rand) (ink, paper color.RGBA) {
-	darkInk := r.IntN(3) != 0
-	for {
-		a := randomColour(r)
-		b := randomColour(r)
-		la, lb := Luminance(a), Luminance(b)
-		if math.Abs(la-lb) < MinContrast {
-			continue
-		}
-		if (la < lb) == darkInk {
-			return a, b
-		}
-		return b, a
+	for ink = randomColour(r); Luminance(ink) > MaxInkLuminance; ink = randomColour(r) {
 	}
+	for paper = randomColour(r); Luminance(paper) < MinPaperLuminance; paper = randomColour(r) {
+	}
+	return ink, paper
 }
 
 func randomColour(r *rand.Rand) color.RGBA {
@@ -165,14 +164,6 @@ func CheckText(text string) error {
 		}
 	}
 	return nil
-}
-
-// FirstCellX is the left edge in pixels of the first character cell of an n-character string
-// shifted by shift half-cells: centred, then shifted, then clamped into the image. It is
-// always a multiple of PatchPixels.
-func FirstCellX(n, shift int) int {
-	x := (Width-n*CellWidth)/2/PatchPixels*PatchPixels + shift*PatchPixels
-	return max(0, min(x, Width-n*CellWidth))
 }
 
 // Render draws text with the style of (text, seed).
@@ -211,7 +202,7 @@ func RenderStyle(text string, st Style) (*image.RGBA, error) {
 	}
 	capHeight := float64(-hBounds.Min.Y) / 64
 	baseline := (float64(Height)+capHeight)/2 + float64(st.DY)
-	x0 := FirstCellX(len(text), st.ShiftCells) + st.DX
+	x0 := LeftMargin + st.DX
 	d := &font.Drawer{Dst: img, Src: image.NewUniform(st.Ink), Face: face}
 	for i, r := range text {
 		adv, ok := face.GlyphAdvance(r)
