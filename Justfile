@@ -29,6 +29,24 @@ export-models: setup build
 demo: export-models
     {{bin}} run --config configs/tiny-ocr.toml --set run.name=demo-$(date +%Y%m%d-%H%M%S)
 
+# DenseGRPO vs Flow-GRPO on tiny-ocr (the README's results): calibrates ψ on the base model,
+# then runs both with the same sample budget side by side (about one core each) — they differ
+# only in dense.enabled and ψ — and writes one report with both curves.
+compare epochs="24" seed="1": export-models
+    #!/usr/bin/env bash
+    set -euo pipefail
+    tag=compare-s{{seed}}
+    common=(--config configs/tiny-ocr.toml --set run.seed={{seed}} --set run.epochs={{epochs}} --set run.time_budget=80m --set eval.prompts=64)
+    {{bin}} calibrate --config configs/tiny-ocr.toml --set run.seed={{seed}} --out runs/$tag-psi.json
+    {{bin}} run "${common[@]}" --set run.name=$tag-dense --set sampler.psi=../runs/$tag-psi.json > runs/$tag-dense.log 2>&1 &
+    dense=$!
+    {{bin}} run "${common[@]}" --set run.name=$tag-sparse --set dense.enabled=false > runs/$tag-sparse.log 2>&1 &
+    sparse=$!
+    wait $dense
+    wait $sparse
+    tail -n 3 runs/$tag-dense.log runs/$tag-sparse.log
+    {{bin}} report runs/$tag-dense runs/$tag-sparse --out runs/$tag-report.html --curves runs/$tag-curves.png
+
 # The whole test suite (needs the setup cache; CPU ONNX Runtime tests never skip).
 test: setup
     go vet ./...
