@@ -66,11 +66,10 @@ const (
 )
 
 // Ink is dark and paper light, of any hue: relative luminance of ink at most MaxInkLuminance,
-// of paper at least MinPaperLuminance, so the contrast is at least MinContrast.
+// of paper at least MinPaperLuminance, so their contrast is at least the difference (0.48).
 const (
 	MaxInkLuminance   = 0.12
 	MinPaperLuminance = 0.6
-	MinContrast       = MinPaperLuminance - MaxInkLuminance
 )
 
 // styleFaces are the faces StyleFor draws from: upright ones, whose glyphs stay inside their
