@@ -47,6 +47,20 @@ func weight(g *onnx.Graph, ts map[string]safetensors.Tensor, key string) string 
 	return g.InitializerF32(key, i64s(t.Shape), t.Data)
 }
 
+// banded adds the embedding table prefix.table.weight [n, dim] as an initializer with the
+// channels outside its band (models/tinyocr.EmbeddingBand) zeroed, as the GoMLX graph masks them.
+func banded(g *onnx.Graph, ts map[string]safetensors.Tensor, prefix, table string) string {
+	key := prefix + "." + table + ".weight"
+	t := ts[key]
+	dim := t.Shape[1]
+	lo, hi := model.EmbeddingBand(table, dim)
+	data := make([]float32, len(t.Data))
+	for r := range t.Shape[0] {
+		copy(data[r*dim+lo:r*dim+hi], t.Data[r*dim+lo:r*dim+hi])
+	}
+	return g.InitializerF32(key, i64s(t.Shape), data)
+}
+
 // transposed2D adds the transpose of a [out,in] weight as an initializer [in,out] named
 // key+".T", for MatMul(x, Wᵀ).
 func transposed2D(g *onnx.Graph, ts map[string]safetensors.Tensor, key string) string {
@@ -114,13 +128,13 @@ func TextEncoderModel(ts map[string]safetensors.Tensor, prefix string) (*onnx.Mo
 	revF := g.Op("Mul", []string{inside, g.Op("Min", []string{g.Op("Add", []string{g.Op("Sub", []string{total, pos}), one}), slots})})
 	toI := func(x string) string { return g.Op("Cast", []string{x}, onnx.AttrInt("to", int64(onnx.Int64))) }
 	gather := func(table, idx string) string {
-		return g.Op("Gather", []string{weight(g, sub, table), idx}, onnx.AttrInt("axis", 0))
+		return g.Op("Gather", []string{banded(g, sub, prefix, table), idx}, onnx.AttrInt("axis", 0))
 	}
 
-	x := gather(p("token_embedding.weight"), ids)
-	x = g.Op("Add", []string{x, weight(g, sub, p("position_embedding.weight"))})
-	x = g.Op("Add", []string{x, gather(p("slot_embedding.weight"), toI(slotF))})
-	x = g.Op("Add", []string{x, gather(p("rev_slot_embedding.weight"), toI(revF))})
+	x := gather("token_embedding", ids)
+	x = g.Op("Add", []string{x, banded(g, sub, prefix, "position_embedding")})
+	x = g.Op("Add", []string{x, gather("slot_embedding", toI(slotF))})
+	x = g.Op("Add", []string{x, gather("rev_slot_embedding", toI(revF))})
 
 	h := layerNorm(g, sub, x, p("block.norm"))
 	h = silu(g, linear(g, sub, h, p("block.fc1")))

@@ -99,7 +99,54 @@ func (c TextEncoderConfig) Validate() error {
 	if c.Dim < 1 || c.PooledDim < 1 || c.Hidden < 1 {
 		return fmt.Errorf("text encoder config: fields dim/pooled_dim/hidden: got %d/%d/%d, want >= 1", c.Dim, c.PooledDim, c.Hidden)
 	}
+	if c.Dim%8 != 0 {
+		return fmt.Errorf("text encoder config: field dim: got %d, want a multiple of 8 (the embeddings own bands of dim/8 channels)", c.Dim)
+	}
 	return nil
+}
+
+// EmbeddingBand is the channel range [lo, hi) that the embedding table of the given name
+// (token_embedding, slot_embedding, rev_slot_embedding, position_embedding) may use; its other
+// channels are zero. Disjoint bands keep "which character" and "which place in the quoted
+// string" apart in the summed input: the transformer's keys can then read the place without
+// the character, which is what lets an image token attend to the character it has to draw. With
+// the four tables summed in the same channels it learned a bag of characters instead (reversing
+// the quoted string barely changed its loss).
+func EmbeddingBand(name string, dim int) (lo, hi int) {
+	e := dim / 8
+	switch name {
+	case "token_embedding":
+		return 0, 4 * e
+	case "slot_embedding":
+		return 4 * e, 6 * e
+	case "rev_slot_embedding":
+		return 6 * e, 7 * e
+	case "position_embedding":
+		return 7 * e, 8 * e
+	}
+	panic(fmt.Errorf("EmbeddingBand: unknown table %q", name))
+}
+
+// bandMask is a [1, dim] mask with ones in the band of table name.
+func bandMask(g *Graph, name string, dim int) *Node {
+	lo, hi := EmbeddingBand(name, dim)
+	m := make([]float32, dim)
+	for i := lo; i < hi; i++ {
+		m[i] = 1
+	}
+	return Const(g, tensors.FromFlatDataAndDimensions(m, 1, dim))
+}
+
+// bandTable is the embedding table name [n, dim] of ctx's scope restricted to its band: it is
+// initialised N(0, std²) inside the band and zero outside, and masked in the graph so the
+// channels outside get no gradient and stay exactly zero (AdamW's decay of zero is zero), so
+// the stored weights are the ones the graph uses and the ONNX export needs no mask.
+func bandTable(ctx *mlctx.Context, g *Graph, name string, n, dim int, std float64) *Node {
+	init := func(ig *Graph, shape shapes.Shape) *Node {
+		return Mul(MulScalar(ctx.RandomNormal(ig, shape), std), bandMask(ig, name, dim))
+	}
+	w := ctx.In(name).WithInitializer(init).VariableWithShape("weight", shapes.Make(dtypes.Float32, n, dim))
+	return Mul(w.ValueGraph(g), bandMask(g, name, dim))
 }
 
 // NumSlots is the number of quoted-character slot embeddings (one per image cell); slot
@@ -158,17 +205,17 @@ func QuoteSlots(ids *Node) (slot, rev *Node) {
 	return ConvertDType(slotF, dtypes.Int32), ConvertDType(revF, dtypes.Int32)
 }
 
-// embed looks ids [B,L] up in the variable "weight" [n, d] of ctx's scope: [B,L,d].
-func embed(ctx *mlctx.Context, ids *Node, n, d int) *Node {
-	w := ctx.WithInitializer(scaledNormal(ctx, 0.5)).VariableWithShape("weight", shapes.Make(dtypes.Float32, n, d)).ValueGraph(ids.Graph())
-	return Gather(w, ExpandAxes(ids, -1))
+// embed looks ids [B,L] up in the band-restricted table name [n, d] of ctx: [B,L,d].
+func embed(ctx *mlctx.Context, name string, ids *Node, n, d int) *Node {
+	return Gather(bandTable(ctx, ids.Graph(), name, n, d, 0.5), ExpandAxes(ids, -1))
 }
 
 // TextEncode encodes token ids [B,L] (int64 or int32, L = MaxLength) into per-token
 // embeddings [B,L,Dim] and a pooled embedding [B,PooledDim] (float32). Variables live under
 // ctx's scope with the keys of TextEncoderParamShapes (call it with ctx.In("text_encoder")).
 //
-// The model: token + position + quote-slot + reverse-quote-slot embeddings (see QuoteSlots), one
+// The model: token + position + quote-slot + reverse-quote-slot embeddings (see QuoteSlots),
+// each in its own band of channels (EmbeddingBand), one
 // pre-norm residual MLP block (x + fc2(silu(fc1(norm(x))))), a final layer norm; pooled is a
 // linear projection of the mean of the outputs over the non-pad tokens (zero if all are pad).
 // It has no attention: the transformer's joint attention mixes the tokens.
@@ -180,12 +227,10 @@ func TextEncode(ctx *mlctx.Context, cfg TextEncoderConfig, ids *Node) (tokens, p
 	l, d := MaxLength, cfg.Dim
 	ids32 := ConvertDType(ids, dtypes.Int32)
 	slot, rev := QuoteSlots(ids32)
-	x := embed(ctx.In("token_embedding"), ids32, VocabSize, d)
-	pos := ctx.In("position_embedding").WithInitializer(scaledNormal(ctx, 0.1)).
-		VariableWithShape("weight", shapes.Make(dtypes.Float32, l, d)).ValueGraph(g)
-	x = Add(x, ExpandLeftToRank(pos, 3))
-	x = Add(x, embed(ctx.In("slot_embedding"), slot, NumSlots+1, d))
-	x = Add(x, embed(ctx.In("rev_slot_embedding"), rev, NumSlots+1, d))
+	x := embed(ctx, "token_embedding", ids32, VocabSize, d)
+	x = Add(x, ExpandLeftToRank(bandTable(ctx, g, "position_embedding", l, d, 0.1), 3))
+	x = Add(x, embed(ctx, "slot_embedding", slot, NumSlots+1, d))
+	x = Add(x, embed(ctx, "rev_slot_embedding", rev, NumSlots+1, d))
 
 	blk := ctx.In("block")
 	h := layerNorm(blk.In("norm"), x)

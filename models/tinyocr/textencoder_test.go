@@ -143,3 +143,67 @@ func TestTextEncodeShapesAndNames(t *testing.T) {
 		}
 	}
 }
+
+func TestEmbeddingBands(t *testing.T) {
+	for _, tc := range []struct {
+		table  string
+		lo, hi int
+	}{
+		{"token_embedding", 0, 32},
+		{"slot_embedding", 32, 48},
+		{"rev_slot_embedding", 48, 56},
+		{"position_embedding", 56, 64},
+	} {
+		if lo, hi := EmbeddingBand(tc.table, 64); lo != tc.lo || hi != tc.hi {
+			t.Errorf("EmbeddingBand(%q, 64) = [%d, %d), want [%d, %d)", tc.table, lo, hi, tc.lo, tc.hi)
+		}
+	}
+	if err := (TextEncoderConfig{Dim: 12, PooledDim: 8, Hidden: 8}).Validate(); err == nil {
+		t.Error("dim 12 validated, want an error (not a multiple of 8)")
+	}
+
+	// Freshly initialised tables are zero outside their band, and their gradient is zero there,
+	// so AdamW never moves those channels.
+	backend := nntest.Backend(t)
+	cfg := DefaultTextEncoderConfig()
+	mctx := mlctx.New()
+	ids := TokenizeBatch([]string{`a sign that says "K4RT"`, `"7QZ" on a mug`})
+	var tables []string
+	outs, err := mlctx.ExecOnceN(backend, mctx, func(ctx *mlctx.Context, ids *graph.Node) []*graph.Node {
+		tok, _ := TextEncode(ctx.In("text_encoder"), cfg, ids)
+		loss := graph.ReduceAllSum(graph.Square(graph.AddScalar(tok, 1)))
+		var vars []*graph.Node
+		for v := range ctx.IterVariables() {
+			if table := strings.TrimSuffix(strings.TrimPrefix(VariableKey(v.Scope(), v.Name()), "text_encoder."), ".weight"); strings.HasSuffix(table, "embedding") {
+				vars = append(vars, v.ValueGraph(ids.Graph()))
+				tables = append(tables, table)
+			}
+		}
+		return append(graph.Gradient(loss, vars...), vars...)
+	}, tensors.FromFlatDataAndDimensions(ids, 2, MaxLength))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tables) != 4 {
+		t.Fatalf("embedding tables %v, want 4", tables)
+	}
+	for j, table := range tables {
+		lo, hi := EmbeddingBand(table, cfg.Dim)
+		for k, what := range []string{"gradient", "value"} {
+			vals := tensors.MustCopyFlatData[float32](outs[k*len(tables)+j])
+			var inside float64
+			for i, x := range vals {
+				if c := i % cfg.Dim; c < lo || c >= hi {
+					if x != 0 {
+						t.Fatalf("%s %s: channel %d = %g outside its band [%d, %d)", table, what, c, x, lo, hi)
+					}
+				} else {
+					inside += math.Abs(float64(x))
+				}
+			}
+			if inside == 0 {
+				t.Errorf("%s %s: all zero inside its band", table, what)
+			}
+		}
+	}
+}
