@@ -41,6 +41,10 @@ type ModelConfig struct {
 	VAE string `toml:"vae"`
 	// TextEncoder sizes the jointly trained text encoder.
 	TextEncoder TextEncoderConfig `toml:"text_encoder"`
+	// SlotAttentionInit starts attention head 0 of every block as a lookup of the quoted
+	// character drawn in the image token's cell (see initSlotAttention). Fresh runs only.
+	// Default false.
+	SlotAttentionInit bool `toml:"slot_attention_init"`
 }
 
 // DataConfig is where training images come from.

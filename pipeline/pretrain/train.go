@@ -248,6 +248,11 @@ func (t *trainer) initModels() error {
 	for _, o := range outs {
 		o.FinalizeAll()
 	}
+	if t.cfg.Model.SlotAttentionInit {
+		if err := initSlotAttention(t.mctx, t.model.Config, te); err != nil {
+			return fmt.Errorf("pretrain: model.slot_attention_init: %w", err)
+		}
+	}
 	return nil
 }
 
