@@ -49,7 +49,9 @@ func TestSlotAttentionInit(t *testing.T) {
 	pe := mmdit.PosEmbed2D(inner, mc.PosEmbedMaxSize, mc.BaseSize(), latentHeight/mc.PatchSize, cols)
 	first := ocrtiny.LeftMargin / ocrtiny.PatchPixels
 	for block := range mc.NumLayers {
-		scope := func(p string) string { return "/transformer/transformer_blocks/" + string(rune('0'+block)) + "/attn/" + p }
+		scope := func(p string) string {
+			return "/transformer/transformer_blocks/" + string(rune('0'+block)) + "/attn/" + p
+		}
 		qW, qB := get(scope("to_q"), "weight", inner, inner), get(scope("to_q"), "bias", inner)
 		kW, kB := get(scope("add_k_proj"), "weight", inner, inner), get(scope("add_k_proj"), "bias", inner)
 		for c := first; c < first+2*ocrtiny.NumCells; c++ {
