@@ -6,7 +6,9 @@
 // Text encoder (TextEncode): prompts are tokenized one id per character (Tokenize, MaxLength =
 // 48, padded with PadID, no begin/end tokens). Token, position and two quote-slot embeddings
 // (the k-th character inside the quotes, counted from the start and from the end — the target
-// string's position in the image) are summed, one residual MLP block and a layer norm give the
+// string's position in the image) are summed, each in its own band of channels
+// (EmbeddingBand) so that "which character" and "which place" stay linearly separable; one
+// residual MLP block and a layer norm give the
 // per-token output [B,48,Dim]; the pooled output [B,PooledDim] is a linear map of the mean over
 // the non-pad tokens. It is trained jointly with the transformer in pretraining, then frozen.
 //
