@@ -2,6 +2,7 @@ package pretrain
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
@@ -150,7 +151,7 @@ func variableValues(mctx *mlctx.Context, scope, name string, shape []int) (*vari
 		return nil, fmt.Errorf("slot attention init: no variable %s/%s", scope, name)
 	}
 	got := v.Shape().Dimensions
-	if fmt.Sprint(got) != fmt.Sprint(shape) {
+	if !slices.Equal(got, shape) {
 		return nil, fmt.Errorf("slot attention init: %s/%s has shape %v, want %v", scope, name, got, shape)
 	}
 	data, err := tensors.CopyFlatData[float32](v.MustValue())
