@@ -8,9 +8,9 @@
 // (the k-th character inside the quotes, counted from the start and from the end — the target
 // string's position in the image) are summed, each in its own band of channels
 // (EmbeddingBand) so that "which character" and "which place" stay linearly separable; one
-// residual MLP block and a layer norm give the
-// per-token output [B,48,Dim]; the pooled output [B,PooledDim] is a linear map of the mean over
-// the non-pad tokens. It is trained jointly with the transformer in pretraining, then frozen.
+// residual MLP block and a layer norm give the per-token output [B,48,Dim]; the pooled output
+// [B,PooledDim] is a linear map of the mean over the non-pad tokens. It is trained jointly with
+// the transformer in pretraining, then frozen.
 //
 // VAE (VAEEncode, VAEDecode): images [B,3,32,128] in [0,1] ↔ latents [B,4,8,32]. Every
 // convolution runs on the 8×32 latent grid: the encoder folds 4×4 pixel blocks into 48 channels

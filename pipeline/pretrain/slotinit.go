@@ -55,15 +55,9 @@ func initSlotAttention(mctx *mlctx.Context, cfg mmdit.Config, te tinyocr.TextEnc
 			ocrtiny.CellWidth, ocrtiny.LeftMargin, tokenPixels)
 	}
 	pe := mmdit.PosEmbed2D(inner, cfg.PosEmbedMaxSize, cfg.BaseSize(), latentHeight/cfg.PatchSize, cols)
-	// colFeature(c, j): channel j of the column features at column c (row 0; the column
-	// channels do not depend on the row): sin for j < F, cos for j >= F.
-	colFeature := func(c, j int) float32 {
-		if j < slotAttentionFreqs {
-			return pe[c][j]
-		}
-		return pe[c][quarter+j-slotAttentionFreqs]
-	}
-	// hidden(j) is the hidden channel holding column feature j.
+	// hidden(j) is the hidden channel holding column feature j (sin for j < F, cos for
+	// j >= F): the image tokens' position embedding pe[c] is added in those same channels, and
+	// row 0's values serve every row (the column channels do not depend on the row).
 	hidden := func(j int) int {
 		if j < slotAttentionFreqs {
 			return j
@@ -86,7 +80,7 @@ func initSlotAttention(mctx *mlctx.Context, cfg mmdit.Config, te tinyocr.TextEnc
 		for j := range nf {
 			var v float32
 			for c := c0; c < c0+span; c++ {
-				v += colFeature(c, j) / float32(span)
+				v += pe[c][hidden(j)] / float32(span)
 			}
 			slotW.data[s*te.Dim+slotLo+j] = v
 		}

@@ -1,6 +1,7 @@
 package pretrain
 
 import (
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -50,7 +51,7 @@ func TestSlotAttentionInit(t *testing.T) {
 	first := ocrtiny.LeftMargin / ocrtiny.PatchPixels
 	for block := range mc.NumLayers {
 		scope := func(p string) string {
-			return "/transformer/transformer_blocks/" + string(rune('0'+block)) + "/attn/" + p
+			return fmt.Sprintf("/transformer/transformer_blocks/%d/attn/%s", block, p)
 		}
 		qW, qB := get(scope("to_q"), "weight", inner, inner), get(scope("to_q"), "bias", inner)
 		kW, kB := get(scope("add_k_proj"), "weight", inner, inner), get(scope("add_k_proj"), "bias", inner)
