@@ -143,10 +143,12 @@ func TextEncoderModel(ts map[string]safetensors.Tensor, prefix string) (*onnx.Mo
 	g.Node("LayerNormalization", []string{x, weight(g, sub, p("final_norm.weight")), weight(g, sub, p("final_norm.bias"))},
 		[]string{PromptEmbeds}, onnx.AttrInt("axis", -1), onnx.AttrFloat("epsilon", model.LayerNormEpsilon))
 
-	// Masked mean over the non-pad tokens (count at least 1), then the pooled projection.
-	mask3 := g.Op("Unsqueeze", []string{notPad, g.ConstI64("axis_2", []int64{1}, []int64{2})})
+	// Masked mean over the non-pad tokens outside the quoted string (count at least 1), then
+	// the pooled projection.
+	template := g.Op("Mul", []string{notPad, g.Op("Sub", []string{one, inside})})
+	mask3 := g.Op("Unsqueeze", []string{template, g.ConstI64("axis_2", []int64{1}, []int64{2})})
 	sum := g.Op("ReduceSum", []string{g.Op("Mul", []string{PromptEmbeds, mask3}), axis1}, onnx.AttrInt("keepdims", 0))
-	count := g.Op("Max", []string{g.Op("ReduceSum", []string{notPad, axis1}, onnx.AttrInt("keepdims", 1)), one})
+	count := g.Op("Max", []string{g.Op("ReduceSum", []string{template, axis1}, onnx.AttrInt("keepdims", 1)), one})
 	mean := g.Op("Div", []string{sum, count})
 	pooled := linear(g, sub, mean, p("pooled_proj"))
 	g.Node("Identity", []string{pooled}, []string{PooledEmbeds})

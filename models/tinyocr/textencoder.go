@@ -217,8 +217,15 @@ func embed(ctx *mlctx.Context, name string, ids *Node, n, d int) *Node {
 // The model: token + position + quote-slot + reverse-quote-slot embeddings (see QuoteSlots),
 // each in its own band of channels (EmbeddingBand), one
 // pre-norm residual MLP block (x + fc2(silu(fc1(norm(x))))), a final layer norm; pooled is a
-// linear projection of the mean of the outputs over the non-pad tokens (zero if all are pad).
-// It has no attention: the transformer's joint attention mixes the tokens.
+// linear projection of the mean of the outputs over the tokens outside the quoted string (the
+// template words; pads excluded, zero if none). It has no attention: the transformer's joint
+// attention mixes the tokens.
+//
+// The quoted characters are left out of the pooled vector on purpose. The pooled vector
+// conditions every image token through adaLN, so with them in it the transformer learned the
+// easy half of the task from it, "draw these characters somewhere", and never bound each
+// character to its cell (samples showed the prompt's characters at the wrong places). Without
+// them, the only way to the characters is attention, where their place is known.
 func TextEncode(ctx *mlctx.Context, cfg TextEncoderConfig, ids *Node) (tokens, pooled *Node) {
 	if ids.Rank() != 2 || ids.Shape().Dim(1) != MaxLength {
 		panic(fmt.Errorf("TextEncode: want ids [B,%d], got %s", MaxLength, ids.Shape()))
@@ -239,7 +246,9 @@ func TextEncode(ctx *mlctx.Context, cfg TextEncoderConfig, ids *Node) (tokens, p
 	x = Add(x, h)
 	tokens = layerNorm(ctx.In("final_norm"), x)
 
-	mask := ConvertDType(NotEqual(ids32, Scalar(g, dtypes.Int32, PadID)), dtypes.Float32) // [B,L]
+	notPad := NotEqual(ids32, Scalar(g, dtypes.Int32, PadID))
+	outsideQuotes := Equal(slot, ZerosLike(slot))
+	mask := ConvertDType(LogicalAnd(notPad, outsideQuotes), dtypes.Float32) // [B,L]
 	count := MaxScalar(ReduceAndKeep(mask, ReduceSum, 1), 1)                              // [B,1]
 	mean := Div(ReduceSum(Mul(tokens, ExpandAxes(mask, -1)), 1), count)                   // [B,D]
 	pooled = nn.Dense(ctx.In("pooled_proj"), mean, cfg.PooledDim, true)

@@ -207,3 +207,34 @@ func TestEmbeddingBands(t *testing.T) {
 		}
 	}
 }
+
+// TestPooledLeavesOutQuotedString: the pooled vector depends on the template words only, so
+// two prompts that differ only inside the quotes (same length, so the closing quote keeps its
+// position) pool alike and a different template does not.
+func TestPooledLeavesOutQuotedString(t *testing.T) {
+	backend := nntest.Backend(t)
+	prompts := []string{`a sign that says "K4RT"`, `a sign that says "7QZ9"`, `a mug that says "K4RT"`}
+	ids := TokenizeBatch(prompts)
+	out, err := mlctx.ExecOnce(backend, mlctx.New(), func(ctx *mlctx.Context, ids *graph.Node) *graph.Node {
+		_, pooled := TextEncode(ctx.In("text_encoder"), DefaultTextEncoderConfig(), ids)
+		return pooled
+	}, tensors.FromFlatDataAndDimensions(ids, len(prompts), MaxLength))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pooled := tensors.MustCopyFlatData[float32](out)
+	p := DefaultTextEncoderConfig().PooledDim
+	maxDiff := func(a, b int) float64 {
+		var m float64
+		for i := range p {
+			m = max(m, math.Abs(float64(pooled[a*p+i]-pooled[b*p+i])))
+		}
+		return m
+	}
+	if d := maxDiff(0, 1); d > 1e-6 {
+		t.Errorf("pooled of %q and %q differ by %g, want equal (quoted string left out)", prompts[0], prompts[1], d)
+	}
+	if d := maxDiff(0, 2); d < 1e-3 {
+		t.Errorf("pooled of %q and %q differ by only %g, want the template to matter", prompts[0], prompts[2], d)
+	}
+}
