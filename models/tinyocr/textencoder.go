@@ -249,8 +249,8 @@ func TextEncode(ctx *mlctx.Context, cfg TextEncoderConfig, ids *Node) (tokens, p
 	notPad := NotEqual(ids32, Scalar(g, dtypes.Int32, PadID))
 	outsideQuotes := Equal(slot, ZerosLike(slot))
 	mask := ConvertDType(LogicalAnd(notPad, outsideQuotes), dtypes.Float32) // [B,L]
-	count := MaxScalar(ReduceAndKeep(mask, ReduceSum, 1), 1)                              // [B,1]
-	mean := Div(ReduceSum(Mul(tokens, ExpandAxes(mask, -1)), 1), count)                   // [B,D]
+	count := MaxScalar(ReduceAndKeep(mask, ReduceSum, 1), 1)                // [B,1]
+	mean := Div(ReduceSum(Mul(tokens, ExpandAxes(mask, -1)), 1), count)     // [B,D]
 	pooled = nn.Dense(ctx.In("pooled_proj"), mean, cfg.PooledDim, true)
 	return tokens, pooled
 }
