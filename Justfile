@@ -36,7 +36,7 @@ compare epochs="24" seed="1": export-models
     #!/usr/bin/env bash
     set -euo pipefail
     tag=compare-s{{seed}}
-    common=(--config configs/tiny-ocr.toml --set run.seed={{seed}} --set run.epochs={{epochs}} --set run.time_budget=80m --set eval.prompts=64)
+    common=(--config configs/tiny-ocr.toml --set run.seed={{seed}} --set run.epochs={{epochs}} --set run.time_budget=60m --set eval.prompts=64 --set eval.every=8)
     {{bin}} calibrate --config configs/tiny-ocr.toml --set run.seed={{seed}} --out runs/$tag-psi.json
     {{bin}} run "${common[@]}" --set run.name=$tag-dense --set sampler.psi=../runs/$tag-psi.json > runs/$tag-dense.log 2>&1 &
     dense=$!
