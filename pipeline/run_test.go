@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -307,5 +308,32 @@ func TestRunCPS(t *testing.T) {
 	}
 	if l := readMetrics(t, res.Dir)[1]; l["loss"] == nil {
 		t.Errorf("CPS epoch line %v has no loss", l)
+	}
+}
+
+// GRPO must move the policy towards higher reward end to end — rollout, look-ahead, scoring,
+// advantages, the clipped loss and the LoRA update together — with dense and sparse rewards.
+// The fixture's reward is mean brightness, which the tiny random model can change quickly; with
+// the reward's weight negated the same run must darken the images instead, so a drift that
+// does not follow the reward, or a sign error anywhere in the chain, fails one of the cases.
+func TestRunFollowsReward(t *testing.T) {
+	for _, dense := range []bool{true, false} {
+		for _, weight := range []float64{1, -1} {
+			t.Run(fmt.Sprintf("dense=%v/weight=%v", dense, weight), func(t *testing.T) {
+				cfg, _ := fixture(t, "run.epochs=8", "prompts.per_epoch=2", "sampler.group_size=4", "sampler.steps=3",
+					"pipeline.rollout_batch=4", "grpo.minibatch=4", "grpo.learning_rate=3e-2", "grpo.clip_range=0.2",
+					"eval.prompts=3", "run.checkpoint_every=8", "run.sample_every=0", fmt.Sprintf("dense.enabled=%v", dense))
+				cfg.Rewards[0].Weight = &weight
+				res, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				before, after := res.EvalBefore.Rewards["bright"], res.EvalAfter.Rewards["bright"]
+				t.Logf("eval brightness %.4f → %.4f", before, after)
+				if change := (after - before) * weight; !(change > 0.01) {
+					t.Errorf("eval brightness %.4f → %.4f with reward weight %v, want a change of more than 0.01 in the weight's direction", before, after, weight)
+				}
+			})
+		}
 	}
 }
