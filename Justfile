@@ -45,8 +45,8 @@ compare epochs="24" seed="1": export-models
     wait $dense
     wait $sparse
     tail -n 3 runs/$tag-dense.log runs/$tag-sparse.log
-    {{bin}} report runs/$tag-dense runs/$tag-sparse --out runs/$tag-report.html --curves runs/$tag-curves.png
-    {{bin}} report runs/$tag-dense runs/$tag-sparse --out runs/$tag-report.html --curves runs/$tag-eval-curves.png --metric eval_reward_mean
+    {{bin}} report runs/$tag-dense runs/$tag-sparse --out runs/$tag-report.html \
+        --curves runs/$tag-curves.png --curves eval_reward_mean=runs/$tag-eval-curves.png
 
 # The whole test suite (needs the setup cache; CPU ONNX Runtime tests never skip).
 test: setup

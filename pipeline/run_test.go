@@ -229,20 +229,6 @@ func TestDenseStats(t *testing.T) {
 	}
 }
 
-func TestEMADecay(t *testing.T) {
-	// decay min((1+n)/(10+n), 0.9): n=0 → 0.1, n=1 → 2/11, n=80 → 0.9 (81/90 = 0.9 exactly).
-	e := newEMA(0.9, nil)
-	for _, tc := range []struct {
-		n    int
-		want float64
-	}{{0, 0.1}, {1, 2.0 / 11}, {80, 0.9}, {1000, 0.9}} {
-		e.Updates = tc.n
-		if got := e.decay(); math.Abs(got-tc.want) > 1e-15 {
-			t.Errorf("decay after %d updates = %v, want %v", tc.n, got, tc.want)
-		}
-	}
-}
-
 // Update minibatches span rollout minibatches: 4 samples (2 rollout minibatches of 2) with
 // grpo.minibatch = 4 are one on-policy update (ratio exactly 1, nothing clipped); with 3 they
 // are two updates (3 + the remaining 1).

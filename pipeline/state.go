@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"fmt"
 	"strings"
 
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
@@ -36,42 +35,4 @@ func trainerVariable(ctx *mlctx.Context, model *mmdit.Model) func(v *mlctx.Varia
 		key, err := mmdit.ScopeToKey(strings.TrimPrefix(v.Scope(), ctx.Scope()), v.Name())
 		return err != nil || !modelKeys[key]
 	}
-}
-
-// ema is the exponential moving average of the adapters used for evaluation, with Flow-GRPO's
-// warm-up decay min((1+n)/(10+n), max) after n updates.
-type ema struct {
-	Max     float64
-	Updates int
-	Values  map[string]safetensors.Tensor
-}
-
-func newEMA(max float64, init map[string]safetensors.Tensor) *ema {
-	e := &ema{Max: max, Values: map[string]safetensors.Tensor{}}
-	for k, t := range init {
-		e.Values[k] = safetensors.Tensor{Shape: append([]int{}, t.Shape...), Data: append([]float32{}, t.Data...)}
-	}
-	return e
-}
-
-// decay is the weight of the old average at the next update.
-func (e *ema) decay() float64 {
-	n := float64(e.Updates)
-	return min((1+n)/(10+n), e.Max)
-}
-
-// Update folds the current adapters into the average.
-func (e *ema) Update(current map[string]safetensors.Tensor) error {
-	d := float32(e.decay())
-	for k, t := range current {
-		avg, ok := e.Values[k]
-		if !ok || len(avg.Data) != len(t.Data) {
-			return fmt.Errorf("ema update: tensor %q does not match the average", k)
-		}
-		for i, w := range t.Data {
-			avg.Data[i] = d*avg.Data[i] + (1-d)*w
-		}
-	}
-	e.Updates++
-	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/rewards"
 	"github.com/densegrpo/densegrpo/rl"
@@ -26,7 +27,7 @@ type trainer struct {
 	prompts []string
 	rngSrc  *rand.PCG
 	rng     *rand.Rand
-	ema     *ema
+	ema     *nn.EMA
 	epoch   int
 	samples int
 	elapsed float64
@@ -71,7 +72,7 @@ func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen)
 	src, rng := newRNG(cfg.Run.Seed)
 	return &trainer{
 		cfg: cfg, policy: policy, frozen: frozen, grpo: grpo, prompts: prompts, rngSrc: src, rng: rng,
-		ema: newEMA(cfg.GRPO.EMADecayMax, lora),
+		ema: nn.NewEMA(cfg.GRPO.EMADecayMax, lora),
 		col: &collector{cfg: cfg, policy: policy, frozen: frozen, sampler: sampler, sched: sched,
 			need: cfg.TrainedSteps(), dense: cfg.Dense.Enabled},
 	}, nil
@@ -382,7 +383,7 @@ func (t *trainer) restore(ck Checkpoint) error {
 	if err := t.rngSrc.UnmarshalBinary(st.RNG); err != nil {
 		return fmt.Errorf("restore RNG state: %w", err)
 	}
-	t.ema = newEMA(t.cfg.GRPO.EMADecayMax, ck.Tensors[groupEMA])
+	t.ema = nn.NewEMA(t.cfg.GRPO.EMADecayMax, ck.Tensors[groupEMA])
 	t.ema.Updates = st.EMAUpdates
 	t.epoch, t.samples, t.elapsed = ck.Epoch, st.Samples, st.Elapsed
 	return nil

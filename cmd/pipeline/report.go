@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strings"
 
 	"github.com/densegrpo/densegrpo/pipeline/report"
 )
@@ -16,8 +17,9 @@ func init() {
 func runReport(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("report", "RUN_DIR...", out)
 	html := fs.String("out", "", "HTML file to write (default: RUN_DIR/report.html when there is one run)")
-	curves := fs.String("curves", "", "also write the curves of --metric against epoch to this PNG")
-	metric := fs.String("metric", "reward_mean", "metric drawn by --curves, a key of metrics.jsonl")
+	var curves curveFlags
+	fs.Var(&curves, "curves", "also write curves against epoch to a PNG: PATH draws --metric, METRIC=PATH a key of metrics.jsonl (repeatable)")
+	metric := fs.String("metric", "reward_mean", "metric drawn by a --curves PATH without METRIC=, a key of metrics.jsonl")
 	dirs, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -35,11 +37,32 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "wrote %s\n", *html)
-	if *curves != "" {
-		if err := report.WriteCurvesPNG(dirs, *curves, *metric); err != nil {
+	for _, c := range curves {
+		m := c.metric
+		if m == "" {
+			m = *metric
+		}
+		if err := report.WriteCurvesPNG(dirs, c.path, m); err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "wrote %s\n", *curves)
+		fmt.Fprintf(out, "wrote %s\n", c.path)
 	}
+	return nil
+}
+
+// curveFlags collects the --curves flags: "PATH" or "METRIC=PATH".
+type curveFlags []struct{ metric, path string }
+
+func (c *curveFlags) String() string { return fmt.Sprint(*c) }
+
+func (c *curveFlags) Set(v string) error {
+	metric, path, ok := strings.Cut(v, "=")
+	if !ok {
+		metric, path = "", v
+	}
+	if path == "" || (ok && metric == "") {
+		return fmt.Errorf("want PATH or METRIC=PATH, got %q", v)
+	}
+	*c = append(*c, struct{ metric, path string }{metric, path})
 	return nil
 }

@@ -45,12 +45,13 @@ func TestReport(t *testing.T) {
 	writeFakeRun(t, sparse, false, `{"epoch":1,"samples":64,"reward_mean":0.2}
 {"epoch":2,"samples":128,"reward_mean":0.25}
 `)
-	out, curves := filepath.Join(dir, "report.html"), filepath.Join(dir, "curves.png")
-	stdout, stderr, code := runBinary(t, dir, nil, "report", dense, sparse, "--out", out, "--curves", curves)
+	out, curves, evalCurves := filepath.Join(dir, "report.html"), filepath.Join(dir, "curves.png"), filepath.Join(dir, "eval.png")
+	stdout, stderr, code := runBinary(t, dir, nil, "report", dense, sparse, "--out", out,
+		"--curves", curves, "--curves", "eval_reward_mean="+evalCurves)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	if stdout != "wrote "+out+"\nwrote "+curves+"\n" {
+	if stdout != "wrote "+out+"\nwrote "+curves+"\nwrote "+evalCurves+"\n" {
 		t.Errorf("stdout %q", stdout)
 	}
 	html, err := os.ReadFile(out)
@@ -62,13 +63,14 @@ func TestReport(t *testing.T) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
-	f, err := os.Open(curves)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if cfg, err := png.DecodeConfig(f); err != nil || cfg.Width != 960 || cfg.Height != 540 {
-		t.Errorf("curves PNG %+v, %v: want a 960×540 PNG", cfg, err)
+	for _, path := range []string{curves, evalCurves} {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg, err := png.DecodeConfig(bytes.NewReader(data)); err != nil || cfg.Width != 960 || cfg.Height != 540 {
+			t.Errorf("curves PNG %s: %+v, %v: want a 960×540 PNG", path, cfg, err)
+		}
 	}
 
 	// One run and no --out: the report goes into the run directory.
@@ -98,6 +100,10 @@ func TestReportErrors(t *testing.T) {
 		{"two runs without --out", []string{"report", good, good}, 2, []string{"--out is required"}},
 		{"unknown curve metric", []string{"report", good, "--out", filepath.Join(dir, "r.html"), "--curves", filepath.Join(dir, "c.png"), "--metric", "nope"}, 1,
 			[]string{`metric "nope" not found`, "reward_mean"}},
+		{"unknown METRIC= curve metric", []string{"report", good, "--out", filepath.Join(dir, "r.html"), "--curves", "nope=" + filepath.Join(dir, "c.png")}, 1,
+			[]string{`metric "nope" not found`}},
+		{"empty curve metric", []string{"report", good, "--out", filepath.Join(dir, "r.html"), "--curves", "=c.png"}, 2,
+			[]string{"METRIC=PATH"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

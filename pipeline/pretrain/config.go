@@ -89,6 +89,11 @@ type TrainConfig struct {
 	MinLRRatio float64 `toml:"min_lr_ratio"`
 	// WeightDecay is AdamW's decoupled weight decay (>= 0). Default 1e-4.
 	WeightDecay float64 `toml:"weight_decay"`
+	// EMADecay is the largest decay of the exponential moving average of the transformer and
+	// text encoder weights, min((1+n)/(10+n), EMADecay) after n steps; the final files hold
+	// the average (checkpoints hold both). In [0, 1); 0 writes the last step's weights.
+	// Default 0.
+	EMADecay float64 `toml:"ema_decay"`
 	// GradClip is the maximum global L2 norm of the gradient (> 0; 0 disables). Default 1.0.
 	GradClip float64 `toml:"grad_clip"`
 	// Workers compute the gradients of equal shards of each batch at once (>= 1, dividing
@@ -228,6 +233,7 @@ func (c Config) Validate() error {
 		{c.Train.WarmupSteps < 0, "train.warmup_steps", ">= 0", c.Train.WarmupSteps},
 		{!(c.Train.MinLRRatio >= 0 && c.Train.MinLRRatio <= 1), "train.min_lr_ratio", "0 <= r <= 1", c.Train.MinLRRatio},
 		{!(c.Train.WeightDecay >= 0) || !finite(c.Train.WeightDecay), "train.weight_decay", ">= 0", c.Train.WeightDecay},
+		{!(c.Train.EMADecay >= 0 && c.Train.EMADecay < 1), "train.ema_decay", "in [0, 1)", c.Train.EMADecay},
 		{!(c.Train.GradClip >= 0) || !finite(c.Train.GradClip), "train.grad_clip", ">= 0 (0 disables)", c.Train.GradClip},
 		{c.Train.Workers < 1 || c.Train.BatchSize%max(1, c.Train.Workers) != 0, "train.workers", fmt.Sprintf(">= 1 and dividing train.batch_size (%d)", c.Train.BatchSize), c.Train.Workers},
 		{!validBackend(c.Train.Backend), "train.backend", "one of " + strings.Join(nn.BackendSpecs, ", "), fmt.Sprintf("%q", c.Train.Backend)},

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 
 	"github.com/densegrpo/densegrpo/models/mmdit"
+	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/models/tinyocr"
@@ -136,6 +138,7 @@ func TestResumeMatchesUninterrupted(t *testing.T) {
 	dirA, dirB := t.TempDir(), t.TempDir()
 	cfgA := testConfig(t, dirA, steps)
 	cfgA.Output.CheckpointEvery = 2
+	cfgA.Train.EMADecay = 0.5 // the final files are the average, which must survive resuming
 	want, resA, err := runSteps(t, context.Background(), cfgA, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -144,6 +147,7 @@ func TestResumeMatchesUninterrupted(t *testing.T) {
 	cfgB := testConfig(t, dirB, steps)
 	cfgB.Model.VAE = cfgA.Model.VAE // the same random VAE
 	cfgB.Output.CheckpointEvery = 2
+	cfgB.Train.EMADecay = 0.5
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	before, res, err := runSteps(t, ctx, cfgB, Options{OnStep: func(step int, _ float32) {
@@ -194,6 +198,80 @@ func TestResumeMatchesUninterrupted(t *testing.T) {
 				t.Fatalf("final weights differ at %s[%d]: %v vs %v", key, i, ta.Data[i], tb.Data[i])
 			}
 		}
+	}
+}
+
+// TestFinalWeightsAreTheAverage: with train.ema_decay the final files hold
+// avg_n = d_n·avg_(n−1) + (1−d_n)·w_n, d_n = min((1+n)/(10+n), max) for n = 0, 1, 2, avg from
+// the initial weights w_0 — recomputed here from the initial weights and each step's
+// checkpoint — while the checkpoints keep the last step's weights for training on.
+func TestFinalWeightsAreTheAverage(t *testing.T) {
+	const steps = 3
+	cfg := testConfig(t, t.TempDir(), steps)
+	cfg.Train.EMADecay = 0.2 // d = 0.1, 2/11, 0.2
+	cfg.Output.CheckpointEvery = 1
+	cfg.Output.KeepCheckpoints = steps
+	tr, err := newTrainer(cfg, Options{Backend: nntest.Backend(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	initial, _, err := nn.SnapshotVariables(tr.mctx, isModelWeight)
+	tr.close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runSteps(t, context.Background(), cfg, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]float64{}
+	for k, v := range initial {
+		for _, x := range v.Data {
+			want[k] = append(want[k], float64(x))
+		}
+	}
+	for step, d := range []float64{0.1, 2.0 / 11, 0.2} {
+		w, _, err := safetensors.Read(filepath.Join(cfg.Output.Dir, CheckpointDir, fmt.Sprintf("epoch-%06d", step+1), stateGroup+".safetensors"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, avg := range want {
+			for i := range avg {
+				avg[i] = d*avg[i] + (1-d)*float64(w[k].Data[i])
+			}
+		}
+	}
+	final, _, err := safetensors.Read(filepath.Join(cfg.Output.Dir, TransformerFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, _, err := safetensors.Read(filepath.Join(cfg.Output.Dir, CheckpointDir, fmt.Sprintf("epoch-%06d", steps), stateGroup+".safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked, moved := 0, false
+	for k, avg := range want {
+		if !strings.HasPrefix(k, "/"+transformerScope+"/") {
+			continue
+		}
+		i := strings.LastIndex(k, "/")
+		key, err := mmdit.ScopeToKey(k[len(transformerScope)+1:i], k[i+1:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := final[key]
+		if !ok {
+			t.Fatalf("final transformer has no %s (variable %s)", key, k)
+		}
+		for j, x := range avg {
+			if math.Abs(float64(got.Data[j])-x) > 1e-6*(1+math.Abs(x)) {
+				t.Fatalf("%s[%d] = %v, want the average %v", key, j, got.Data[j], x)
+			}
+			moved = moved || got.Data[j] != last[k].Data[j]
+		}
+		checked++
+	}
+	if checked == 0 || !moved {
+		t.Fatalf("checked %d transformer tensors; final differs from the last step's weights: %v", checked, moved)
 	}
 }
 

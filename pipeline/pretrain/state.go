@@ -11,6 +11,9 @@ import (
 // variable of the training context.
 const stateGroup = "variables"
 
+// emaGroup is the checkpoint tensor group of the weights' moving average (train.ema_decay).
+const emaGroup = "ema"
+
 // trainState is the JSON part of a checkpoint.
 type trainState struct {
 	// Step is the number of completed optimiser steps; batch Step is the next one drawn
@@ -21,6 +24,8 @@ type trainState struct {
 	BatchSize int    `json:"batch_size"`
 	// ElapsedSeconds is the training wall time spent so far, over all invocations.
 	ElapsedSeconds float64 `json:"elapsed_seconds"`
+	// EMAUpdates is the number of steps folded into the moving average (train.ema_decay).
+	EMAUpdates int `json:"ema_updates,omitempty"`
 	// Integers holds the variables that are not float32 (Adam's and the global step counters,
 	// GoMLX's RNG state), keyed like the tensors.
 	Integers map[string]nn.IntVariable `json:"integers"`

@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -117,6 +118,8 @@ type trainer struct {
 	vae          *tinyocr.VAE
 	data         *dataSource
 	ckpt         *pipeline.Checkpointer
+	// ema averages the model weights when train.ema_decay > 0, else nil.
+	ema *nn.EMA
 }
 
 // Run pretrains the transformer and the text encoder as cfg says, until Train.Steps steps are
@@ -189,7 +192,30 @@ func newTrainer(cfg Config, opts Options) (*trainer, error) {
 		t.close()
 		return nil, err
 	}
+	if cfg.Train.EMADecay > 0 {
+		init, _, err := nn.SnapshotVariables(t.mctx, isModelWeight)
+		if err != nil {
+			t.close()
+			return nil, fmt.Errorf("pretrain: start weight average: %w", err)
+		}
+		t.ema = nn.NewEMA(cfg.Train.EMADecay, init)
+	}
 	return t, nil
+}
+
+// isModelWeight selects the trained weights of the transformer and the text encoder (not the
+// optimizer's moments, nor fixed tables such as the position embedding).
+func isModelWeight(v *mlctx.Variable) bool {
+	if !v.Trainable {
+		return false
+	}
+	for _, scope := range []string{transformerScope, textEncoderScope} {
+		root := mlctx.ScopeSeparator + scope
+		if v.Scope() == root || strings.HasPrefix(v.Scope(), root+mlctx.ScopeSeparator) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkCompatible checks that the transformer fits the VAE's latents and the text encoder.
@@ -380,6 +406,15 @@ func (t *trainer) start() (trainState, error) {
 		if err := nn.RestoreVariables(t.mctx, ck.Tensors[stateGroup], state.Integers, nil); err != nil {
 			return state, fmt.Errorf("pretrain: resume from %s: %w", ckDir, err)
 		}
+		if t.ema != nil {
+			avg, ok := ck.Tensors[emaGroup]
+			if !ok {
+				return state, fmt.Errorf("pretrain: resume from %s: train.ema_decay is %g but the checkpoint has no weight average (it was written with ema_decay = 0)",
+					ckDir, t.cfg.Train.EMADecay)
+			}
+			t.ema = nn.NewEMA(t.cfg.Train.EMADecay, avg)
+			t.ema.Updates = state.EMAUpdates
+		}
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return state, fmt.Errorf("pretrain: create output dir: %w", err)
@@ -517,6 +552,12 @@ func (t *trainer) loop(ctx context.Context, state trainState) (res Result, err e
 		loss, norm, err := t.runStep(b, lr)
 		if err != nil {
 			return res, fmt.Errorf("pretrain: step %d: %w", state.Step+1, err)
+		}
+		if t.ema != nil {
+			if err := t.updateEMA(); err != nil {
+				return res, fmt.Errorf("pretrain: step %d: %w", state.Step+1, err)
+			}
+			state.EMAUpdates = t.ema.Updates
 		}
 		state.Step++
 		res.Steps = state.Step
@@ -671,18 +712,35 @@ func (t *trainer) saveCheckpoint(state trainState) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("pretrain: checkpoint: %w", err)
 	}
-	dir, err := t.ckpt.Save(pipeline.Checkpoint{
-		Epoch: state.Step, State: raw,
-		Tensors: map[string]map[string]safetensors.Tensor{stateGroup: floats},
-	})
+	groups := map[string]map[string]safetensors.Tensor{stateGroup: floats}
+	if t.ema != nil {
+		groups[emaGroup] = t.ema.Values
+	}
+	dir, err := t.ckpt.Save(pipeline.Checkpoint{Epoch: state.Step, State: raw, Tensors: groups})
 	if err != nil {
 		return "", fmt.Errorf("pretrain: %w", err)
 	}
 	return dir, nil
 }
 
-// saveFinal writes the trained transformer (diffusers names) and text encoder.
+// updateEMA folds the weights after a step into the average.
+func (t *trainer) updateEMA() error {
+	w, _, err := nn.SnapshotVariables(t.mctx, isModelWeight)
+	if err != nil {
+		return fmt.Errorf("weight average: %w", err)
+	}
+	return t.ema.Update(w)
+}
+
+// saveFinal writes the trained transformer (diffusers names) and text encoder: the weights'
+// moving average with train.ema_decay > 0, else the last step's weights. It runs after the
+// final checkpoint, so putting the average into the context loses nothing.
 func (t *trainer) saveFinal(res *Result) error {
+	if t.ema != nil {
+		if err := nn.RestoreVariables(t.mctx, t.ema.Values, nil, isModelWeight); err != nil {
+			return fmt.Errorf("pretrain: load weight average: %w", err)
+		}
+	}
 	dir := t.cfg.Output.Dir
 	tr := filepath.Join(dir, TransformerFile)
 	if err := t.model.SaveBase(t.mctx.In(transformerScope), tr); err != nil {
