@@ -20,7 +20,6 @@ import (
 
 	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/densegrpo/densegrpo/models/nn"
-	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/pipeline/progress"
 	"github.com/densegrpo/densegrpo/pipeline/report"
 )
@@ -463,13 +462,4 @@ func evalLine(epoch int, r EvalResult) map[string]any {
 func newRNG(seed int64) (*rand.PCG, *rand.Rand) {
 	src := rand.NewPCG(uint64(seed), 0x747261696e) // "train"
 	return src, rand.New(src)
-}
-
-// copyTensors deep-copies a tensor group.
-func copyTensors(in map[string]safetensors.Tensor) map[string]safetensors.Tensor {
-	out := make(map[string]safetensors.Tensor, len(in))
-	for k, t := range in {
-		out[k] = safetensors.Tensor{Shape: append([]int{}, t.Shape...), Data: append([]float32{}, t.Data...)}
-	}
-	return out
 }

@@ -359,7 +359,7 @@ func (t *trainer) checkpoint() (Checkpoint, error) {
 		return Checkpoint{}, err
 	}
 	return Checkpoint{Epoch: t.epoch, State: state, Tensors: map[string]map[string]safetensors.Tensor{
-		groupLoRA: lora, groupEMA: copyTensors(t.ema.Values), groupTrainer: floats,
+		groupLoRA: lora, groupEMA: safetensors.Clone(t.ema.Values), groupTrainer: floats,
 	}}, nil
 }
 

@@ -17,11 +17,7 @@ type EMA struct {
 
 // NewEMA starts an average at a copy of init.
 func NewEMA(max float64, init map[string]safetensors.Tensor) *EMA {
-	e := &EMA{Max: max, Values: make(map[string]safetensors.Tensor, len(init))}
-	for k, t := range init {
-		e.Values[k] = safetensors.Tensor{Shape: append([]int{}, t.Shape...), Data: append([]float32{}, t.Data...)}
-	}
-	return e
+	return &EMA{Max: max, Values: safetensors.Clone(init)}
 }
 
 // Decay is the weight of the old average at the next update.

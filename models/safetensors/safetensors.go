@@ -28,6 +28,15 @@ type Tensor struct {
 	Data  []float32
 }
 
+// Clone deep-copies a group of tensors.
+func Clone(group map[string]Tensor) map[string]Tensor {
+	out := make(map[string]Tensor, len(group))
+	for k, t := range group {
+		out[k] = Tensor{Shape: append([]int{}, t.Shape...), Data: append([]float32{}, t.Data...)}
+	}
+	return out
+}
+
 // NumElements returns the product of the shape (1 for a scalar).
 func (t Tensor) NumElements() int { return numElements(t.Shape) }
 

@@ -24,8 +24,6 @@ type trainState struct {
 	BatchSize int    `json:"batch_size"`
 	// ElapsedSeconds is the training wall time spent so far, over all invocations.
 	ElapsedSeconds float64 `json:"elapsed_seconds"`
-	// EMAUpdates is the number of steps folded into the moving average (train.ema_decay).
-	EMAUpdates int `json:"ema_updates,omitempty"`
 	// Integers holds the variables that are not float32 (Adam's and the global step counters,
 	// GoMLX's RNG state), keyed like the tensors.
 	Integers map[string]nn.IntVariable `json:"integers"`

@@ -412,8 +412,10 @@ func (t *trainer) start() (trainState, error) {
 				return state, fmt.Errorf("pretrain: resume from %s: train.ema_decay is %g but the checkpoint has no weight average (it was written with ema_decay = 0)",
 					ckDir, t.cfg.Train.EMADecay)
 			}
+			// Every step of a run with an average was folded into it: a checkpoint without
+			// one is refused above, so the average has seen exactly state.Step updates.
 			t.ema = nn.NewEMA(t.cfg.Train.EMADecay, avg)
-			t.ema.Updates = state.EMAUpdates
+			t.ema.Updates = state.Step
 		}
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -557,7 +559,6 @@ func (t *trainer) loop(ctx context.Context, state trainState) (res Result, err e
 			if err := t.updateEMA(); err != nil {
 				return res, fmt.Errorf("pretrain: step %d: %w", state.Step+1, err)
 			}
-			state.EMAUpdates = t.ema.Updates
 		}
 		state.Step++
 		res.Steps = state.Step
