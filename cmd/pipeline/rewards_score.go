@@ -67,7 +67,8 @@ func runRewardsScore(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	set, err := rewards.Open(ctx, cfgs, filepath.Dir(*configPath), doc.ONNX)
+	// DecodeTOML has already resolved the paths against the config's directory.
+	set, err := rewards.Open(ctx, cfgs, "", doc.ONNX)
 	if err != nil {
 		return err
 	}

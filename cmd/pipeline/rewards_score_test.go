@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"image"
 	"image/color"
 	"image/draw"
@@ -53,13 +52,30 @@ func TestRewardsScoreOCR(t *testing.T) {
 	if err := os.WriteFile(pngPath, buf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := filepath.Join(dir, "train.toml")
-	toml := fmt.Sprintf("[run]\nname = \"x\"\n\n[[reward]]\nname = \"ocr\"\nkind = \"ocr\"\nmodel = %q\nkeys = %q\nweight = 2.0\n", rec, keys)
+	// The layout of the repository: models beside configs, named relative to the config, and
+	// the config itself named by a relative path (paths must be resolved exactly once).
+	for _, sub := range []string{"models", "configs"} {
+		if err := os.Mkdir(filepath.Join(dir, sub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, target := range map[string]string{"rec.onnx": rec, "keys.txt": keys} {
+		if err := os.Symlink(target, filepath.Join(dir, "models", name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lib, err := onnxrt.FindCached("onnxruntime/cpu/libonnxruntime.so.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	cfg := filepath.Join("configs", "train.toml")
+	toml := "[run]\nname = \"x\"\n\n[[reward]]\nname = \"ocr\"\nkind = \"ocr\"\nmodel = \"../models/rec.onnx\"\nkeys = \"../models/keys.txt\"\nweight = 2.0\n"
 	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	code := runMain(context.Background(), []string{"rewards", "score", "--config", cfg, "--image", pngPath, "--prompt", `a sign that says "K4RT"`, "--json"}, &stdout, &stderr)
+	code := runMain(context.Background(), []string{"rewards", "score", "--config", cfg, "--image", pngPath, "--prompt", `a sign that says "K4RT"`, "--json", "--onnx-library", lib}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
