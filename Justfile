@@ -32,11 +32,11 @@ demo: export-models
 # DenseGRPO vs Flow-GRPO on tiny-ocr (the README's results): calibrates ψ on the base model,
 # then runs both with the same sample budget side by side (about one core each) — they differ
 # only in dense.enabled and ψ — and writes one report with both curves.
-compare epochs="24" seed="1": export-models
+compare epochs="24" seed="1" eval_every="8": export-models
     #!/usr/bin/env bash
     set -euo pipefail
     tag=compare-s{{seed}}
-    common=(--config configs/tiny-ocr.toml --set run.seed={{seed}} --set run.epochs={{epochs}} --set run.time_budget=60m --set eval.prompts=64 --set eval.every=8)
+    common=(--config configs/tiny-ocr.toml --set run.seed={{seed}} --set run.epochs={{epochs}} --set run.time_budget=60m --set eval.prompts=64 --set eval.every={{eval_every}})
     {{bin}} calibrate --config configs/tiny-ocr.toml --set run.seed={{seed}} --out runs/$tag-psi.json
     {{bin}} run "${common[@]}" --set run.name=$tag-dense --set sampler.psi=../runs/$tag-psi.json > runs/$tag-dense.log 2>&1 &
     dense=$!
