@@ -18,6 +18,7 @@ func runPretrain(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("pretrain", "", out)
 	configPath := fs.String("config", "configs/pretrain-tiny.toml", "pretraining config (TOML)")
 	resume := fs.Bool("resume", false, "continue from the newest checkpoint in the output dir")
+	export := fs.String("export-checkpoint", "", "write the final weight files of the output dir from this checkpoint directory (an earlier step of a run) instead of training")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -28,6 +29,17 @@ func runPretrain(ctx context.Context, args []string, out io.Writer) error {
 	cfg, err := pretrain.LoadConfig(*configPath)
 	if err != nil {
 		return err
+	}
+	if *export != "" {
+		if *resume {
+			return usageError("--export-checkpoint and --resume exclude each other")
+		}
+		res, err := pretrain.Export(cfg, *export, pretrain.Options{})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "exported step %d of %s\ntransformer  %s\ntext encoder %s\n", res.Steps, res.Checkpoint, res.Transformer, res.TextEncoder)
+		return nil
 	}
 	opts := pretrain.Options{Resume: *resume, Progress: out}
 	if !progress.IsTerminal(out) {

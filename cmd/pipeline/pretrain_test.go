@@ -108,6 +108,15 @@ func TestPretrainCommand(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "--resume") {
 		t.Errorf("rerun: exit %d, stderr %q; want 1 and a hint to --resume", code, errOut)
 	}
+	// An earlier checkpoint is picked with --export-checkpoint (not with --resume).
+	out, errOut, code = runBinary(t, dir, nil, "pretrain", "--config", config, "--export-checkpoint", filepath.Join("out", "checkpoints", "epoch-000003"))
+	if code != 0 || !strings.Contains(out, "exported step 3") {
+		t.Errorf("export: exit %d, stdout %q, stderr %q; want 0 and step 3 named", code, out, errOut)
+	}
+	_, errOut, code = runBinary(t, dir, nil, "pretrain", "--config", config, "--resume", "--export-checkpoint", "x")
+	if code != 2 || !strings.Contains(errOut, "exclude") {
+		t.Errorf("--resume with --export-checkpoint: exit %d, stderr %q; want a usage error", code, errOut)
+	}
 }
 
 // A bad key is one line naming the file and the key, exit code 1, before any work.

@@ -210,9 +210,10 @@ func TestCommittedConfig(t *testing.T) {
 	if err := checkCompatible(m, cfg.Model.TextEncoder.tinyocr()); err != nil {
 		t.Errorf("%s does not fit the text encoder: %v", cfg.Model.Transformer, err)
 	}
-	// The whole pretraining must fit 90 minutes of this 2-core machine.
-	if cfg.Train.BatchSize != 32 || cfg.Train.Budget() <= 0 || cfg.Train.Budget() > 90*time.Minute {
-		t.Errorf("batch %d, budget %v: want 32 and a budget within 90 minutes", cfg.Train.BatchSize, cfg.Train.Budget())
+	// The whole pretraining must fit 90 minutes of this 2-core machine, at the batch size the
+	// committed weights were trained with (a checkpoint resumes only at its own batch size).
+	if cfg.Train.BatchSize != 16 || cfg.Train.Budget() <= 0 || cfg.Train.Budget() > 90*time.Minute {
+		t.Errorf("batch %d, budget %v: want 16 and a budget within 90 minutes", cfg.Train.BatchSize, cfg.Train.Budget())
 	}
 	if _, err := os.Stat(cfg.Data.Prompts); err != nil {
 		t.Errorf("prompts: %v", err)

@@ -250,13 +250,9 @@ func TestFinalWeightsAreTheAverage(t *testing.T) {
 	}
 	checked, moved := 0, false
 	for k, avg := range want {
-		if !strings.HasPrefix(k, "/"+transformerScope+"/") {
+		key, ok := transformerKey(t, k)
+		if !ok {
 			continue
-		}
-		i := strings.LastIndex(k, "/")
-		key, err := mmdit.ScopeToKey(k[len(transformerScope)+1:i], k[i+1:])
-		if err != nil {
-			t.Fatal(err)
 		}
 		got, ok := final[key]
 		if !ok {
@@ -346,5 +342,97 @@ func TestWorkersTakeTheSameStep(t *testing.T) {
 	}
 	if len(w1) == 0 || worst > 1e-5 {
 		t.Errorf("%d tensors; largest weight difference between one and two workers %g, want <= 1e-5", len(w1), worst)
+	}
+}
+
+// transformerKey maps a checkpoint variable of the transformer scope to its key in
+// transformer.safetensors; ok is false for other variables.
+func transformerKey(t *testing.T, variable string) (key string, ok bool) {
+	t.Helper()
+	if !strings.HasPrefix(variable, "/"+transformerScope+"/") {
+		return "", false
+	}
+	i := strings.LastIndex(variable, "/")
+	key, err := mmdit.ScopeToKey(variable[len(transformerScope)+1:i], variable[i+1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, true
+}
+
+// TestExportCheckpoint: exporting the last checkpoint reproduces the run's final files byte
+// for byte; exporting an earlier one writes that step's weights (an earlier pick of the run).
+func TestExportCheckpoint(t *testing.T) {
+	const steps = 3
+	cfg := testConfig(t, t.TempDir(), steps)
+	cfg.Output.CheckpointEvery = 1
+	cfg.Output.KeepCheckpoints = steps
+	if _, _, err := runSteps(t, context.Background(), cfg, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	files := []string{TransformerFile, TextEncoderFile}
+	final := map[string][]byte{}
+	for _, f := range files {
+		data, err := os.ReadFile(filepath.Join(cfg.Output.Dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		final[f] = data
+	}
+	ckpt := func(step int) string {
+		return filepath.Join(cfg.Output.Dir, CheckpointDir, fmt.Sprintf("epoch-%06d", step))
+	}
+	opts := Options{Backend: nntest.Backend(t)}
+	res, err := Export(cfg, ckpt(steps), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Steps != steps || res.Transformer != filepath.Join(cfg.Output.Dir, TransformerFile) {
+		t.Errorf("export result %+v, want step %d and the output dir's files", res, steps)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(filepath.Join(cfg.Output.Dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(data) != string(final[f]) {
+			t.Errorf("%s exported from the last checkpoint differs from the run's final file", f)
+		}
+	}
+
+	if _, err := Export(cfg, ckpt(1), opts); err != nil {
+		t.Fatal(err)
+	}
+	exported, _, err := safetensors.Read(filepath.Join(cfg.Output.Dir, TransformerFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, _, err := safetensors.Read(filepath.Join(ckpt(1), stateGroup+".safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for k, v := range state {
+		key, ok := transformerKey(t, k)
+		if !ok {
+			continue
+		}
+		got, ok := exported[key]
+		if !ok {
+			t.Fatalf("exported transformer has no %s (variable %s)", key, k)
+		}
+		for j := range v.Data {
+			if got.Data[j] != v.Data[j] {
+				t.Fatalf("%s[%d] = %v, want step 1's %v", key, j, got.Data[j], v.Data[j])
+			}
+		}
+		checked++
+	}
+	if checked == 0 {
+		t.Fatal("no transformer tensor in the step-1 checkpoint")
+	}
+
+	if _, err := Export(cfg, filepath.Join(cfg.Output.Dir, "nonexistent"), opts); err == nil || !strings.Contains(err.Error(), "nonexistent") {
+		t.Errorf("export of a missing checkpoint: got %v, want an error naming it", err)
 	}
 }

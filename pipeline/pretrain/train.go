@@ -396,26 +396,8 @@ func (t *trainer) start() (trainState, error) {
 		return state, fmt.Errorf("pretrain: output dir %s already holds checkpoint %s: pass --resume to continue it, or choose another output.dir", dir, ckDir)
 	}
 	if ok {
-		if err := json.Unmarshal(ck.State, &state); err != nil {
-			return state, fmt.Errorf("pretrain: resume from %s: decode state: %w", ckDir, err)
-		}
-		if state.Seed != t.cfg.Train.Seed || state.BatchSize != t.cfg.Train.BatchSize {
-			return state, fmt.Errorf("pretrain: resume from %s: checkpoint has seed %d and batch size %d, config has %d and %d",
-				ckDir, state.Seed, state.BatchSize, t.cfg.Train.Seed, t.cfg.Train.BatchSize)
-		}
-		if err := nn.RestoreVariables(t.mctx, ck.Tensors[stateGroup], state.Integers, nil); err != nil {
-			return state, fmt.Errorf("pretrain: resume from %s: %w", ckDir, err)
-		}
-		if t.ema != nil {
-			avg, ok := ck.Tensors[emaGroup]
-			if !ok {
-				return state, fmt.Errorf("pretrain: resume from %s: train.ema_decay is %g but the checkpoint has no weight average (it was written with ema_decay = 0)",
-					ckDir, t.cfg.Train.EMADecay)
-			}
-			// Every step of a run with an average was folded into it: a checkpoint without
-			// one is refused above, so the average has seen exactly state.Step updates.
-			t.ema = nn.NewEMA(t.cfg.Train.EMADecay, avg)
-			t.ema.Updates = state.Step
+		if state, err = t.restore(ck, ckDir); err != nil {
+			return state, err
 		}
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -432,6 +414,57 @@ func (t *trainer) start() (trainState, error) {
 		return state, fmt.Errorf("pretrain: %w", err)
 	}
 	return state, nil
+}
+
+// restore loads the checkpoint ck, read from ckDir, into the trainer's variables and weight
+// average and returns its training state.
+func (t *trainer) restore(ck pipeline.Checkpoint, ckDir string) (trainState, error) {
+	var state trainState
+	if err := json.Unmarshal(ck.State, &state); err != nil {
+		return state, fmt.Errorf("pretrain: checkpoint %s: decode state: %w", ckDir, err)
+	}
+	if state.Seed != t.cfg.Train.Seed || state.BatchSize != t.cfg.Train.BatchSize {
+		return state, fmt.Errorf("pretrain: checkpoint %s: checkpoint has seed %d and batch size %d, config has %d and %d",
+			ckDir, state.Seed, state.BatchSize, t.cfg.Train.Seed, t.cfg.Train.BatchSize)
+	}
+	if err := nn.RestoreVariables(t.mctx, ck.Tensors[stateGroup], state.Integers, nil); err != nil {
+		return state, fmt.Errorf("pretrain: checkpoint %s: %w", ckDir, err)
+	}
+	if t.ema != nil {
+		avg, ok := ck.Tensors[emaGroup]
+		if !ok {
+			return state, fmt.Errorf("pretrain: checkpoint %s: train.ema_decay is %g but the checkpoint has no weight average (it was written with ema_decay = 0)",
+				ckDir, t.cfg.Train.EMADecay)
+		}
+		// Every step of a run with an average was folded into it: a checkpoint without
+		// one is refused above, so the average has seen exactly state.Step updates.
+		t.ema = nn.NewEMA(t.cfg.Train.EMADecay, avg)
+		t.ema.Updates = state.Step
+	}
+	return state, nil
+}
+
+// Export writes the final weight files (TransformerFile and TextEncoderFile in Output.Dir)
+// from the checkpoint in ckDir instead of training on: the way to pick an earlier step of a
+// run. A checkpoint with a weight average (train.ema_decay > 0) exports the average, as the
+// end of a run does.
+func Export(cfg Config, ckDir string, opts Options) (res Result, err error) {
+	res.LastLoss = float32(math.NaN())
+	ck, err := pipeline.LoadCheckpoint(ckDir)
+	if err != nil {
+		return res, fmt.Errorf("pretrain: export: %w", err)
+	}
+	t, err := newTrainer(cfg, opts)
+	if err != nil {
+		return res, err
+	}
+	defer t.close()
+	state, err := t.restore(ck, ckDir)
+	if err != nil {
+		return res, err
+	}
+	res.Steps, res.Checkpoint = state.Step, ckDir
+	return res, t.saveFinal(&res)
 }
 
 // trimLossLog keeps the loss records of steps <= step (all of them are from before the
