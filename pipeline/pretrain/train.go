@@ -424,7 +424,7 @@ func (t *trainer) restore(ck pipeline.Checkpoint, ckDir string) (trainState, err
 		return state, fmt.Errorf("pretrain: checkpoint %s: decode state: %w", ckDir, err)
 	}
 	if state.Seed != t.cfg.Train.Seed || state.BatchSize != t.cfg.Train.BatchSize {
-		return state, fmt.Errorf("pretrain: checkpoint %s: checkpoint has seed %d and batch size %d, config has %d and %d",
+		return state, fmt.Errorf("pretrain: checkpoint %s has seed %d and batch size %d, config has %d and %d",
 			ckDir, state.Seed, state.BatchSize, t.cfg.Train.Seed, t.cfg.Train.BatchSize)
 	}
 	if err := nn.RestoreVariables(t.mctx, ck.Tensors[stateGroup], state.Integers, nil); err != nil {
@@ -446,8 +446,8 @@ func (t *trainer) restore(ck pipeline.Checkpoint, ckDir string) (trainState, err
 
 // Export writes the final weight files (TransformerFile and TextEncoderFile in Output.Dir)
 // from the checkpoint in ckDir instead of training on: the way to pick an earlier step of a
-// run. A checkpoint with a weight average (train.ema_decay > 0) exports the average, as the
-// end of a run does.
+// run. With train.ema_decay > 0 it exports the checkpoint's weight average, as the end of a
+// run does.
 func Export(cfg Config, ckDir string, opts Options) (res Result, err error) {
 	res.LastLoss = float32(math.NaN())
 	ck, err := pipeline.LoadCheckpoint(ckDir)
