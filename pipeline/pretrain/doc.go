@@ -20,5 +20,7 @@
 //
 // Outputs (Config.Output.Dir): transformer.safetensors (diffusers SD3Transformer2DModel
 // names), text_encoder.safetensors (tinyocr names under "text_encoder."), loss.jsonl,
-// config.toml (resolved) and checkpoints/.
+// config.toml (resolved) and checkpoints/. Export writes the two weight files from an earlier
+// checkpoint instead, to pick a step of a run (the committed default is step 4500 of a 90-minute
+// budget, chosen by its eval OCR score).
 package pretrain
