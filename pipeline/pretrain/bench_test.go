@@ -97,9 +97,9 @@ func BenchmarkTrainStep(b *testing.B) {
 }
 
 // BenchmarkTrainStepBatch measures the CPU time per image of the default transformer's step
-// (tiny-mmdit.json) at several batch sizes on one gradient worker: it is flat from batch 8 up (55, 49, 48, 48
-// CPU-ms at 4, 8, 16, 32 on the 2-core machine), so a smaller batch buys optimizer steps at no
-// cost per image — why configs/pretrain-tiny.toml trains at batch 16.
+// (tiny-mmdit.json) at several batch sizes on one gradient worker: it is flat from batch 8 up
+// (55, 49, 48, 48 CPU-ms at 4, 8, 16, 32 on the 2-core machine), so a smaller batch buys
+// optimizer steps at no cost per image — why configs/pretrain-tiny.toml trains at batch 16.
 func BenchmarkTrainStepBatch(b *testing.B) {
 	for _, size := range []int{4, 8, 16, 32} {
 		b.Run(fmt.Sprint(size), func(b *testing.B) {
