@@ -240,7 +240,8 @@ func (t *trainer) runEpoch(ctx context.Context) (map[string]any, error) {
 	return line, nil
 }
 
-// updateStats are the diagnostics of an epoch's updates, averaged over accumulated steps.
+// updateStats are the diagnostics of an epoch's updates: means over the trained samples and
+// steps.
 type updateStats struct {
 	Loss, Policy, KL, ApproxKL, ClipFrac, RatioMean, GradNorm float64
 	Updates                                                   int
@@ -295,13 +296,16 @@ func (t *trainer) update(ctx context.Context, batches []*epochBatch, adv [][]flo
 				if err != nil {
 					return st, 0, err
 				}
-				st.Loss += s.Loss
-				st.Policy += s.Policy
-				st.KL += s.KL
-				st.ApproxKL += s.ApproxKL
-				st.ClipFrac += s.ClipFrac
-				st.RatioMean += s.RatioMean
-				acc++
+				// Weighted by the chunk's samples: a chunk of one sample would otherwise
+				// count as much as a full minibatch (a lone A = −5 read as a loss spike).
+				c := float64(len(chunk))
+				st.Loss += c * s.Loss
+				st.Policy += c * s.Policy
+				st.KL += c * s.KL
+				st.ApproxKL += c * s.ApproxKL
+				st.ClipFrac += c * s.ClipFrac
+				st.RatioMean += c * s.RatioMean
+				acc += len(chunk)
 			}
 			if pending += len(chunk); pending == mb {
 				if err := apply(); err != nil {
