@@ -25,9 +25,10 @@ build:
 export-models: setup build
     {{bin}} export-models --config configs/tiny-ocr.toml
 
-# The main job: DenseGRPO on the embedded tiny-ocr model, in a new run directory each time.
+# The main job: DenseGRPO on the embedded tiny-ocr model with the committed calibrated ψ
+# (configs/tiny-ocr-psi.json), in a new run directory each time.
 demo: export-models
-    {{bin}} run --config configs/tiny-ocr.toml --set run.name=demo-$(date +%Y%m%d-%H%M%S)
+    {{bin}} run --config configs/tiny-ocr.toml --set sampler.psi=tiny-ocr-psi.json --set run.name=demo-$(date +%Y%m%d-%H%M%S)
 
 # DenseGRPO vs Flow-GRPO on tiny-ocr (the README's results): calibrates ψ on the base model,
 # then runs both with the same sample budget side by side (about one core each) — they differ

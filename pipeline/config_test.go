@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/densegrpo/densegrpo/rl"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -118,5 +120,30 @@ func TestShippedConfigsLoad(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("no training configs found in ../configs")
+	}
+}
+
+// The ψ that `just demo` trains with must fit the schedule of configs/tiny-ocr.toml (it is what
+// `pipeline calibrate --config configs/tiny-ocr.toml` writes).
+func TestShippedPsiFitsTinyOCR(t *testing.T) {
+	cfg, err := Load("../configs/tiny-ocr.toml", []string{"sampler.psi=tiny-ocr-psi.json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sched, err := rl.SD3Schedule(cfg.Sampler.Steps, cfg.Sampler.Shift)
+	if err != nil {
+		t.Fatal(err)
+	}
+	psi, err := loadPsi(cfg, sched)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(psi) != cfg.Sampler.Steps {
+		t.Fatalf("got %d ψ values, want %d", len(psi), cfg.Sampler.Steps)
+	}
+	for k, s := range psi {
+		if !(s > 0) {
+			t.Errorf("ψ(%d) = %v, want > 0", k, s)
+		}
 	}
 }
