@@ -130,9 +130,10 @@ type EvalResult struct {
 	// Extra is the mean of each secondary metric ("ocr.exact", ...).
 	Extra map[string]float64 `json:"-"`
 	// Prompts, Totals (the weighted total of each image) and, with KeepImages, Images are per
-	// image, in prompt order.
-	Prompts []string        `json:"-"`
-	Totals  []float64       `json:"-"`
+	// image, in prompt order. Per-image totals let two evaluations with the same seed be
+	// compared prompt by prompt (a paired difference is far less noisy than two means).
+	Prompts []string        `json:"prompts"`
+	Totals  []float64       `json:"totals"`
 	Images  []rewards.Image `json:"-"`
 }
 

@@ -64,7 +64,7 @@ func (pf *policyFlags) load() (cfg pipeline.Config, policy *pipeline.Policy, des
 func runEval(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("eval", "", out)
 	pf := addPolicyFlags(fs)
-	asJSON := fs.Bool("json", false, `print {"n":…,"eval_reward_mean":…,"rewards":{…}}`)
+	asJSON := fs.Bool("json", false, `print {"n":…,"eval_reward_mean":…,"rewards":{…},"prompts":[…],"totals":[…]} (totals: each prompt's weighted reward)`)
 	grid := fs.String("grid", "", "also write a PNG grid of the evaluated images, labelled with prompt and reward")
 	pos, err := parseFlags(fs, args)
 	if err != nil {

@@ -55,6 +55,8 @@ type evalJSON struct {
 	N          int                `json:"n"`
 	RewardMean float64            `json:"eval_reward_mean"`
 	Rewards    map[string]float64 `json:"rewards"`
+	Prompts    []string           `json:"prompts"`
+	Totals     []float64          `json:"totals"`
 }
 
 func runEvalJSON(t *testing.T, args ...string) evalJSON {
@@ -79,6 +81,14 @@ func TestEvalCommandZeroModel(t *testing.T) {
 	want := (zeroBrightness(3, 0) + zeroBrightness(3, 1) + zeroBrightness(3, 2)) / 3
 	if got.N != 3 || math.Abs(got.RewardMean-want) > 1e-5 || len(got.Rewards) != 1 || math.Abs(got.Rewards["bright"]-want) > 1e-5 {
 		t.Errorf("got %+v, want n 3, eval_reward_mean and rewards.bright %v", got, want)
+	}
+	if len(got.Prompts) != 3 || len(got.Totals) != 3 {
+		t.Fatalf("got %d prompts and %d totals, want 3 of each", len(got.Prompts), len(got.Totals))
+	}
+	for i, total := range got.Totals {
+		if w := zeroBrightness(3, i); math.Abs(total-w) > 1e-5 {
+			t.Errorf("totals[%d] = %v, want %v (prompt %q)", i, total, w, got.Prompts[i])
+		}
 	}
 	// --set reaches the config: the first prompt alone.
 	one := runEvalJSON(t, "--config", files.Config, "--set", "eval.prompts=1")
