@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"math"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -237,4 +238,55 @@ func (r EvalResult) Summary() string {
 		}
 	}
 	return b.String()
+}
+
+// EvalChange compares two evaluations of the same prompts with the same initial noise (before
+// and after training) prompt by prompt. Scores of single prompts move in coarse steps (an OCR
+// score of a 4-character string in quarters), so the difference of two means over a few dozen
+// prompts is noisy; the standard error of the paired differences says how noisy.
+type EvalChange struct {
+	N int
+	// Mean is the mean of after − before over the prompts, StdErr its standard error
+	// (sample standard deviation of the differences / √N).
+	Mean, StdErr float64
+	// Better, Worse and Same count the prompts whose score rose, fell or stayed.
+	Better, Worse, Same int
+}
+
+// CompareEvals pairs before and after prompt by prompt. It needs the per-prompt totals of both,
+// for the same number of prompts, at least two.
+func CompareEvals(before, after EvalResult) (EvalChange, error) {
+	n := len(after.Totals)
+	switch {
+	case len(before.Totals) != n:
+		return EvalChange{}, fmt.Errorf("compare evaluations: %d prompts before, %d after", len(before.Totals), n)
+	case n < 2:
+		return EvalChange{}, fmt.Errorf("compare evaluations: %d prompts, want at least 2", n)
+	}
+	c := EvalChange{N: n}
+	diffs := make([]float64, n)
+	for i := range diffs {
+		d := after.Totals[i] - before.Totals[i]
+		diffs[i] = d
+		c.Mean += d / float64(n)
+		switch {
+		case d > 0:
+			c.Better++
+		case d < 0:
+			c.Worse++
+		default:
+			c.Same++
+		}
+	}
+	var ss float64
+	for _, d := range diffs {
+		ss += (d - c.Mean) * (d - c.Mean)
+	}
+	c.StdErr = math.Sqrt(ss / float64(n-1) / float64(n))
+	return c, nil
+}
+
+// String is e.g. "+0.0312 ± 0.0150 (standard error; 9 prompts better, 4 worse, 19 same)".
+func (c EvalChange) String() string {
+	return fmt.Sprintf("%+.4f ± %.4f (standard error; %d prompts better, %d worse, %d same)", c.Mean, c.StdErr, c.Better, c.Worse, c.Same)
 }

@@ -361,3 +361,48 @@ func cpuSeconds() float64 {
 	}
 	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
+
+func TestCompareEvals(t *testing.T) {
+	totals := func(v ...float64) EvalResult { return EvalResult{N: len(v), Totals: v} }
+	for _, tc := range []struct {
+		name          string
+		before, after EvalResult
+		want          EvalChange
+		wantErr       string
+	}{
+		// Differences 0.5, 0, −0.25, 0.5: mean 0.1875; squared deviations 0.09765625,
+		// 0.03515625, 0.19140625, 0.09765625 sum to 0.421875; /3/4 = 0.03515625 = 0.1875².
+		{name: "mixed", before: totals(0, 0.5, 1, 0.25), after: totals(0.5, 0.5, 0.75, 0.75),
+			want: EvalChange{N: 4, Mean: 0.1875, StdErr: 0.1875, Better: 2, Worse: 1, Same: 1}},
+		{name: "unchanged", before: totals(0.25, 0.75, 1), after: totals(0.25, 0.75, 1),
+			want: EvalChange{N: 3, Same: 3}},
+		// Every prompt down by exactly 0.25: no spread, so no standard error.
+		{name: "shifted", before: totals(1, 0.5), after: totals(0.75, 0.25),
+			want: EvalChange{N: 2, Mean: -0.25, Worse: 2}},
+		{name: "lengths differ", before: totals(1, 0.5, 0), after: totals(1, 0.5), wantErr: "3 prompts before, 2 after"},
+		{name: "one prompt", before: totals(1), after: totals(0), wantErr: "1 prompts, want at least 2"},
+		{name: "no totals (a base evaluation logged before totals were)", before: EvalResult{N: 32, RewardMean: 0.4}, after: totals(1, 0.5),
+			wantErr: "0 prompts before, 2 after"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := CompareEvals(tc.before, tc.after)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.N != tc.want.N || got.Better != tc.want.Better || got.Worse != tc.want.Worse || got.Same != tc.want.Same ||
+				math.Abs(got.Mean-tc.want.Mean) > 1e-12 || math.Abs(got.StdErr-tc.want.StdErr) > 1e-12 {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+	c := EvalChange{N: 32, Mean: 0.03125, StdErr: 0.015, Better: 9, Worse: 4, Same: 19}
+	if got, want := c.String(), "+0.0312 ± 0.0150 (standard error; 9 prompts better, 4 worse, 19 same)"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+}

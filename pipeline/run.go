@@ -438,7 +438,14 @@ func (m *metricsFile) BaseEval() *EvalResult {
 		if e, _ := l["epoch"].(float64); e == 0 {
 			if v, ok := l["eval_reward_mean"].(float64); ok {
 				n, _ := l["eval_n"].(float64)
-				return &EvalResult{N: int(n), RewardMean: v}
+				r := &EvalResult{N: int(n), RewardMean: v}
+				if totals, ok := l["eval_totals"].([]any); ok {
+					for _, t := range totals {
+						f, _ := t.(float64)
+						r.Totals = append(r.Totals, f)
+					}
+				}
+				return r
 			}
 		}
 	}
@@ -448,7 +455,9 @@ func (m *metricsFile) BaseEval() *EvalResult {
 func (m *metricsFile) Close() error { return m.f.Close() }
 
 func evalLine(epoch int, r EvalResult) map[string]any {
-	line := map[string]any{"epoch": epoch, "eval_reward_mean": r.RewardMean, "eval_n": r.N}
+	// The per-prompt totals let a resumed run compare its final evaluation with the base one
+	// prompt by prompt.
+	line := map[string]any{"epoch": epoch, "eval_reward_mean": r.RewardMean, "eval_n": r.N, "eval_totals": r.Totals}
 	for name, v := range r.Rewards {
 		line["eval/"+name] = v
 	}

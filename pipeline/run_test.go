@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -113,8 +114,13 @@ func TestRunResumeIsExact(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Run(context.Background(), resumed, RunOptions{Backend: nntest.Backend(t), Resume: true}); err != nil {
+	c, err := Run(context.Background(), resumed, RunOptions{Backend: nntest.Backend(t), Resume: true})
+	if err != nil {
 		t.Fatal(err)
+	}
+	// The resumed run reads the base evaluation back from metrics.jsonl, prompt by prompt.
+	if c.EvalBefore == nil || !slices.Equal(c.EvalBefore.Totals, a.EvalBefore.Totals) {
+		t.Errorf("resumed run's base evaluation %+v, want the totals %v of the straight run", c.EvalBefore, a.EvalBefore.Totals)
 	}
 	la, lb := readMetrics(t, a.Dir), readMetrics(t, b.Dir)
 	if len(la) != 4 || len(lb) != 4 {
@@ -129,8 +135,12 @@ func TestRunResumeIsExact(t *testing.T) {
 			}
 		}
 	}
-	if la[3]["eval_reward_mean"] != lb[3]["eval_reward_mean"] {
-		t.Errorf("final eval: straight %v, resumed %v", la[3]["eval_reward_mean"], lb[3]["eval_reward_mean"])
+	for _, k := range []string{"eval_reward_mean", "eval_totals"} {
+		ja, _ := json.Marshal(la[3][k])
+		jb, _ := json.Marshal(lb[3][k])
+		if string(ja) != string(jb) || la[3][k] == nil {
+			t.Errorf("final eval %s: straight %s, resumed %s", k, ja, jb)
+		}
 	}
 }
 
@@ -161,8 +171,13 @@ func TestRunInterruptCheckpointsAndResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Run(context.Background(), resumed, RunOptions{Backend: nntest.Backend(t), Resume: true}); err != nil {
+	c, err := Run(context.Background(), resumed, RunOptions{Backend: nntest.Backend(t), Resume: true})
+	if err != nil {
 		t.Fatal(err)
+	}
+	// The resumed run reads the base evaluation back from metrics.jsonl, prompt by prompt.
+	if c.EvalBefore == nil || !slices.Equal(c.EvalBefore.Totals, a.EvalBefore.Totals) {
+		t.Errorf("resumed run's base evaluation %+v, want the totals %v of the straight run", c.EvalBefore, a.EvalBefore.Totals)
 	}
 	la, lb := readMetrics(t, a.Dir), readMetrics(t, b.Dir)
 	if len(lb) != len(la) {

@@ -70,6 +70,9 @@ func runRun(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintf(out, "eval reward (ODE %d steps, %d test prompts): %.4f → %.4f (%+.4f)\n",
 			cfg.Eval.Steps, res.EvalAfter.N, res.EvalBefore.RewardMean, res.EvalAfter.RewardMean,
 			res.EvalAfter.RewardMean-res.EvalBefore.RewardMean)
+		if change, err := pipeline.CompareEvals(*res.EvalBefore, *res.EvalAfter); err == nil {
+			fmt.Fprintf(out, "prompt by prompt: %s\n", change)
+		}
 	}
 	fmt.Fprintf(out, "report:  %s\nsamples: %s\ncheckpoint: %s\n", res.Report, filepath.Join(res.Dir, "samples"), res.Checkpoint)
 	return nil

@@ -55,7 +55,7 @@ func TestSmokeRunAndResume(t *testing.T) {
 		t.Fatalf("run: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 	dir := filepath.Join(out, "smoke")
-	for _, want := range []string{"eval reward (ODE 4 steps, 4 test prompts):", "report:  " + filepath.Join(dir, "report.html")} {
+	for _, want := range []string{"eval reward (ODE 4 steps, 4 test prompts):", "prompt by prompt: ", "report:  " + filepath.Join(dir, "report.html")} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("run output lacks %q:\n%s", want, stdout)
 		}
@@ -66,6 +66,9 @@ func TestSmokeRunAndResume(t *testing.T) {
 	stdout, stderr, code = runBinary(t, ".", nil, "run", "--resume", dir, "--set", "run.epochs=3")
 	if code != 0 {
 		t.Fatalf("resume: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if !strings.Contains(stdout, "prompt by prompt: ") {
+		t.Errorf("resumed run's output lacks the prompt-by-prompt change against the base evaluation:\n%s", stdout)
 	}
 	if got := metricEpochs(t, filepath.Join(dir, "metrics.jsonl")); len(got) != 4 || got[3] != 3 {
 		t.Errorf("metrics epochs after resume %v, want [0 1 2 3]", got)
