@@ -32,7 +32,8 @@ demo: export-models
 
 # DenseGRPO vs Flow-GRPO on tiny-ocr (the README's results): calibrates ψ on the base model,
 # then runs both with the same sample budget side by side (about one core each) — they differ
-# only in dense.enabled and ψ — and writes one report with both curves.
+# only in dense.enabled and ψ — writes one report with both curves, then evaluates the base model
+# and both final checkpoints on all 400 test prompts and compares them prompt by prompt.
 compare epochs="24" seed="1" eval_every="8": export-models
     #!/usr/bin/env bash
     set -euo pipefail
@@ -48,6 +49,15 @@ compare epochs="24" seed="1" eval_every="8": export-models
     tail -n 3 runs/$tag-dense.log runs/$tag-sparse.log
     {{bin}} report runs/$tag-dense runs/$tag-sparse --out runs/$tag-report.html \
         --curves runs/$tag-curves.png --curves eval_reward_mean=runs/$tag-eval-curves.png
+    # The verdict on all 400 test prompts with the same noise, compared prompt by prompt.
+    ev=(--config configs/tiny-ocr.toml --set run.seed={{seed}} --set eval.prompts=0 --json)
+    newest() { ls -d "$1"/checkpoints/epoch-* | tail -n 1; }
+    {{bin}} eval "${ev[@]}" > runs/$tag-eval-base.json &
+    {{bin}} eval "${ev[@]}" --checkpoint "$(newest runs/$tag-sparse)" > runs/$tag-eval-sparse.json
+    wait
+    {{bin}} eval "${ev[@]}" --checkpoint "$(newest runs/$tag-dense)" > runs/$tag-eval-dense.json
+    {{bin}} compare-evals runs/$tag-eval-base.json runs/$tag-eval-sparse.json runs/$tag-eval-dense.json
+    {{bin}} compare-evals runs/$tag-eval-sparse.json runs/$tag-eval-dense.json
 
 # The whole test suite (needs the setup cache; CPU ONNX Runtime tests never skip).
 test: setup
