@@ -268,7 +268,6 @@ func CompareEvals(before, after EvalResult) (EvalChange, error) {
 	for i := range diffs {
 		d := after.Totals[i] - before.Totals[i]
 		diffs[i] = d
-		c.Mean += d / float64(n)
 		switch {
 		case d > 0:
 			c.Better++
@@ -278,11 +277,9 @@ func CompareEvals(before, after EvalResult) (EvalChange, error) {
 			c.Same++
 		}
 	}
-	var ss float64
-	for _, d := range diffs {
-		ss += (d - c.Mean) * (d - c.Mean)
-	}
-	c.StdErr = math.Sqrt(ss / float64(n-1) / float64(n))
+	// meanStd's std divides by n; the sample std divides by n−1, and StdErr = sample std / √n.
+	mean, std := meanStd(diffs)
+	c.Mean, c.StdErr = mean, std/math.Sqrt(float64(n-1))
 	return c, nil
 }
 
