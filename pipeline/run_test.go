@@ -93,6 +93,15 @@ func TestRunDenseAndSparse(t *testing.T) {
 	}
 }
 
+// checkResumedBaseEval checks that a resumed run read the base evaluation back from
+// metrics.jsonl, prompt by prompt, as the straight run made it.
+func checkResumedBaseEval(t *testing.T, resumed, straight RunResult) {
+	t.Helper()
+	if resumed.EvalBefore == nil || !slices.Equal(resumed.EvalBefore.Totals, straight.EvalBefore.Totals) {
+		t.Errorf("resumed run's base evaluation %+v, want the totals %v of the straight run", resumed.EvalBefore, straight.EvalBefore.Totals)
+	}
+}
+
 // trainingKeys are the metrics a resumed run must reproduce exactly (timings differ).
 var trainingKeys = []string{"samples", "reward_mean", "reward_std", "loss", "policy_loss", "kl", "approx_kl",
 	"clip_frac", "grad_norm", "dense_pos_frac", "dense_delta_mean"}
@@ -118,10 +127,7 @@ func TestRunResumeIsExact(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The resumed run reads the base evaluation back from metrics.jsonl, prompt by prompt.
-	if c.EvalBefore == nil || !slices.Equal(c.EvalBefore.Totals, a.EvalBefore.Totals) {
-		t.Errorf("resumed run's base evaluation %+v, want the totals %v of the straight run", c.EvalBefore, a.EvalBefore.Totals)
-	}
+	checkResumedBaseEval(t, c, a)
 	la, lb := readMetrics(t, a.Dir), readMetrics(t, b.Dir)
 	if len(la) != 4 || len(lb) != 4 {
 		t.Fatalf("got %d and %d metrics lines, want 4 each", len(la), len(lb))
@@ -175,10 +181,7 @@ func TestRunInterruptCheckpointsAndResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The resumed run reads the base evaluation back from metrics.jsonl, prompt by prompt.
-	if c.EvalBefore == nil || !slices.Equal(c.EvalBefore.Totals, a.EvalBefore.Totals) {
-		t.Errorf("resumed run's base evaluation %+v, want the totals %v of the straight run", c.EvalBefore, a.EvalBefore.Totals)
-	}
+	checkResumedBaseEval(t, c, a)
 	la, lb := readMetrics(t, a.Dir), readMetrics(t, b.Dir)
 	if len(lb) != len(la) {
 		t.Fatalf("resumed run logged %d lines, straight run %d", len(lb), len(la))
