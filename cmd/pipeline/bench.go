@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/densegrpo/densegrpo/pipeline"
@@ -17,6 +19,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("bench", "", out)
 	config := fs.String("config", "", "training TOML (required)")
 	epochs := fs.Int("epochs", 2, "measured epochs per variant (after one warm-up epoch each)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole benchmark to this file (go tool pprof)")
 	var sets, variants setFlag
 	fs.Var(&sets, "set", "override a config value for every variant, key=value (repeatable)")
 	fs.Var(&variants, "variant", "a variant NAME:key=value,key=value (repeatable; default: dense overlapped, dense sequential, sparse overlapped)")
@@ -34,6 +37,17 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 			return usageError("--variant %q: want NAME:key=value,…", v)
 		}
 		vs = append(vs, pipeline.BenchVariant{Name: name, Sets: strings.Split(list, ",")})
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile %s: %w", *cpuProfile, err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	res, err := pipeline.Bench(ctx, *config, sets, pipeline.BenchOptions{Variants: vs, Epochs: *epochs, Log: out})
 	if err != nil {
