@@ -34,6 +34,8 @@ type RunOptions struct {
 	Backend backends.Backend
 	// OnEpoch, if set, is called with each epoch's metrics line once it is written.
 	OnEpoch func(epoch int, line map[string]any)
+	// Now, if set, replaces time.Now for the time budget (tests drive it).
+	Now func() time.Time
 }
 
 // RunResult summarises a finished (or interrupted) run.
@@ -144,7 +146,12 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 	}
 
 	budget := cfg.TimeBudgetDuration()
-	started := time.Now().Add(-time.Duration(t.elapsed * float64(time.Second)))
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	started := now().Add(-time.Duration(t.elapsed * float64(time.Second)))
+	spent := func() time.Duration { return now().Sub(started) }
 	// saved is the state after the newest epoch whose metrics line is written. An interrupted
 	// epoch is discarded and saved is checkpointed instead, so a resumed run redoes that epoch
 	// exactly. Saving needs no context: it must work after Ctrl-C.
@@ -173,7 +180,10 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 		if cfg.Run.Epochs > 0 && epoch > cfg.Run.Epochs {
 			break
 		}
-		if budget > 0 && time.Since(started) >= budget {
+		// The budget is checked when an epoch ends (last, below), so the run ends with the
+		// final evaluation even when a periodic one runs past the budget; here it only stops a
+		// resumed run whose budget is already spent.
+		if res.Epochs == 0 && budget > 0 && spent() >= budget {
 			break
 		}
 		line, err := t.runEpoch(ctx)
@@ -183,9 +193,9 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 		if err != nil {
 			return res, fmt.Errorf("epoch %d: %w", epoch, err)
 		}
-		t.elapsed = time.Since(started).Seconds()
+		t.elapsed = spent().Seconds()
 		line["elapsed_seconds"] = t.elapsed
-		last := (cfg.Run.Epochs > 0 && epoch >= cfg.Run.Epochs) || (budget > 0 && time.Since(started) >= budget)
+		last := (cfg.Run.Epochs > 0 && epoch >= cfg.Run.Epochs) || (budget > 0 && spent() >= budget)
 		if last || (cfg.Eval.Every > 0 && epoch%cfg.Eval.Every == 0) {
 			after, err := t.evaluateEMA(ctx, log)
 			if errors.Is(err, context.Canceled) {
@@ -230,6 +240,9 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 			line["reward_mean"], line["reward_std"], line["loss"], line["kl"], line["samples_per_second"], line["wall_seconds"])
 		if err := ctx.Err(); err != nil {
 			return interrupted(err)
+		}
+		if last {
+			break
 		}
 	}
 	if res.EvalAfter == nil && res.Epochs == 0 {

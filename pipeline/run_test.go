@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/densegrpo/densegrpo/exporters/onnx"
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
@@ -147,6 +148,46 @@ func TestRunResumeIsExact(t *testing.T) {
 		if string(ja) != string(jb) || la[3][k] == nil {
 			t.Errorf("final eval %s: straight %s, resumed %s", k, ja, jb)
 		}
+	}
+}
+
+// The time budget is checked when an epoch ends: a run whose budget runs out after that check
+// (here: a clock jumping past it once epoch 1 is logged, as a long periodic evaluation would)
+// trains one more epoch and still ends with the final evaluation and samples.
+func TestRunTimeBudgetEndsWithFinalEval(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		jumpAfter  int // epoch after which the clock jumps past the budget; 0 = never
+		wantEpochs int
+	}{
+		{"budget never reached", 0, 3},
+		{"budget spent after epoch 1", 1, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, _ := fixture(t, append(append([]string{}, smallRun...), "run.epochs=3", "run.time_budget=1h", "eval.every=1")...)
+			clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			res, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t),
+				Now: func() time.Time { return clock },
+				OnEpoch: func(epoch int, _ map[string]any) {
+					if epoch == tc.jumpAfter {
+						clock = clock.Add(2 * time.Hour)
+					}
+				}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Epochs != tc.wantEpochs || res.EvalAfter == nil {
+				t.Fatalf("ran %d epochs, final eval %v; want %d epochs and a final evaluation", res.Epochs, res.EvalAfter != nil, tc.wantEpochs)
+			}
+			lines := readMetrics(t, res.Dir)
+			if last := lines[len(lines)-1]; last["epoch"].(float64) != float64(tc.wantEpochs) || last["eval_reward_mean"] == nil {
+				t.Errorf("last metrics line %v, want epoch %d with its evaluation", last, tc.wantEpochs)
+			}
+			grid := filepath.Join(res.Dir, "samples", fmt.Sprintf("eval-%04d.png", tc.wantEpochs))
+			if _, err := os.Stat(grid); err != nil {
+				t.Errorf("no final eval sample grid: %v", err)
+			}
+		})
 	}
 }
 
