@@ -34,13 +34,21 @@ demo: export-models
 # then runs both with the same sample budget side by side (about one core each) — they differ
 # only in dense.enabled and ψ — writes one report with both curves, then evaluates the base model
 # and both final checkpoints on all 400 test prompts and compares them prompt by prompt.
-compare epochs="24" seed="1" eval_every="8": export-models
+# Runs are named NAME-sSEED-{dense,sparse}; further key=value arguments are --set for both runs
+# (`just compare 96 2 16 cps sampler.kind=cps sampler.noise_level=0.8`: CPS sampling, which
+# has no ψ to calibrate).
+compare epochs="24" seed="1" eval_every="8" name="compare" *sets: export-models
     #!/usr/bin/env bash
     set -euo pipefail
-    tag=compare-s{{seed}}
+    tag={{name}}-s{{seed}}
     common=(--config configs/tiny-ocr.toml --set run.seed={{seed}} --set run.epochs={{epochs}} --set run.time_budget=60m --set eval.prompts=64 --set eval.every={{eval_every}})
-    {{bin}} calibrate --config configs/tiny-ocr.toml --set run.seed={{seed}} --out runs/$tag-psi.json
-    {{bin}} run "${common[@]}" --set run.name=$tag-dense --set sampler.psi=../runs/$tag-psi.json > runs/$tag-dense.log 2>&1 &
+    for s in {{sets}}; do common+=(--set "$s"); done
+    psi=()
+    if [[ " {{sets}} " != *" sampler.kind=cps "* ]]; then
+        {{bin}} calibrate "${common[@]}" --out runs/$tag-psi.json
+        psi=(--set sampler.psi=../runs/$tag-psi.json)
+    fi
+    {{bin}} run "${common[@]}" --set run.name=$tag-dense "${psi[@]}" > runs/$tag-dense.log 2>&1 &
     dense=$!
     {{bin}} run "${common[@]}" --set run.name=$tag-sparse --set dense.enabled=false > runs/$tag-sparse.log 2>&1 &
     sparse=$!

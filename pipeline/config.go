@@ -394,6 +394,7 @@ func (c Config) Validate() error {
 	check(c.Prompts.Test != "", "prompts.test", `""`, "a prompt file")
 	check(c.Prompts.PerEpoch >= 1, "prompts.per_epoch", c.Prompts.PerEpoch, ">= 1")
 	check(oneOf(c.Sampler.Kind, "sde", "cps"), "sampler.kind", fmt.Sprintf("%q", c.Sampler.Kind), `"sde" or "cps"`)
+	check(c.Sampler.Psi == "" || c.Sampler.Kind != "cps", "sampler.psi", fmt.Sprintf("%q", c.Sampler.Psi), `"" with sampler.kind = "cps" (ψ sets the Flow-SDE's noise; CPS does not read it)`)
 	check(c.Sampler.Steps >= 2, "sampler.steps", c.Sampler.Steps, ">= 2")
 	check(c.Sampler.NoiseLevel > 0 && !math.IsInf(c.Sampler.NoiseLevel, 0), "sampler.noise_level", c.Sampler.NoiseLevel, "> 0")
 	check(c.Sampler.Shift > 0, "sampler.shift", c.Sampler.Shift, "> 0")

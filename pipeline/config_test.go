@@ -84,6 +84,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad std", minimalConfig, []string{"grpo.std=batch"}, []string{`grpo.std: got "batch"`}},
 		{"no trained step", minimalConfig, []string{"sampler.steps=2", "grpo.timestep_fraction=0.4"}, []string{"grpo.timestep_fraction", "at least one trained step"}},
 		{"bad budget", minimalConfig, []string{"run.time_budget=soon"}, []string{`run.time_budget: got "soon"`}},
+		{"psi with cps", minimalConfig, []string{"sampler.kind=cps", "sampler.psi=psi.json"}, []string{`sampler.psi: got "psi.json"`, `sampler.kind = "cps"`}},
 		{"malformed set", minimalConfig, []string{"dense.enabled"}, []string{`--set "dense.enabled": want key=value`}},
 		{"no reward", strings.Split(minimalConfig, "[[reward]]")[0], nil, []string{"reward: got no [[reward]] tables"}},
 	}
