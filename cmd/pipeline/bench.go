@@ -15,7 +15,7 @@ func init() {
 	register(command{name: "bench", summary: "measure epoch wall time: overlap vs sequential, dense vs sparse", run: runBench})
 }
 
-func runBench(ctx context.Context, args []string, out io.Writer) error {
+func runBench(ctx context.Context, args []string, out io.Writer) (err error) {
 	fs := newFlags("bench", "", out)
 	config := fs.String("config", "", "training TOML (required)")
 	epochs := fs.Int("epochs", 2, "measured epochs per variant (after one warm-up epoch each)")
@@ -43,11 +43,17 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("cpu profile: %w", err)
 		}
-		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
 			return fmt.Errorf("cpu profile %s: %w", *cpuProfile, err)
 		}
-		defer pprof.StopCPUProfile()
+		// The profile is written when it stops; a failed close means it is incomplete.
+		defer func() {
+			pprof.StopCPUProfile()
+			if cerr := f.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("cpu profile %s: %w", *cpuProfile, cerr)
+			}
+		}()
 	}
 	res, err := pipeline.Bench(ctx, *config, sets, pipeline.BenchOptions{Variants: vs, Epochs: *epochs, Log: out})
 	if err != nil {
