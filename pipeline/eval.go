@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -254,7 +255,8 @@ type EvalChange struct {
 }
 
 // CompareEvals pairs before and after prompt by prompt. It needs the per-prompt totals of both,
-// for the same number of prompts, at least two.
+// for the same number of prompts, at least two; where both list their prompts (a run's restored
+// base evaluation has totals only), the lists must be equal, or the pairs would mean nothing.
 func CompareEvals(before, after EvalResult) (EvalChange, error) {
 	n := len(after.Totals)
 	switch {
@@ -262,6 +264,9 @@ func CompareEvals(before, after EvalResult) (EvalChange, error) {
 		return EvalChange{}, fmt.Errorf("compare evaluations: %d prompts before, %d after", len(before.Totals), n)
 	case n < 2:
 		return EvalChange{}, fmt.Errorf("compare evaluations: %d prompts, want at least 2", n)
+	case len(before.Prompts) > 0 && len(after.Prompts) > 0 && !slices.Equal(before.Prompts, after.Prompts):
+		return EvalChange{}, fmt.Errorf("compare evaluations: %d and %d prompts that differ; want evaluations of the same prompts (same config and eval.prompts)",
+			len(before.Prompts), len(after.Prompts))
 	}
 	c := EvalChange{N: n}
 	diffs := make([]float64, n)

@@ -381,6 +381,11 @@ func TestCompareEvals(t *testing.T) {
 			want: EvalChange{N: 2, Mean: -0.25, Worse: 2}},
 		{name: "lengths differ", before: totals(1, 0.5, 0), after: totals(1, 0.5), wantErr: "3 prompts before, 2 after"},
 		{name: "one prompt", before: totals(1), after: totals(0), wantErr: "1 prompts, want at least 2"},
+		{name: "prompts differ", before: EvalResult{N: 2, Totals: []float64{1, 0}, Prompts: []string{"a", "b"}},
+			after: EvalResult{N: 2, Totals: []float64{1, 0}, Prompts: []string{"a", "c"}}, wantErr: "2 and 2 prompts that differ"},
+		// A restored base evaluation carries totals but no prompt list: paired by position.
+		{name: "prompts listed on one side only", before: totals(0, 1), after: EvalResult{N: 2, Totals: []float64{1, 1}, Prompts: []string{"a", "b"}},
+			want: EvalChange{N: 2, Mean: 0.5, StdErr: 0.5, Better: 1, Same: 1}},
 		{name: "no totals (a base evaluation logged before totals were)", before: EvalResult{N: 32, RewardMean: 0.4}, after: totals(1, 0.5),
 			wantErr: "0 prompts before, 2 after"},
 	} {

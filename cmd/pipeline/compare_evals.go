@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 
 	"github.com/densegrpo/densegrpo/pipeline"
 )
@@ -35,10 +34,6 @@ func runCompareEvals(ctx context.Context, args []string, out io.Writer) error {
 		after, err := readEvalJSON(path)
 		if err != nil {
 			return err
-		}
-		if !slices.Equal(before.Prompts, after.Prompts) {
-			return fmt.Errorf("compare %s with %s: %d and %d prompts that differ; want evaluations of the same prompts (same config and eval.prompts)",
-				pos[0], path, len(before.Prompts), len(after.Prompts))
 		}
 		change, err := pipeline.CompareEvals(before, after)
 		if err != nil {

@@ -47,7 +47,7 @@ func TestCompareEvalsCommand(t *testing.T) {
 		want string
 	}{
 		{[]string{before}, 2, "want BEFORE.json and at least one AFTER.json"},
-		{[]string{before, other}, 1, "compare " + before + " with " + other + ": 4 and 4 prompts that differ"},
+		{[]string{before, other}, 1, "compare " + before + " with " + other + ": compare evaluations: 4 and 4 prompts that differ"},
 		{[]string{before, old}, 1, old + ": 0 per-prompt totals for 0 prompts"},
 		{[]string{text, after}, 1, text + ": not the output of eval --json"},
 		{[]string{before, filepath.Join(dir, "missing.json")}, 1, "missing.json: no such file"},
