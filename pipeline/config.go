@@ -213,6 +213,8 @@ type PipelineConfig struct {
 	LookaheadWorkers int `toml:"lookahead_workers"`
 	// ScoreWorkers score concurrently (>= 1). Default 1.
 	ScoreWorkers int `toml:"score_workers"`
+	// TrainWorkers compute the gradients of different trained steps concurrently (>= 1). Default 2.
+	TrainWorkers int `toml:"train_workers"`
 }
 
 // Default returns the configuration with every default set.
@@ -231,7 +233,7 @@ func Default() Config {
 			WeightDecay: 1e-4, GradClip: 1, TimestepFraction: 0.99, Minibatch: 16, EMADecayMax: 0.9},
 		Calibrate: CalibrateConfig{Iterations: 10, Trajectories: 32, Epsilon1: 2, Epsilon2: 0.01},
 		Eval:      EvalConfig{Steps: 40, BatchSize: 16},
-		Pipeline:  PipelineConfig{Overlap: true, RolloutBatch: 16, Buffer: 2, LookaheadWorkers: 2, ScoreWorkers: 1},
+		Pipeline:  PipelineConfig{Overlap: true, RolloutBatch: 16, Buffer: 2, LookaheadWorkers: 2, ScoreWorkers: 1, TrainWorkers: 2},
 	}}
 }
 
@@ -424,6 +426,7 @@ func (c Config) Validate() error {
 	check(c.Pipeline.Buffer >= 1, "pipeline.buffer", c.Pipeline.Buffer, ">= 1")
 	check(c.Pipeline.LookaheadWorkers >= 1, "pipeline.lookahead_workers", c.Pipeline.LookaheadWorkers, ">= 1")
 	check(c.Pipeline.ScoreWorkers >= 1, "pipeline.score_workers", c.Pipeline.ScoreWorkers, ">= 1")
+	check(c.Pipeline.TrainWorkers >= 1, "pipeline.train_workers", c.Pipeline.TrainWorkers, ">= 1")
 	check(len(c.Rewards) > 0, "reward", "no [[reward]] tables", "at least one")
 	return errors.Join(errs...)
 }

@@ -60,7 +60,7 @@ func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen)
 	grpo, err := rl.NewTrainer(policy.Backend, policy.Ctx, policy.Velocity, rl.TrainConfig{
 		Loss:     rl.LossConfig{Kind: rl.Kind(cfg.Sampler.Kind), ClipRange: cfg.GRPO.ClipRange, Beta: cfg.GRPO.Beta},
 		Guidance: Guidance(cfg), LearningRate: cfg.GRPO.LearningRate, WeightDecay: cfg.GRPO.WeightDecay,
-		GradClip: cfg.GRPO.GradClip,
+		GradClip: cfg.GRPO.GradClip, Workers: cfg.Pipeline.TrainWorkers,
 	})
 	if err != nil {
 		return nil, err
@@ -287,15 +287,18 @@ func (t *trainer) update(ctx context.Context, batches []*epochBatch, adv [][]flo
 			chunk := samples[lo:min(lo+mb-pending, len(samples))]
 			lo += len(chunk)
 			weight := float64(len(chunk)) / float64(mb*need)
+			ks, a := make([]int, need), make([][]float64, need)
 			for k := range need {
-				a := make([]float64, len(chunk))
+				ks[k], a[k] = k, make([]float64, len(chunk))
 				for j, i := range chunk {
-					a[j] = adv[base+i][k]
+					a[k][j] = adv[base+i][k]
 				}
-				s, err := t.grpo.Accumulate(ctx, b.cond, b.traj, k, chunk, a, weight)
-				if err != nil {
-					return st, 0, err
-				}
+			}
+			steps, err := t.grpo.AccumulateSteps(ctx, b.cond, b.traj, ks, chunk, a, weight)
+			if err != nil {
+				return st, 0, err
+			}
+			for _, s := range steps {
 				// Weighted by the chunk's samples: a chunk of one sample would otherwise
 				// count as much as a full minibatch (a lone A = −5 read as a loss spike).
 				c := float64(len(chunk))

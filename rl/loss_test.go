@@ -116,3 +116,78 @@ func TestTrainerFirstUpdateRatio(t *testing.T) {
 		}
 	}
 }
+
+// Spreading the steps of an update over workers, each with its own accumulators, changes only
+// the order of the gradient sum: every step's stats are identical and the updated weights agree
+// to float rounding with one worker's; a second update (after the accumulators were zeroed)
+// agrees too.
+func TestTrainerWorkersMatchOneWorker(t *testing.T) {
+	cond := Conditioning{Cond: []*tensors.Tensor{tensors.FromValue([][]float32{{0.5}, {-1.5}})}}
+	sched, _ := SD3Schedule(4, DefaultShift)
+	backend := nntest.Backend(t)
+	adv := [][]float64{{1, -1, 0.5, -0.5, 2, -2}, {-1, 1, 0, 0.25, 1, -2}, {0.5, 0.5, -1, -1, 2, 0}}
+	ks, all := []int{0, 1, 2}, []int{0, 1, 2, 3, 4, 5}
+	type result struct {
+		stats   []StepStats
+		norms   []float64
+		weights [][]float32
+	}
+	train := func(workers int) result {
+		ctx := mlctx.New()
+		s, err := NewSampler(backend, ctx, scaledVelocity, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := s.Rollout(context.Background(), cond, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tn, err := NewTrainer(backend, ctx, scaledVelocity, TrainConfig{Loss: LossConfig{Kind: KindSDE, ClipRange: 1e-4, Beta: 0.04},
+			LearningRate: 0.05, GradClip: 1, Workers: workers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r result
+		for range 2 {
+			st, err := tn.AccumulateSteps(context.Background(), cond, tr, ks, all, adv, 1.0/3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			norm, err := tn.Apply(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.stats, r.norms = append(r.stats, st...), append(r.norms, norm)
+		}
+		for _, name := range []string{"w", "d"} {
+			v, err := ctx.InspectVariable("/lin", name).Value()
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, _ := tensors.CopyFlatData[float32](v)
+			r.weights = append(r.weights, w)
+		}
+		return r
+	}
+	one := train(1)
+	for _, workers := range []int{2, 3} {
+		got := train(workers)
+		for i := range one.stats {
+			if got.stats[i] != one.stats[i] {
+				t.Errorf("%d workers: stats of call %d %+v, want %+v", workers, i, got.stats[i], one.stats[i])
+			}
+		}
+		for i := range one.norms {
+			if math.Abs(got.norms[i]-one.norms[i]) > 1e-6*one.norms[i] || !(one.norms[i] > 0) {
+				t.Errorf("%d workers: gradient norm of update %d %v, want %v (> 0)", workers, i, got.norms[i], one.norms[i])
+			}
+		}
+		for i := range one.weights {
+			for j := range one.weights[i] {
+				if d := math.Abs(float64(got.weights[i][j] - one.weights[i][j])); d > 1e-6 {
+					t.Errorf("%d workers: weight %d[%d] %v, want %v", workers, i, j, got.weights[i][j], one.weights[i][j])
+				}
+			}
+		}
+	}
+}

@@ -2,8 +2,10 @@ package rl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
+	"sync"
 
 	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
@@ -14,9 +16,18 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/train/optimizers"
 )
 
-// accScope is the absolute scope of the gradient accumulators: one per trainable variable, at
-// accScope + the variable's scope, with the variable's name.
+// accScope is the absolute scope of the gradient accumulators: one per trainable variable and
+// worker, at accScopeOf(worker) + the variable's scope, with the variable's name.
 const accScope = "/grpo_accumulated_gradients"
+
+// accScopeOf is worker w's accumulator scope; worker 0 keeps the single-worker name, so
+// checkpoints written before there were workers restore into it.
+func accScopeOf(w int) string {
+	if w == 0 {
+		return accScope
+	}
+	return fmt.Sprintf("%s_%d", accScope, w)
+}
 
 // optScope holds the AdamW state of GRPO updates (moments under /optScope/…, the step counter and
 // learning rate in /optScope), apart from any optimizer that pretrained the model in the same
@@ -34,6 +45,9 @@ type TrainConfig struct {
 	WeightDecay float64
 	// GradClip is the max global gradient norm (Flow-GRPO: 1.0); 0 disables clipping.
 	GradClip float64
+	// Workers is how many gradient computations AccumulateSteps runs at once, each into its own
+	// accumulators (SimpleGo runs most ops of one computation on one core); 0 means 1.
+	Workers int
 }
 
 // Validate checks the configuration.
@@ -50,6 +64,8 @@ func (c TrainConfig) Validate() error {
 		return fmt.Errorf("train config: field grad_clip: got %v, want >= 0", c.GradClip)
 	case c.Guidance < 0:
 		return fmt.Errorf("train config: field guidance: got %v, want >= 0", c.Guidance)
+	case c.Workers < 0:
+		return fmt.Errorf("train config: field workers: got %d, want >= 0", c.Workers)
 	}
 	return nil
 }
@@ -62,16 +78,24 @@ type StepStats struct {
 // Trainer accumulates the gradients of GRPO step objectives over minibatches and trained steps
 // (in context variables, so no gradient leaves the graph) and applies them with AdamW after
 // clipping their global norm: Flow-GRPO's gradient accumulation over timesteps.
+//
+// With several workers, each accumulates into its own variables and Apply sums them. Graph
+// building writes to the shared context, so a call that compiles a graph runs alone (buildMu
+// held for writing); calls of compiled graphs only read the model's variables and write their
+// own worker's accumulators, so they run together.
 type Trainer struct {
 	backend   backends.Backend
 	ctx       *mlctx.Context
 	vel       Velocity
 	cfg       TrainConfig
 	opt       gradientOptimizer
-	accExec   *mlctx.Exec
+	accExecs  []*mlctx.Exec // one per worker
 	applyExec *mlctx.Exec
 	nCond     int
 	nUncond   int
+
+	buildMu  sync.RWMutex
+	compiled map[[2]int]bool // (worker, minibatch size) pairs whose graph exists; under buildMu
 }
 
 // gradientOptimizer is an optimizer that applies precomputed gradients (GoMLX's Adam is one).
@@ -88,23 +112,34 @@ func NewTrainer(backend backends.Backend, ctx *mlctx.Context, vel Velocity, cfg 
 	if !ok {
 		return nil, fmt.Errorf("new trainer: GoMLX's AdamW does not take precomputed gradients")
 	}
-	return &Trainer{backend: backend, ctx: ctx.Checked(false), vel: vel, cfg: cfg, opt: opt, nCond: -1}, nil
+	return &Trainer{backend: backend, ctx: ctx.Checked(false), vel: vel, cfg: cfg, opt: opt, nCond: -1,
+		compiled: map[[2]int]bool{}}, nil
 }
 
-// accumulators yields every trainable variable used by g with its accumulator (created if needed).
-func accumulators(ctx *mlctx.Context, g *Graph) (vars, accs []*mlctx.Variable) {
+// workers is the number of accumulating workers.
+func (t *Trainer) workers() int { return max(1, t.cfg.Workers) }
+
+// accumulator returns worker w's accumulator of the trainable variable v, created (zero) if needed.
+func accumulator(ctx *mlctx.Context, w int, v *mlctx.Variable) *mlctx.Variable {
+	return ctx.Checked(false).InAbsPath(accScopeOf(w)+v.Scope()).WithInitializer(initializers.Zero).
+		VariableWithShape(v.Name(), v.Shape()).SetTrainable(false)
+}
+
+// accumulators yields every trainable variable used by g with worker w's accumulator of it.
+func accumulators(ctx *mlctx.Context, g *Graph, w int) (vars, accs []*mlctx.Variable) {
 	for v := range ctx.IterVariables() {
 		if !v.Trainable || !v.InUseByGraph(g) {
 			continue
 		}
-		acc := ctx.Checked(false).InAbsPath(accScope+v.Scope()).WithInitializer(initializers.Zero).
-			VariableWithShape(v.Name(), v.Shape()).SetTrainable(false)
-		vars, accs = append(vars, v), append(accs, acc)
+		vars = append(vars, v)
+	}
+	for _, v := range vars {
+		accs = append(accs, accumulator(ctx, w, v))
 	}
 	return vars, accs
 }
 
-func (t *Trainer) buildAccExec() error {
+func (t *Trainer) buildAccExec(worker int) (*mlctx.Exec, error) {
 	vel, w, cfg, nCond := t.vel, t.cfg.Guidance, t.cfg.Loss, t.nCond
 	exec, err := mlctx.NewExec(t.backend, t.ctx, func(ctx *mlctx.Context, in []*Node) []*Node {
 		x, next, sigma, sigmaNext, s, logpOld, adv, weight, idx := in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8]
@@ -113,7 +148,7 @@ func (t *Trainer) buildAccExec() error {
 		ctx.SetTraining(g, true)
 		terms := StepObjective(ctx, vel, x, next, sigma, sigmaNext, s, logpOld, adv, cond, uncond, w, cfg)
 		grads := ctx.BuildTrainableVariablesGradientsGraph(Mul(terms.Total, f32(weight)))
-		_, accs := accumulators(ctx, g)
+		_, accs := accumulators(ctx, g, worker)
 		if len(accs) != len(grads) {
 			panicf("rl: %d gradients for %d trainable variables", len(grads), len(accs))
 		}
@@ -123,27 +158,44 @@ func (t *Trainer) buildAccExec() error {
 		return []*Node{terms.Total, terms.Policy, terms.KL, terms.ApproxKL, terms.ClipFrac, terms.RatioMean}
 	})
 	if err != nil {
-		return fmt.Errorf("build accumulate graph: %w", err)
+		return nil, fmt.Errorf("build accumulate graph: %w", err)
 	}
-	t.accExec = exec
-	return nil
+	return exec, nil
 }
 
 func (t *Trainer) buildApplyExec() error {
 	opt, clip := t.opt, t.cfg.GradClip
+	workers := t.workers()
 	exec, err := mlctx.NewExec(t.backend, t.ctx, func(ctx *mlctx.Context, g *Graph) *Node {
-		var grads []*Node
+		// The variables some worker accumulated for; every worker's accumulator of them is
+		// summed (created zero here if that worker has not run yet, so it is summed later).
+		var vars []*mlctx.Variable
 		for v := range ctx.IterVariables() {
 			if !v.Trainable {
 				continue
 			}
-			acc := ctx.InspectVariable(accScope+v.Scope(), v.Name())
-			if acc == nil {
-				continue
+			for w := range workers {
+				if ctx.InspectVariable(accScopeOf(w)+v.Scope(), v.Name()) != nil {
+					vars = append(vars, v)
+					break
+				}
 			}
+		}
+		var grads []*Node
+		for _, v := range vars {
 			_ = v.ValueGraph(g) // marks v as used by g, which the optimizer updates
-			grads = append(grads, acc.ValueGraph(g))
-			acc.SetValueGraph(ZerosLike(acc.ValueGraph(g)))
+			var sum *Node
+			for w := range workers {
+				acc := accumulator(ctx, w, v)
+				value := acc.ValueGraph(g)
+				if sum == nil {
+					sum = value
+				} else {
+					sum = Add(sum, value)
+				}
+				acc.SetValueGraph(ZerosLike(value))
+			}
+			grads = append(grads, sum)
 		}
 		if len(grads) == 0 {
 			panicf("rl: no accumulated gradients to apply")
@@ -174,24 +226,71 @@ func (t *Trainer) buildApplyExec() error {
 // step k, c the conditioning tr was sampled with. Use weight = 1/(trained steps × minibatches)
 // for the mean over an epoch's accumulation. Each distinct minibatch size compiles its graph once.
 func (t *Trainer) Accumulate(ctx context.Context, c Conditioning, tr *Trajectories, k int, samples []int, adv []float64, weight float64) (StepStats, error) {
-	if err := ctx.Err(); err != nil {
-		return StepStats{}, fmt.Errorf("accumulate step %d: %w", k, err)
+	st, err := t.AccumulateSteps(ctx, c, tr, []int{k}, samples, [][]float64{adv}, weight)
+	if err != nil {
+		return StepStats{}, err
 	}
-	if k < 0 || k >= tr.Schedule.Steps() || len(samples) == 0 || len(adv) != len(samples) {
-		return StepStats{}, fmt.Errorf("accumulate step %d: %d samples, %d advantages, %d steps; want equal non-zero counts and a step in range", k, len(samples), len(adv), tr.Schedule.Steps())
+	return st[0], nil
+}
+
+// AccumulateSteps is Accumulate for the steps ks of the same samples (adv[i] holds the
+// advantages at step ks[i]), spread over the workers: step ks[i] always goes to worker
+// i mod Workers, so the summed gradient does not depend on timing. It returns each step's
+// stats in the order of ks; on error, what was accumulated stays until the next Apply.
+func (t *Trainer) AccumulateSteps(ctx context.Context, c Conditioning, tr *Trajectories, ks []int, samples []int, adv [][]float64, weight float64) ([]StepStats, error) {
+	if len(adv) != len(ks) {
+		return nil, fmt.Errorf("accumulate steps %v: %d advantage lists, want one per step", ks, len(adv))
 	}
+	if err := t.prepare(c); err != nil {
+		return nil, fmt.Errorf("accumulate steps %v: %w", ks, err)
+	}
+	stats := make([]StepStats, len(ks))
+	workers := min(t.workers(), len(ks))
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(ks); i += workers {
+				if stats[i], errs[w] = t.accumulate(ctx, w, c, tr, ks[i], samples, adv[i], weight); errs[w] != nil {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return stats, nil
+}
+
+// prepare checks c against the conditioning of earlier calls and creates the workers' executables.
+func (t *Trainer) prepare(c Conditioning) error {
 	nUncond := 0
 	if t.cfg.Guidance > 0 {
 		nUncond = len(c.Uncond)
 	}
 	if t.nCond >= 0 && (t.nCond != len(c.Cond) || t.nUncond != nUncond) {
-		return StepStats{}, fmt.Errorf("accumulate step %d: got %d cond and %d uncond tensors, want %d and %d as before", k, len(c.Cond), nUncond, t.nCond, t.nUncond)
+		return fmt.Errorf("got %d cond and %d uncond tensors, want %d and %d as before", len(c.Cond), nUncond, t.nCond, t.nUncond)
 	}
 	t.nCond, t.nUncond = len(c.Cond), nUncond
-	if t.accExec == nil {
-		if err := t.buildAccExec(); err != nil {
-			return StepStats{}, err
+	for w := len(t.accExecs); w < t.workers(); w++ {
+		exec, err := t.buildAccExec(w)
+		if err != nil {
+			return err
 		}
+		t.accExecs = append(t.accExecs, exec)
+	}
+	return nil
+}
+
+// accumulate is one step's accumulation by worker w.
+func (t *Trainer) accumulate(ctx context.Context, w int, c Conditioning, tr *Trajectories, k int, samples []int, adv []float64, weight float64) (StepStats, error) {
+	if err := ctx.Err(); err != nil {
+		return StepStats{}, fmt.Errorf("accumulate step %d: %w", k, err)
+	}
+	if k < 0 || k >= tr.Schedule.Steps() || len(samples) == 0 || len(adv) != len(samples) {
+		return StepStats{}, fmt.Errorf("accumulate step %d: %d samples, %d advantages, %d steps; want equal non-zero counts and a step in range", k, len(samples), len(adv), tr.Schedule.Steps())
 	}
 	l, n := tr.LatentSize(), len(samples)
 	x, next := make([]float32, n*l), make([]float32, n*l)
@@ -216,12 +315,32 @@ func (t *Trainer) Accumulate(ctx context.Context, c Conditioning, tr *Trajectori
 			args = append(args, ct)
 		}
 	}
-	outs, err := run(t.accExec, args...)
+	outs, err := t.runLocked(w, n, args)
 	if err != nil {
 		return StepStats{}, fmt.Errorf("accumulate step %d: %w", k, err)
 	}
 	return StepStats{Loss: float64(outs[0][0]), Policy: float64(outs[1][0]), KL: float64(outs[2][0]),
 		ApproxKL: float64(outs[3][0]), ClipFrac: float64(outs[4][0]), RatioMean: float64(outs[5][0])}, nil
+}
+
+// runLocked runs worker w's executable on a minibatch of n: alone if this compiles its graph,
+// alongside the other workers otherwise.
+func (t *Trainer) runLocked(w, n int, args []any) ([][]float32, error) {
+	key := [2]int{w, n}
+	t.buildMu.RLock()
+	compiled := t.compiled[key]
+	if compiled {
+		defer t.buildMu.RUnlock()
+		return run(t.accExecs[w], args...)
+	}
+	t.buildMu.RUnlock()
+	t.buildMu.Lock()
+	defer t.buildMu.Unlock()
+	outs, err := run(t.accExecs[w], args...)
+	if err == nil {
+		t.compiled[key] = true
+	}
+	return outs, err
 }
 
 // Apply clips the accumulated gradient to the global norm GradClip, takes one AdamW step,
@@ -230,7 +349,7 @@ func (t *Trainer) Apply(ctx context.Context) (float64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("apply gradients: %w", err)
 	}
-	if t.accExec == nil {
+	if len(t.accExecs) == 0 {
 		return 0, fmt.Errorf("apply gradients: nothing accumulated")
 	}
 	if t.applyExec == nil {
