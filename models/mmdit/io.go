@@ -375,3 +375,41 @@ func (m *Model) checkPosEmbed(f *safetensors.File) error {
 	}
 	return nil
 }
+
+// MergedTensors copies the base weights with the adapters folded in: every adapted layer's
+// weight becomes W + (α/r)·B·A, so a forward pass without adapters on these weights computes
+// Forward with them (up to float32 rounding). Without a LoRA config it copies the base weights.
+func (m *Model) MergedTensors(ctx *mlctx.Context) (map[string]safetensors.Tensor, error) {
+	out, err := tensorsOf(ctx, m.Config.Params())
+	if err != nil {
+		return nil, fmt.Errorf("merged tensors: %w", err)
+	}
+	if m.LoRA == nil {
+		return out, nil
+	}
+	lora, err := m.LoRATensors(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("merged tensors: %w", err)
+	}
+	r, scale := m.LoRA.Rank, float32(m.LoRA.Scale())
+	for _, lm := range linearModules(m.Config) {
+		if !m.LoRA.Matches(lm.name) {
+			continue
+		}
+		a, bm := lora[lm.name+".lora_A.weight"].Data, lora[lm.name+".lora_B.weight"].Data // [r, in], [out, r]
+		w := out[lm.name+".weight"].Data                                                      // [out, in]
+		for o := range lm.out {
+			row := w[o*lm.in : (o+1)*lm.in]
+			for k := range r {
+				c := scale * bm[o*r+k]
+				if c == 0 {
+					continue
+				}
+				for i, av := range a[k*lm.in : (k+1)*lm.in] {
+					row[i] += c * av
+				}
+			}
+		}
+	}
+	return out, nil
+}

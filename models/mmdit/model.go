@@ -31,8 +31,8 @@ const (
 	timestepChannels = 256
 	// ffMult is the feed-forward expansion of diffusers' FeedForward.
 	ffMult = 4
-	// normEps is the epsilon of every LayerNorm and RMSNorm of the model.
-	normEps = 1e-6
+	// NormEpsilon is the epsilon of every LayerNorm and RMSNorm of the model.
+	NormEpsilon = 1e-6
 )
 
 // Model is an MMDiT of a given config, optionally with LoRA adapters. It holds
@@ -284,13 +284,13 @@ func layerNorm(x *Node) *Node {
 	mean := ReduceAndKeep(x, ReduceMean, -1)
 	centred := Sub(x, mean)
 	variance := ReduceAndKeep(Square(centred), ReduceMean, -1)
-	return Div(centred, Sqrt(AddScalar(variance, normEps))) // GoMLX has no Rsqrt gradient
+	return Div(centred, Sqrt(AddScalar(variance, NormEpsilon))) // GoMLX has no Rsqrt gradient
 }
 
 // rmsNorm is diffusers' RMSNorm over the last axis with a learned scale [D].
 func (b *builder) rmsNorm(key string, x *Node) *Node {
 	ms := ReduceAndKeep(Square(x), ReduceMean, -1)
-	y := Div(x, Sqrt(AddScalar(ms, normEps)))
+	y := Div(x, Sqrt(AddScalar(ms, NormEpsilon)))
 	return Mul(y, ExpandLeftToRank(b.param(key), y.Rank()))
 }
 
