@@ -397,7 +397,7 @@ func (m *Model) MergedTensors(ctx *mlctx.Context) (map[string]safetensors.Tensor
 			continue
 		}
 		a, bm := lora[lm.name+".lora_A.weight"].Data, lora[lm.name+".lora_B.weight"].Data // [r, in], [out, r]
-		w := out[lm.name+".weight"].Data                                                      // [out, in]
+		w := out[lm.name+".weight"].Data                                                  // [out, in]
 		for o := range lm.out {
 			row := w[o*lm.in : (o+1)*lm.in]
 			for k := range r {
