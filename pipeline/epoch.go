@@ -16,7 +16,9 @@ type collector struct {
 	policy  *Policy
 	frozen  *Frozen
 	sampler *rl.Sampler
-	sched   rl.Schedule
+	// ode integrates the look-ahead; the trainer renews it for each epoch's weights.
+	ode   odeIntegrator
+	sched rl.Schedule
 	// need is the number of leading steps whose step reward ΔR_k is needed (the trained steps).
 	need int
 	// dense: look-ahead from every x_k; otherwise only the final images are scored.
@@ -75,7 +77,7 @@ func (c *collector) lookahead(ctx context.Context, b *epochBatch) error {
 	if c.dense {
 		paths, slots := rl.LookaheadPaths(tr, c.need, c.cfg.Dense.Lookahead)
 		// Batches of n paths: the paths of one k have one length, so no batch is padded.
-		clean, err := c.sampler.IntegrateODE(ctx, b.cond, paths, n)
+		clean, err := c.ode.IntegrateODE(ctx, b.cond, paths, n)
 		if err != nil {
 			return err
 		}

@@ -59,7 +59,8 @@ func InitialNoise(seed int64, i, size int) []float32 {
 type generator struct {
 	policy  *Policy
 	frozen  *Frozen
-	sampler *rl.Sampler
+	ode     odeIntegrator
+	close   func()
 	sched   rl.Schedule
 	guide   float64
 	batch   int
@@ -81,7 +82,11 @@ func newGenerator(cfg Config, policy *Policy, f *Frozen, steps, batch int, seed 
 	if err != nil {
 		return nil, err
 	}
-	return &generator{policy: policy, frozen: f, sampler: s, sched: sched, guide: guide, batch: batch, seed: seed}, nil
+	ode, closeODE, err := newODE(cfg, policy, s, f.VAE.LatentShape())
+	if err != nil {
+		return nil, err
+	}
+	return &generator{policy: policy, frozen: f, ode: ode, close: closeODE, sched: sched, guide: guide, batch: batch, seed: seed}, nil
 }
 
 // run generates image first+j for prompts[j], j = 0…len(prompts)−1 (len(prompts) <= batch).
@@ -102,7 +107,7 @@ func (g *generator) run(ctx context.Context, prompts []string, first int) ([]rew
 	for j := range paths {
 		paths[j] = rl.ODEPath{Prompt: j, X: InitialNoise(g.seed, first+min(j, len(prompts)-1), size), Sigmas: g.sched.Sigmas}
 	}
-	latents, err := g.sampler.IntegrateODE(ctx, cond, paths, g.batch)
+	latents, err := g.ode.IntegrateODE(ctx, cond, paths, g.batch)
 	if err != nil {
 		return nil, err
 	}
@@ -170,6 +175,7 @@ func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions)
 	if err != nil {
 		return EvalResult{}, fmt.Errorf("evaluate: %w", err)
 	}
+	defer gen.close()
 	var bar *progress.Bar
 	if opts.Progress != nil {
 		bar = progress.New(opts.Progress, "eval", len(prompts))

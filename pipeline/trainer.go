@@ -33,6 +33,8 @@ type trainer struct {
 	elapsed float64
 	// lastRollout is the newest epoch's first minibatch, for sample grids.
 	lastRollout *epochBatch
+	// odeClose releases the collector's current look-ahead integrator (nil: none open).
+	odeClose func()
 }
 
 func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen) (*trainer, error) {
@@ -166,6 +168,9 @@ func (t *trainer) collect(ctx context.Context) (collected, error) {
 		seeds[j] = t.rng.Uint64()
 	}
 	c := collected{timer: newStageTimer()}
+	if err := t.renewODE(); err != nil {
+		return c, err
+	}
 	var err error
 	c.batches, err = runStages(ctx, n, t.col.stages(prompts, ids, perBatch, seeds), cfg.Pipeline.Overlap,
 		cfg.Pipeline.Buffer, stageWorkers{lookahead: cfg.Pipeline.LookaheadWorkers, score: cfg.Pipeline.ScoreWorkers}, c.timer)
@@ -178,6 +183,29 @@ func (t *trainer) collect(ctx context.Context) (collected, error) {
 		return c, &StageError{Stage: StageScore, Err: err}
 	}
 	return c, nil
+}
+
+// renewODE gives the collector a look-ahead integrator for the policy's current weights (the
+// ONNX engine holds a snapshot of them), closing the previous one. Sparse rewards need none.
+func (t *trainer) renewODE() error {
+	if !t.col.dense {
+		return nil
+	}
+	t.closeODE()
+	ode, closeODE, err := newODE(t.cfg, t.policy, t.col.sampler, t.frozen.VAE.LatentShape())
+	if err != nil {
+		return &StageError{Stage: StageLookahead, Err: err}
+	}
+	t.col.ode, t.odeClose = ode, closeODE
+	return nil
+}
+
+// closeODE releases the look-ahead integrator, if any.
+func (t *trainer) closeODE() {
+	if t.odeClose != nil {
+		t.odeClose()
+		t.col.ode, t.odeClose = nil, nil
+	}
 }
 
 // runEpoch collects one epoch of rollouts, computes advantages and updates the policy. It

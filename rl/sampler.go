@@ -491,17 +491,12 @@ func (s *Sampler) IntegrateODE(ctx context.Context, c Conditioning, paths []ODEP
 			return nil, fmt.Errorf("integrate ODE: path %d: %d latent values and %d sigmas, want %d and >= 1", i, len(p.X), len(p.Sigmas), l)
 		}
 	}
-	order := make([]int, len(paths))
-	for i := range order {
-		order[i] = i
-	}
-	sort.SliceStable(order, func(a, b int) bool { return len(paths[order[a]].Sigmas) > len(paths[order[b]].Sigmas) })
 	out := make([][]float32, len(paths))
 	condArgs := s.condArgs(c)
-	for start := 0; start < len(order); start += batch {
+	for bi, chunk := range ODEBatches(paths, batch) {
 		members := make([]int, batch)
 		for j := range members {
-			members[j] = order[min(start+j, len(order)-1)]
+			members[j] = chunk[min(j, len(chunk)-1)]
 		}
 		x := make([]float32, batch*l)
 		prompts := make([]int, batch)
@@ -525,15 +520,30 @@ func (s *Sampler) IntegrateODE(ctx context.Context, c Conditioning, paths []ODEP
 			args := append([]any{latentTensor(x, batch, shape), sig, sigNext, idx}, condArgs...)
 			outs, err := run(odeExec, args...)
 			if err != nil {
-				return nil, fmt.Errorf("integrate ODE: step %d of batch at %d: %w", step, start, err)
+				return nil, fmt.Errorf("integrate ODE: step %d of batch %d: %w", step, bi, err)
 			}
 			x = outs[0]
 		}
-		for j := range min(batch, len(order)-start) {
-			out[order[start+j]] = append([]float32(nil), x[j*l:(j+1)*l]...)
+		for j, pi := range chunk {
+			out[pi] = append([]float32(nil), x[j*l:(j+1)*l]...)
 		}
 	}
 	return out, nil
+}
+
+// ODEBatches splits the indices of paths into batches of at most batch paths, longest paths
+// first (stable), so the paths of a batch have similar lengths and little work is padding.
+func ODEBatches(paths []ODEPath, batch int) [][]int {
+	order := make([]int, len(paths))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return len(paths[order[a]].Sigmas) > len(paths[order[b]].Sigmas) })
+	var out [][]int
+	for start := 0; start < len(order); start += batch {
+		out = append(out, order[start:min(start+batch, len(order))])
+	}
+	return out
 }
 
 // SampleODE draws G samples per prompt by the deterministic Euler ODE along sched (e.g. the

@@ -168,6 +168,29 @@ func Open(path string, cfg Config) (*Session, error) {
 	return &Session{path: path, inputs: inputs, outputs: outputs, s: s}, nil
 }
 
+// OpenBytes loads a model held in memory (e.g. one the program has just built); name stands
+// for its path in errors.
+func OpenBytes(name string, data []byte, cfg Config) (*Session, error) {
+	if err := Init(cfg); err != nil {
+		return nil, fmt.Errorf("open ONNX model %s: %w", name, err)
+	}
+	ins, outs, err := ort.GetInputOutputInfoWithONNXData(data)
+	if err != nil {
+		return nil, fmt.Errorf("read ONNX model %s: %w", name, oneLine(err))
+	}
+	inputs, outputs := convertInfos(ins), convertInfos(outs)
+	opts, err := sessionOptions(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open ONNX model %s: %w", name, err)
+	}
+	defer opts.Destroy()
+	s, err := ort.NewDynamicAdvancedSessionWithONNXData(data, names(inputs), names(outputs), opts)
+	if err != nil {
+		return nil, fmt.Errorf("open ONNX model %s: %w", name, oneLine(err))
+	}
+	return &Session{path: name, inputs: inputs, outputs: outputs, s: s}, nil
+}
+
 func sessionOptions(cfg Config) (*ort.SessionOptions, error) {
 	opts, err := ort.NewSessionOptions()
 	if err != nil {
