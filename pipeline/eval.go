@@ -57,14 +57,14 @@ func InitialNoise(seed int64, i, size int) []float32 {
 
 // generator runs the deterministic Euler ODE of a policy and decodes the clean latents.
 type generator struct {
-	policy  *Policy
-	frozen  *Frozen
-	ode     odeIntegrator
-	close   func()
-	sched   rl.Schedule
-	guide   float64
-	batch   int
-	seed    int64
+	policy *Policy
+	frozen *Frozen
+	ode    odeIntegrator
+	close  func()
+	sched  rl.Schedule
+	guide  float64
+	batch  int
+	seed   int64
 }
 
 func newGenerator(cfg Config, policy *Policy, f *Frozen, steps, batch int, seed int64) (*generator, error) {
