@@ -59,7 +59,7 @@ func Calibrate(ctx context.Context, cfg Config, opts CalibrateOptions) (rl.Calib
 	if err != nil {
 		return rl.Calibration{}, err
 	}
-	defer t.closeODE()
+	defer t.closeInference()
 	t.col.dense = true
 	sched := t.col.sched
 	ccfg := rl.CalibrateConfig{Iterations: cfg.Calibrate.Iterations, NoiseLevel: cfg.Sampler.NoiseLevel,

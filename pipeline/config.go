@@ -215,10 +215,10 @@ type PipelineConfig struct {
 	ScoreWorkers int `toml:"score_workers"`
 	// TrainWorkers compute the gradients of different trained steps concurrently (>= 1). Default 2.
 	TrainWorkers int `toml:"train_workers"`
-	// ODEEngine runs the look-ahead and evaluation ODEs: "onnx" (the policy's velocity exported
-	// to ONNX Runtime each epoch, adapters folded in) or "gomlx" (the training graph). Default
-	// "onnx".
-	ODEEngine string `toml:"ode_engine"`
+	// InferenceEngine runs the transformer's gradient-free passes — rollouts, look-aheads,
+	// evaluation: "onnx" (the policy's velocity exported to ONNX Runtime each epoch, adapters
+	// folded in) or "gomlx" (the training graph). Default "onnx".
+	InferenceEngine string `toml:"inference_engine"`
 }
 
 // Default returns the configuration with every default set.
@@ -237,7 +237,7 @@ func Default() Config {
 			WeightDecay: 1e-4, GradClip: 1, TimestepFraction: 0.99, Minibatch: 16, EMADecayMax: 0.9},
 		Calibrate: CalibrateConfig{Iterations: 10, Trajectories: 32, Epsilon1: 2, Epsilon2: 0.01},
 		Eval:      EvalConfig{Steps: 40, BatchSize: 16},
-		Pipeline:  PipelineConfig{Overlap: true, RolloutBatch: 16, Buffer: 2, LookaheadWorkers: 2, ScoreWorkers: 1, TrainWorkers: 2, ODEEngine: ODEEngineONNX},
+		Pipeline:  PipelineConfig{Overlap: true, RolloutBatch: 16, Buffer: 2, LookaheadWorkers: 2, ScoreWorkers: 1, TrainWorkers: 2, InferenceEngine: InferenceONNX},
 	}}
 }
 
@@ -431,7 +431,7 @@ func (c Config) Validate() error {
 	check(c.Pipeline.LookaheadWorkers >= 1, "pipeline.lookahead_workers", c.Pipeline.LookaheadWorkers, ">= 1")
 	check(c.Pipeline.ScoreWorkers >= 1, "pipeline.score_workers", c.Pipeline.ScoreWorkers, ">= 1")
 	check(c.Pipeline.TrainWorkers >= 1, "pipeline.train_workers", c.Pipeline.TrainWorkers, ">= 1")
-	check(oneOf(c.Pipeline.ODEEngine, ODEEngineONNX, ODEEngineGoMLX), "pipeline.ode_engine", fmt.Sprintf("%q", c.Pipeline.ODEEngine), `"onnx" or "gomlx"`)
+	check(oneOf(c.Pipeline.InferenceEngine, InferenceONNX, InferenceGoMLX), "pipeline.inference_engine", fmt.Sprintf("%q", c.Pipeline.InferenceEngine), `"onnx" or "gomlx"`)
 	check(len(c.Rewards) > 0, "reward", "no [[reward]] tables", "at least one")
 	return errors.Join(errs...)
 }

@@ -16,8 +16,8 @@ type collector struct {
 	policy  *Policy
 	frozen  *Frozen
 	sampler *rl.Sampler
-	// ode integrates the look-ahead; the trainer renews it for each epoch's weights.
-	ode   odeIntegrator
+	// inf runs rollouts and look-aheads; the trainer renews it for each epoch's weights.
+	inf   inference
 	sched rl.Schedule
 	// need is the number of leading steps whose step reward ΔR_k is needed (the trained steps).
 	need int
@@ -49,7 +49,7 @@ func (c *collector) stages(prompts []string, ids []int, perBatch int, seeds []ui
 			if b.cond, err = c.policy.Condition(ctx, c.frozen.TextEncoder, b.prompts, Guidance(c.cfg)); err != nil {
 				return nil, err
 			}
-			b.traj, err = c.sampler.Rollout(ctx, b.cond, b.seed)
+			b.traj, err = c.sampler.RolloutWith(ctx, b.cond, b.seed, c.inf.velocity)
 			return b, err
 		},
 		lookahead: c.lookahead,
@@ -77,7 +77,7 @@ func (c *collector) lookahead(ctx context.Context, b *epochBatch) error {
 	if c.dense {
 		paths, slots := rl.LookaheadPaths(tr, c.need, c.cfg.Dense.Lookahead)
 		// Batches of n paths: the paths of one k have one length, so no batch is padded.
-		clean, err := c.ode.IntegrateODE(ctx, b.cond, paths, n)
+		clean, err := c.inf.ode.IntegrateODE(ctx, b.cond, paths, n)
 		if err != nil {
 			return err
 		}

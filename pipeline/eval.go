@@ -59,8 +59,7 @@ func InitialNoise(seed int64, i, size int) []float32 {
 type generator struct {
 	policy *Policy
 	frozen *Frozen
-	ode    odeIntegrator
-	close  func()
+	inf    inference
 	sched  rl.Schedule
 	guide  float64
 	batch  int
@@ -82,11 +81,11 @@ func newGenerator(cfg Config, policy *Policy, f *Frozen, steps, batch int, seed 
 	if err != nil {
 		return nil, err
 	}
-	ode, closeODE, err := newODE(cfg, policy, s, f.VAE.LatentShape())
+	inf, err := newInference(cfg, policy, s, f.VAE.LatentShape())
 	if err != nil {
 		return nil, err
 	}
-	return &generator{policy: policy, frozen: f, ode: ode, close: closeODE, sched: sched, guide: guide, batch: batch, seed: seed}, nil
+	return &generator{policy: policy, frozen: f, inf: inf, sched: sched, guide: guide, batch: batch, seed: seed}, nil
 }
 
 // run generates image first+j for prompts[j], j = 0…len(prompts)−1 (len(prompts) <= batch).
@@ -107,7 +106,7 @@ func (g *generator) run(ctx context.Context, prompts []string, first int) ([]rew
 	for j := range paths {
 		paths[j] = rl.ODEPath{Prompt: j, X: InitialNoise(g.seed, first+min(j, len(prompts)-1), size), Sigmas: g.sched.Sigmas}
 	}
-	latents, err := g.ode.IntegrateODE(ctx, cond, paths, g.batch)
+	latents, err := g.inf.ode.IntegrateODE(ctx, cond, paths, g.batch)
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +174,7 @@ func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions)
 	if err != nil {
 		return EvalResult{}, fmt.Errorf("evaluate: %w", err)
 	}
-	defer gen.close()
+	defer gen.inf.close()
 	var bar *progress.Bar
 	if opts.Progress != nil {
 		bar = progress.New(opts.Progress, "eval", len(prompts))

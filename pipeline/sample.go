@@ -78,7 +78,7 @@ func Sample(ctx context.Context, cfg Config, policy *Policy, opts SampleOptions)
 	if err != nil {
 		return SampleResult{}, fmt.Errorf("sample: %w", err)
 	}
-	defer gen.close()
+	defer gen.inf.close()
 	var bar *progress.Bar
 	if opts.Progress != nil {
 		bar = progress.New(opts.Progress, "sample", len(res.Prompts))

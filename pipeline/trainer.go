@@ -33,8 +33,6 @@ type trainer struct {
 	elapsed float64
 	// lastRollout is the newest epoch's first minibatch, for sample grids.
 	lastRollout *epochBatch
-	// odeClose releases the collector's current look-ahead integrator (nil: none open).
-	odeClose func()
 }
 
 func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen) (*trainer, error) {
@@ -168,7 +166,7 @@ func (t *trainer) collect(ctx context.Context) (collected, error) {
 		seeds[j] = t.rng.Uint64()
 	}
 	c := collected{timer: newStageTimer()}
-	if err := t.renewODE(); err != nil {
+	if err := t.renewInference(); err != nil {
 		return c, err
 	}
 	var err error
@@ -185,27 +183,24 @@ func (t *trainer) collect(ctx context.Context) (collected, error) {
 	return c, nil
 }
 
-// renewODE gives the collector a look-ahead integrator for the policy's current weights (the
-// ONNX engine holds a snapshot of them), closing the previous one. Sparse rewards need none.
-func (t *trainer) renewODE() error {
-	if !t.col.dense {
-		return nil
-	}
-	t.closeODE()
-	ode, closeODE, err := newODE(t.cfg, t.policy, t.col.sampler, t.frozen.VAE.LatentShape())
+// renewInference gives the collector rollouts and look-aheads for the policy's current weights
+// (the ONNX engine holds a snapshot of them), closing the previous ones.
+func (t *trainer) renewInference() error {
+	t.closeInference()
+	inf, err := newInference(t.cfg, t.policy, t.col.sampler, t.frozen.VAE.LatentShape())
 	if err != nil {
-		return &StageError{Stage: StageLookahead, Err: err}
+		return &StageError{Stage: StageRollout, Err: err}
 	}
-	t.col.ode, t.odeClose = ode, closeODE
+	t.col.inf = inf
 	return nil
 }
 
-// closeODE releases the look-ahead integrator, if any.
-func (t *trainer) closeODE() {
-	if t.odeClose != nil {
-		t.odeClose()
-		t.col.ode, t.odeClose = nil, nil
+// closeInference releases the collector's inference, if any.
+func (t *trainer) closeInference() {
+	if t.col.inf.close != nil {
+		t.col.inf.close()
 	}
+	t.col.inf = inference{}
 }
 
 // runEpoch collects one epoch of rollouts, computes advantages and updates the policy. It

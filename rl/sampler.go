@@ -146,9 +146,9 @@ type Sampler struct {
 
 	// mu guards the lazily built graphs and the conditioning arity: the pipeline's rollout and
 	// look-ahead workers share one sampler.
-	mu                sync.Mutex
-	stepExec, odeExec *mlctx.Exec
-	nCond, nUncond    int
+	mu                           sync.Mutex
+	stepExec, stepVExec, odeExec *mlctx.Exec
+	nCond, nUncond               int
 }
 
 // NewSampler returns a sampler of the model vel, whose weights live in ctx, along sched.
@@ -333,6 +333,21 @@ func (s *Sampler) buildStepExec() error {
 	return nil
 }
 
+// buildStepVExec builds the rollout step graph for a velocity computed outside it: inputs x,
+// v, noise [B, …], sigma, sigmaNext, s []; outputs next, mean, logp.
+func (s *Sampler) buildStepVExec() error {
+	kind := s.cfg.Kind
+	exec, err := mlctx.NewExec(s.backend, s.ctx, func(ctx *mlctx.Context, in []*Node) []*Node {
+		o := StochasticStep(kind, in[0], in[1], in[3], in[4], in[5], in[2])
+		return []*Node{o.Next, o.Mean, o.LogProb}
+	})
+	if err != nil {
+		return fmt.Errorf("build rollout step graph: %w", err)
+	}
+	s.stepVExec = exec
+	return nil
+}
+
 // buildODEExec builds the Euler step graph: inputs x [B, …], sigma, sigmaNext [B], prompt index
 // [B] int32, cond…, uncond…; output next.
 func (s *Sampler) buildODEExec() error {
@@ -416,7 +431,23 @@ func initialNoise(rng *rand.Rand, p, g, l int, same bool) []float32 {
 // reproducible from (weights, conditioning, seed). An unconditional model (no Cond tensors)
 // gets one prompt.
 func (s *Sampler) Rollout(ctx context.Context, c Conditioning, seed uint64) (*Trajectories, error) {
-	stepExec, err := s.prepare(c, &s.stepExec, s.buildStepExec)
+	return s.RolloutWith(ctx, c, seed, nil)
+}
+
+// HostVelocity computes the guided velocity of the n = len(prompts) latents x ([n, …LatentShape]
+// row-major) at noise level sigma, latent j conditioned on row prompts[j] of c, outside the
+// sampler's graphs (in ONNX Runtime, say).
+type HostVelocity func(ctx context.Context, c Conditioning, x []float32, sigma float32, prompts []int) ([]float32, error)
+
+// RolloutWith is Rollout with the velocity of every step from hv; nil uses the sampler's own
+// graph. The step itself — mean, noise, log-probability — is the same graph either way, so the
+// trajectories differ only by the velocities' rounding.
+func (s *Sampler) RolloutWith(ctx context.Context, c Conditioning, seed uint64, hv HostVelocity) (*Trajectories, error) {
+	exec, build := &s.stepExec, s.buildStepExec
+	if hv != nil {
+		exec, build = &s.stepVExec, s.buildStepVExec
+	}
+	stepExec, err := s.prepare(c, exec, build)
 	if err != nil {
 		return nil, fmt.Errorf("rollout: %w", err)
 	}
@@ -449,9 +480,21 @@ func (s *Sampler) Rollout(ctx context.Context, c Conditioning, seed uint64) (*Tr
 		if s.cfg.Kind == KindSDE {
 			tr.Std[k] = float32(float64(sd) * math.Sqrt(float64(sigma-sigmaNext)))
 		}
-		args := append([]any{latentTensor(tr.X[k], b, shape), latentTensor(normals(rng, b*l), b, shape),
-			sigma, sigmaNext, sd, idx}, condArgs...)
-		outs, err := run(stepExec, args...)
+		noise := latentTensor(normals(rng, b*l), b, shape)
+		var outs [][]float32
+		if hv == nil {
+			args := append([]any{latentTensor(tr.X[k], b, shape), noise, sigma, sigmaNext, sd, idx}, condArgs...)
+			outs, err = run(stepExec, args...)
+		} else {
+			var v []float32
+			if v, err = hv(ctx, c, tr.X[k], sigma, tr.Prompts); err == nil && len(v) != b*l {
+				err = fmt.Errorf("host velocity: got %d values, want %d", len(v), b*l)
+			}
+			if err == nil {
+				outs, err = run(stepExec, latentTensor(tr.X[k], b, shape), latentTensor(v, b, shape), noise, sigma, sigmaNext, sd)
+				outs = append(outs, v)
+			}
+		}
 		if err != nil {
 			return nil, fmt.Errorf("rollout step %d: %w", k, err)
 		}

@@ -3,6 +3,7 @@ package rl
 import (
 	"context"
 	"math"
+	"strings"
 	"testing"
 
 	. "github.com/gomlx/gomlx/pkg/core/graph"
@@ -184,5 +185,59 @@ func TestSetPsi(t *testing.T) {
 	}
 	if err := s.SetPsi([]float32{0.1}); err == nil {
 		t.Error("SetPsi with 1 value for 3 steps: no error")
+	}
+}
+
+// TestRolloutWithHostVelocity: a rollout whose velocities come from outside the graph (here
+// v = m·x on the host, the same model as linearVelocity) gives the trajectories of the
+// in-graph rollout — the same noise, means, log-probabilities and stored velocities — and a
+// host velocity error stops it naming the step.
+func TestRolloutWithHostVelocity(t *testing.T) {
+	ms := []float32{0.5, -1.5}
+	cond := Conditioning{Cond: []*tensors.Tensor{tensors.FromValue([][]float32{{ms[0]}, {ms[1]}})}}
+	calls := 0
+	host := func(_ context.Context, c Conditioning, x []float32, sigma float32, prompts []int) ([]float32, error) {
+		calls++
+		v := make([]float32, len(x))
+		l := len(x) / len(prompts)
+		for j, p := range prompts {
+			for e := range l {
+				v[j*l+e] = ms[p] * x[j*l+e]
+			}
+		}
+		return v, nil
+	}
+	for _, kind := range []Kind{KindSDE, KindCPS} {
+		s := newTestSampler(t, linearVelocity, 4, SamplerConfig{Kind: kind, NoiseLevel: 0.7, GroupSize: 2, LatentShape: []int{3}})
+		want, err := s.Rollout(context.Background(), cond, 9)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls = 0
+		got, err := s.RolloutWith(context.Background(), cond, 9, host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if calls != 4 {
+			t.Errorf("%s: host velocity called %d times, want once per step (4)", kind, calls)
+		}
+		for k := range 4 {
+			for name, pair := range map[string][2][]float32{
+				"x": {got.X[k+1], want.X[k+1]}, "mean": {got.Mean[k], want.Mean[k]},
+				"logp": {got.LogProb[k], want.LogProb[k]}, "v": {got.V[k], want.V[k]},
+			} {
+				for i := range pair[1] {
+					if d := math.Abs(float64(pair[0][i] - pair[1][i])); d > 1e-6*math.Max(1, math.Abs(float64(pair[1][i]))) {
+						t.Fatalf("%s step %d %s[%d]: host %v, graph %v", kind, k, name, i, pair[0][i], pair[1][i])
+					}
+				}
+			}
+		}
+		_, err = s.RolloutWith(context.Background(), cond, 9, func(context.Context, Conditioning, []float32, float32, []int) ([]float32, error) {
+			return make([]float32, 5), nil
+		})
+		if err == nil || !strings.Contains(err.Error(), "rollout step 0: host velocity: got 5 values, want 12") {
+			t.Errorf("%s: wrong-size host velocity gave %v", kind, err)
+		}
 	}
 }

@@ -11,10 +11,11 @@ import (
 	"github.com/densegrpo/densegrpo/rl"
 )
 
-// TestODEEnginesAgree: the ONNX engine integrates the same paths as the GoMLX sampler — paths
-// of different lengths in batches that mix them, with non-zero adapters, with and without
-// classifier-free guidance — to float32 rounding.
-func TestODEEnginesAgree(t *testing.T) {
+// TestInferenceEnginesAgree: with non-zero adapters, with and without classifier-free
+// guidance, the ONNX engine integrates the same ODE paths as the GoMLX sampler (paths of
+// different lengths in batches that mix them) and rolls out the same trajectories (states and
+// log-probabilities), to float32 rounding.
+func TestInferenceEnginesAgree(t *testing.T) {
 	for _, guidance := range []string{"1", "3.5"} {
 		t.Run("guidance "+guidance, func(t *testing.T) {
 			cfg, _ := fixture(t, "sampler.guidance="+guidance)
@@ -65,15 +66,15 @@ func TestODEEnginesAgree(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ode, closeODE, err := newODE(cfg, policy, sampler, latent)
+			inf, err := newInference(cfg, policy, sampler, latent)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer closeODE()
-			if _, ok := ode.(*onnxODE); !ok {
-				t.Fatalf("default pipeline.ode_engine gave %T, want the ONNX engine", ode)
+			defer inf.close()
+			if _, ok := inf.ode.(*onnxPolicy); !ok || inf.velocity == nil {
+				t.Fatalf("default pipeline.inference_engine gave %T, want the ONNX engine", inf.ode)
 			}
-			got, err := ode.IntegrateODE(ctx, cond, paths, 2)
+			got, err := inf.ode.IntegrateODE(ctx, cond, paths, 2)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -92,16 +93,44 @@ func TestODEEnginesAgree(t *testing.T) {
 					t.Fatalf("path %d: the ODE left x nearly unchanged (max move %g): the test would not see a wrong velocity", i, moved)
 				}
 			}
-			t.Logf("max |ONNX − GoMLX| = %.2g over %d paths", maxDiff, len(paths))
+			t.Logf("ODE: max |ONNX − GoMLX| = %.2g over %d paths", maxDiff, len(paths))
+
+			rsampler, err := rl.NewSampler(policy.Backend, policy.Ctx, policy.Velocity, sched, rl.SamplerConfig{
+				Kind: rl.KindCPS, NoiseLevel: 0.8, Guidance: Guidance(cfg), GroupSize: 3, LatentShape: latent,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want2, err := rsampler.Rollout(ctx, cond, 5)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got2, err := rsampler.RolloutWith(ctx, cond, 5, inf.velocity)
+			if err != nil {
+				t.Fatal(err)
+			}
+			maxDiff = 0
+			for k := range want2.LogProb {
+				for _, pair := range [][2][]float32{{got2.X[k+1], want2.X[k+1]}, {got2.LogProb[k], want2.LogProb[k]}} {
+					for i := range pair[1] {
+						d := math.Abs(float64(pair[0][i] - pair[1][i]))
+						if math.IsNaN(float64(pair[0][i])) || d > 1e-4*math.Max(1, math.Abs(float64(pair[1][i]))) {
+							t.Fatalf("rollout step %d value %d: ONNX %v, GoMLX %v", k, i, pair[0][i], pair[1][i])
+						}
+						maxDiff = math.Max(maxDiff, d)
+					}
+				}
+			}
+			t.Logf("rollout: max |ONNX − GoMLX| = %.2g over %d steps", maxDiff, len(want2.LogProb))
 		})
 	}
 }
 
-// TestODEEngineConfig: an unknown engine is a config error naming the field.
-func TestODEEngineConfig(t *testing.T) {
-	files := func() string { _, f := fixture(t); return f.Config }()
-	_, err := Load(files, []string{"pipeline.ode_engine=xla"})
-	if err == nil || !strings.Contains(err.Error(), "pipeline.ode_engine") || !strings.Contains(err.Error(), `"onnx" or "gomlx"`) {
-		t.Fatalf("got %v, want an error naming pipeline.ode_engine and its values", err)
+// TestInferenceEngineConfig: an unknown engine is a config error naming the field.
+func TestInferenceEngineConfig(t *testing.T) {
+	_, files := fixture(t)
+	_, err := Load(files.Config, []string{"pipeline.inference_engine=xla"})
+	if err == nil || !strings.Contains(err.Error(), "pipeline.inference_engine") || !strings.Contains(err.Error(), `"onnx" or "gomlx"`) {
+		t.Fatalf("got %v, want an error naming pipeline.inference_engine and its values", err)
 	}
 }
