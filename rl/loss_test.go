@@ -191,3 +191,34 @@ func TestTrainerWorkersMatchOneWorker(t *testing.T) {
 		}
 	}
 }
+
+// TestAccumulateStepsFreshConditioning: conditioning tensors that were never on the device (a
+// rollout whose velocity came from outside the graph leaves them so) are shared by the train
+// workers; moving them to the device must not race (GoMLX's first move is not guarded).
+func TestAccumulateStepsFreshConditioning(t *testing.T) {
+	sched, _ := SD3Schedule(4, DefaultShift)
+	backend := nntest.Backend(t)
+	ctx := mlctx.New()
+	s, err := NewSampler(backend, ctx, scaledVelocity, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := func() Conditioning {
+		return Conditioning{Cond: []*tensors.Tensor{tensors.FromValue([][]float32{{0.5}}), tensors.FromValue([][]float32{{0.25}})}}
+	}
+	tr, err := s.Rollout(context.Background(), fresh(), 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn, err := NewTrainer(backend, ctx, scaledVelocity, TrainConfig{Loss: LossConfig{Kind: KindSDE, ClipRange: 1e-4, Beta: 0.04},
+		LearningRate: 0.05, GradClip: 1, Workers: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	adv := [][]float64{{1, -1, 0.5}, {-1, 1, 0}, {0.5, 0.5, -1}, {1, 0, -1}}
+	for i := range 50 {
+		if _, err := tn.AccumulateSteps(context.Background(), fresh(), tr, []int{0, 1, 2, 3}, []int{0, 1, 2}, adv, 0.25); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+}

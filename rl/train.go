@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 
 	"github.com/gomlx/gomlx/backends"
@@ -243,6 +244,14 @@ func (t *Trainer) AccumulateSteps(ctx context.Context, c Conditioning, tr *Traje
 	}
 	if err := t.prepare(c); err != nil {
 		return nil, fmt.Errorf("accumulate steps %v: %w", ks, err)
+	}
+	// The workers share c's tensors. GoMLX moves a host tensor to the device on first use without
+	// guarding against a second goroutine doing the same (one of them then finds it neither
+	// local nor on the device), so it is moved here, before they start.
+	for _, ct := range append(slices.Clip(c.Cond), c.Uncond...) {
+		if err := ct.MaterializeOnDevice(t.backend, true, 0); err != nil {
+			return nil, fmt.Errorf("accumulate steps %v: conditioning: %w", ks, err)
+		}
 	}
 	stats := make([]StepStats, len(ks))
 	workers := min(t.workers(), len(ks))
