@@ -149,32 +149,31 @@ func Open(path string, cfg Config) (*Session, error) {
 	if err := checkModelFile(path); err != nil {
 		return nil, err
 	}
-	if err := Init(cfg); err != nil {
-		return nil, fmt.Errorf("open ONNX model %s: %w", path, err)
-	}
-	inputs, outputs, err := inspect(path)
-	if err != nil {
-		return nil, err
-	}
-	opts, err := sessionOptions(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("open ONNX model %s: %w", path, err)
-	}
-	defer opts.Destroy()
-	s, err := ort.NewDynamicAdvancedSession(path, names(inputs), names(outputs), opts)
-	if err != nil {
-		return nil, fmt.Errorf("open ONNX model %s: %w", path, oneLine(err))
-	}
-	return &Session{path: path, inputs: inputs, outputs: outputs, s: s}, nil
+	return open(path, cfg, func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) { return ort.GetInputOutputInfo(path) },
+		func(in, out []string, opts *ort.SessionOptions) (*ort.DynamicAdvancedSession, error) {
+			return ort.NewDynamicAdvancedSession(path, in, out, opts)
+		})
 }
 
 // OpenBytes loads a model held in memory (e.g. one the program has just built); name stands
 // for its path in errors.
 func OpenBytes(name string, data []byte, cfg Config) (*Session, error) {
+	return open(name, cfg, func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) {
+		return ort.GetInputOutputInfoWithONNXData(data)
+	},
+		func(in, out []string, opts *ort.SessionOptions) (*ort.DynamicAdvancedSession, error) {
+			return ort.NewDynamicAdvancedSessionWithONNXData(data, in, out, opts)
+		})
+}
+
+// open creates the session of the model called name, reading its declared tensors with info
+// and creating it with create.
+func open(name string, cfg Config, info func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error),
+	create func(in, out []string, opts *ort.SessionOptions) (*ort.DynamicAdvancedSession, error)) (*Session, error) {
 	if err := Init(cfg); err != nil {
 		return nil, fmt.Errorf("open ONNX model %s: %w", name, err)
 	}
-	ins, outs, err := ort.GetInputOutputInfoWithONNXData(data)
+	ins, outs, err := info()
 	if err != nil {
 		return nil, fmt.Errorf("read ONNX model %s: %w", name, oneLine(err))
 	}
@@ -184,7 +183,7 @@ func OpenBytes(name string, data []byte, cfg Config) (*Session, error) {
 		return nil, fmt.Errorf("open ONNX model %s: %w", name, err)
 	}
 	defer opts.Destroy()
-	s, err := ort.NewDynamicAdvancedSessionWithONNXData(data, names(inputs), names(outputs), opts)
+	s, err := create(names(inputs), names(outputs), opts)
 	if err != nil {
 		return nil, fmt.Errorf("open ONNX model %s: %w", name, oneLine(err))
 	}

@@ -149,6 +149,19 @@ func TestOpenBadFiles(t *testing.T) {
 			t.Errorf("Open(%s) error %q: want one line naming the file", path, msg)
 		}
 	}
+	// The same model from memory runs; truncated bytes are an error naming the model.
+	s, err := OpenBytes("recogniser in memory", data, Config{IntraOpThreads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Inputs()) != 1 || s.Path() != "recogniser in memory" {
+		t.Errorf("OpenBytes: inputs %v, name %q", s.Inputs(), s.Path())
+	}
+	s.Close()
+	_, err = OpenBytes("half a model", data[:len(data)/3], Config{})
+	if err == nil || !strings.Contains(err.Error(), "half a model") || strings.Contains(err.Error(), "\n") {
+		t.Errorf("OpenBytes of truncated bytes: error %v, want one line naming the model", err)
+	}
 }
 
 func TestCheckShape(t *testing.T) {
