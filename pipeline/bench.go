@@ -88,7 +88,7 @@ func Bench(ctx context.Context, cfgPath string, sets []string, opts BenchOptions
 		if trainers[i], err = newTrainer(ctx, c, policy, frozen); err != nil {
 			return res, err
 		}
-		defer trainers[i].closeInference()
+		defer trainers[i].close()
 	}
 	for round := 0; round <= max(opts.Epochs, 1); round++ {
 		for i, t := range trainers {

@@ -55,11 +55,12 @@ func Calibrate(ctx context.Context, cfg Config, opts CalibrateOptions) (rl.Calib
 	cal.Sampler.Psi = ""
 	cal.Prompts.PerEpoch = cfg.Calibrate.Trajectories
 	cal.GRPO.TimestepFraction = 1
+	cal.GRPO.Beta = 0 // calibration does not train, so needs no KL reference
 	t, err := newTrainer(ctx, cal, policy, frozen)
 	if err != nil {
 		return rl.Calibration{}, err
 	}
-	defer t.closeInference()
+	defer t.close()
 	t.col.dense = true
 	sched := t.col.sched
 	ccfg := rl.CalibrateConfig{Iterations: cfg.Calibrate.Iterations, NoiseLevel: cfg.Sampler.NoiseLevel,

@@ -17,7 +17,10 @@ type collector struct {
 	frozen  *Frozen
 	sampler *rl.Sampler
 	// inf runs rollouts and look-aheads; the trainer renews it for each epoch's weights.
-	inf   inference
+	inf inference
+	// ref, if not nil, computes the KL reference's velocities of the trained steps during the
+	// rollout (Trajectories.VRef), so the training graph need not run the reference model.
+	ref   *onnxPolicy
 	sched rl.Schedule
 	// need is the number of leading steps whose step reward ΔR_k is needed (the trained steps).
 	need int
@@ -49,8 +52,17 @@ func (c *collector) stages(prompts []string, ids []int, perBatch int, seeds []ui
 			if b.cond, err = c.policy.Condition(ctx, c.frozen.TextEncoder, b.prompts, Guidance(c.cfg)); err != nil {
 				return nil, err
 			}
-			b.traj, err = c.sampler.RolloutWith(ctx, b.cond, b.seed, c.inf.velocity)
-			return b, err
+			if b.traj, err = c.sampler.RolloutWith(ctx, b.cond, b.seed, c.inf.velocity); err != nil || c.ref == nil {
+				return b, err
+			}
+			for k := range c.need {
+				v, err := c.ref.Velocity(ctx, b.cond, b.traj.X[k], c.sched.Sigmas[k], b.traj.Prompts)
+				if err != nil {
+					return nil, fmt.Errorf("reference velocity at step %d: %w", k, err)
+				}
+				b.traj.VRef = append(b.traj.VRef, v)
+			}
+			return b, nil
 		},
 		lookahead: c.lookahead,
 		decode: func(ctx context.Context, b *epochBatch) (err error) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/densegrpo/densegrpo/exporters/transformer"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/rl"
 )
 
@@ -40,26 +41,28 @@ func newInference(cfg Config, policy *Policy, sampler *rl.Sampler, latent []int)
 	if cfg.Pipeline.InferenceEngine == InferenceGoMLX {
 		return inference{ode: sampler, close: func() {}}, nil
 	}
-	o, err := newONNXPolicy(cfg, policy, latent)
+	merged, err := policy.Model.MergedTensors(policy.Ctx)
+	if err != nil {
+		return inference{}, err
+	}
+	o, err := newONNXPolicy(cfg, policy, latent, merged)
 	if err != nil {
 		return inference{}, fmt.Errorf("pipeline.inference_engine %q: %w", cfg.Pipeline.InferenceEngine, err)
 	}
 	return inference{ode: o, velocity: o.Velocity, close: func() { o.sess.Close() }}, nil
 }
 
-// onnxPolicy runs the policy's velocity in ONNX Runtime (exporters/transformer).
+// onnxPolicy runs a velocity of the policy's model — with the adapters folded in, or the base
+// model alone (the KL reference) — in ONNX Runtime (exporters/transformer).
 type onnxPolicy struct {
 	sess     *onnxrt.Session
 	guidance float64
 	latent   []int
 }
 
-func newONNXPolicy(cfg Config, policy *Policy, latent []int) (*onnxPolicy, error) {
-	merged, err := policy.Model.MergedTensors(policy.Ctx)
-	if err != nil {
-		return nil, err
-	}
-	model, err := transformer.Model(policy.Model.Config, latent, merged)
+// newONNXPolicy exports the policy's model with the weights ts (checkpoint keys).
+func newONNXPolicy(cfg Config, policy *Policy, latent []int, ts map[string]safetensors.Tensor) (*onnxPolicy, error) {
+	model, err := transformer.Model(policy.Model.Config, latent, ts)
 	if err != nil {
 		return nil, err
 	}

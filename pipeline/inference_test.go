@@ -4,8 +4,12 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
+
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/rl"
@@ -122,6 +126,44 @@ func TestInferenceEnginesAgree(t *testing.T) {
 				}
 			}
 			t.Logf("rollout: max |ONNX − GoMLX| = %.2g over %d steps", maxDiff, len(want2.LogProb))
+
+			// The KL reference exported from the base weights is the model without adapters.
+			base, err := policy.Model.BaseTensors(policy.Ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref, err := newONNXPolicy(cfg, policy, latent, base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ref.sess.Close()
+			baseVel := func(ctx *mlctx.Context, x, ts *Node, cond []*Node, _ bool) *Node {
+				return policy.Velocity(ctx, x, ts, cond, false)
+			}
+			bsampler, err := rl.NewSampler(policy.Backend, policy.Ctx, baseVel, sched, rl.SamplerConfig{
+				Kind: rl.KindCPS, NoiseLevel: 0.8, Guidance: Guidance(cfg), GroupSize: 3, LatentShape: latent,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want3, err := bsampler.Rollout(ctx, cond, 5)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k := range want3.V {
+				v, err := ref.Velocity(ctx, cond, want3.X[k], sched.Sigmas[k], want3.Prompts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range v {
+					if d := math.Abs(float64(v[i] - want3.V[k][i])); math.IsNaN(float64(v[i])) || d > 1e-4*math.Max(1, math.Abs(float64(want3.V[k][i]))) {
+						t.Fatalf("reference velocity step %d value %d: ONNX %v, GoMLX base model %v", k, i, v[i], want3.V[k][i])
+					}
+				}
+				if k == 0 && slices.Equal(v, got2.V[0]) {
+					t.Fatal("the reference velocity equals the adapted one: the test's adapters do nothing")
+				}
+			}
 		})
 	}
 }

@@ -105,7 +105,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 	if err != nil {
 		return res, err
 	}
-	defer t.closeInference()
+	defer t.close()
 
 	metrics, err := openMetrics(filepath.Join(dir, "metrics.jsonl"))
 	if err != nil {

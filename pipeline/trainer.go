@@ -57,23 +57,41 @@ func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen)
 	if err != nil {
 		return nil, err
 	}
+	// With the ONNX engine the KL reference (the base model, fixed) is exported once and its
+	// velocities computed during the rollout, not in every training graph.
+	var ref *onnxPolicy
+	if cfg.Pipeline.InferenceEngine == InferenceONNX && cfg.GRPO.Beta > 0 {
+		base, err := policy.Model.BaseTensors(policy.Ctx)
+		if err != nil {
+			return nil, err
+		}
+		if ref, err = newONNXPolicy(cfg, policy, frozen.VAE.LatentShape(), base); err != nil {
+			return nil, fmt.Errorf("pipeline.inference_engine %q: KL reference: %w", cfg.Pipeline.InferenceEngine, err)
+		}
+	}
+	fail := func(err error) (*trainer, error) {
+		if ref != nil {
+			ref.sess.Close()
+		}
+		return nil, err
+	}
 	grpo, err := rl.NewTrainer(policy.Backend, policy.Ctx, policy.Velocity, rl.TrainConfig{
 		Loss:     rl.LossConfig{Kind: rl.Kind(cfg.Sampler.Kind), ClipRange: cfg.GRPO.ClipRange, Beta: cfg.GRPO.Beta},
 		Guidance: Guidance(cfg), LearningRate: cfg.GRPO.LearningRate, WeightDecay: cfg.GRPO.WeightDecay,
-		GradClip: cfg.GRPO.GradClip, Workers: cfg.Pipeline.TrainWorkers,
+		GradClip: cfg.GRPO.GradClip, Workers: cfg.Pipeline.TrainWorkers, RefVelocities: ref != nil,
 	})
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	lora, err := policy.Model.LoRATensors(policy.Ctx)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	src, rng := newRNG(cfg.Run.Seed)
 	return &trainer{
 		cfg: cfg, policy: policy, frozen: frozen, grpo: grpo, prompts: prompts, rngSrc: src, rng: rng,
 		ema: nn.NewEMA(cfg.GRPO.EMADecayMax, lora),
-		col: &collector{cfg: cfg, policy: policy, frozen: frozen, sampler: sampler, sched: sched,
+		col: &collector{cfg: cfg, policy: policy, frozen: frozen, sampler: sampler, sched: sched, ref: ref,
 			need: cfg.TrainedSteps(), dense: cfg.Dense.Enabled},
 	}, nil
 }
@@ -201,6 +219,15 @@ func (t *trainer) closeInference() {
 		t.col.inf.close()
 	}
 	t.col.inf = inference{}
+}
+
+// close releases the trainer's ONNX Runtime sessions.
+func (t *trainer) close() {
+	t.closeInference()
+	if t.col.ref != nil {
+		t.col.ref.sess.Close()
+		t.col.ref = nil
+	}
 }
 
 // runEpoch collects one epoch of rollouts, computes advantages and updates the policy. It

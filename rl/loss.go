@@ -99,15 +99,20 @@ func GRPOLoss(logp, logpOld, adv, meanTheta, meanRef, s *Node, cfg LossConfig) L
 // velocity (withLoRA = true, with guidance w when w > 0), recomputes logp_θ and mean_θ, and — when
 // cfg.Beta > 0 — the reference velocity (withLoRA = false, gradient stopped) for the KL term.
 // logpOld and adv are [B]; cond and uncond are per-sample ([B, …]).
-func StepObjective(ctx *mlctx.Context, vel Velocity, x, next, sigma, sigmaNext, s, logpOld, adv *Node, cond, uncond []*Node, w float64, cfg LossConfig) LossTerms {
+//
+// vRef, if not nil, is the reference model's guided velocity at x, computed outside the graph;
+// nil computes it here (vel without LoRA).
+func StepObjective(ctx *mlctx.Context, vel Velocity, x, next, sigma, sigmaNext, s, logpOld, adv, vRef *Node, cond, uncond []*Node, w float64, cfg LossConfig) LossTerms {
 	b := x.Shape().Dimensions[0]
 	t := timestepOf(sigma, b)
 	v := GuidedVelocity(ctx, vel, x, t, cond, uncond, w, true)
 	logp, meanTheta := TransitionLogProb(cfg.Kind, x, v, sigma, sigmaNext, s, next)
 	var meanRef *Node
 	if cfg.Beta > 0 {
-		vRef := StopGradient(GuidedVelocity(ctx, vel, x, t, cond, uncond, w, false))
-		_, meanRef = TransitionLogProb(cfg.Kind, x, vRef, sigma, sigmaNext, s, next)
+		if vRef == nil {
+			vRef = GuidedVelocity(ctx, vel, x, t, cond, uncond, w, false)
+		}
+		_, meanRef = TransitionLogProb(cfg.Kind, x, StopGradient(f32(vRef)), sigma, sigmaNext, s, next)
 	}
 	return GRPOLoss(logp, logpOld, adv, meanTheta, meanRef, s, cfg)
 }

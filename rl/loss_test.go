@@ -3,6 +3,7 @@ package rl
 import (
 	"context"
 	"math"
+	"strings"
 	"testing"
 
 	. "github.com/gomlx/gomlx/pkg/core/graph"
@@ -220,5 +221,122 @@ func TestAccumulateStepsFreshConditioning(t *testing.T) {
 		if _, err := tn.AccumulateSteps(context.Background(), fresh(), tr, []int{0, 1, 2, 3}, []int{0, 1, 2}, adv, 0.25); err != nil {
 			t.Fatalf("call %d: %v", i, err)
 		}
+	}
+}
+
+// TestTrainerRefVelocities: a trainer that takes the reference model's velocities from the
+// trajectories (computed outside the graph — here on the host, for scaledVelocity without its
+// adapter) trains exactly as one that runs the reference model in its graph: same losses, KL,
+// gradient norms and weights over two updates; without them it is an error naming the step.
+func TestTrainerRefVelocities(t *testing.T) {
+	ms := []float32{0.5, -1.5}
+	cond := Conditioning{Cond: []*tensors.Tensor{tensors.FromValue([][]float32{{ms[0]}, {ms[1]}})}}
+	sched, _ := SD3Schedule(4, DefaultShift)
+	backend := nntest.Backend(t)
+	adv := [][]float64{{1, -1, 0.5, -0.5, 2, -2}, {-1, 1, 0, 0.25, 1, -2}, {0.5, 0.5, -1, -1, 2, 0}}
+	ks, all := []int{0, 1, 2}, []int{0, 1, 2, 3, 4, 5}
+	type result struct {
+		stats []StepStats
+		norms []float64
+		w     []float32
+	}
+	train := func(ref bool) (result, error) {
+		ctx := mlctx.New()
+		s, err := NewSampler(backend, ctx, scaledVelocity, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := s.Rollout(context.Background(), cond, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The reference is scaledVelocity without its adapter d: x·(w + m), with the current w
+		// (trainable here, unlike a real base model, so it is read before every accumulation).
+		setRef := func() {
+			wv, err := ctx.InspectVariable("/lin", "w").Value()
+			if err != nil {
+				t.Fatal(err)
+			}
+			base, _ := tensors.CopyFlatData[float32](wv)
+			tr.VRef = nil
+			for k := range 3 {
+				v := make([]float32, len(tr.X[k]))
+				for i := range tr.Len() {
+					for e := range 2 {
+						v[i*2+e] = tr.X[k][i*2+e] * (base[e] + ms[tr.Prompts[i]])
+					}
+				}
+				tr.VRef = append(tr.VRef, v)
+			}
+		}
+		tn, err := NewTrainer(backend, ctx, scaledVelocity, TrainConfig{Loss: LossConfig{Kind: KindSDE, ClipRange: 1e-4, Beta: 0.5},
+			LearningRate: 0.05, GradClip: 1, Workers: 2, RefVelocities: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ref {
+			tn.cfg.RefVelocities = false
+		}
+		var r result
+		for range 2 {
+			if ref {
+				setRef()
+			}
+			st, err := tn.AccumulateSteps(context.Background(), cond, tr, ks, all, adv, 1.0/3)
+			if err != nil {
+				return r, err
+			}
+			norm, err := tn.Apply(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.stats, r.norms = append(r.stats, st...), append(r.norms, norm)
+		}
+		v, err := ctx.InspectVariable("/lin", "d").Value()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.w, _ = tensors.CopyFlatData[float32](v)
+		return r, nil
+	}
+	inGraph, err := train(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	given, err := train(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	close := func(a, b float64) bool { return math.Abs(a-b) <= 1e-5*math.Max(1e-3, math.Abs(b)) }
+	for i, want := range inGraph.stats {
+		got := given.stats[i]
+		if !close(got.Loss, want.Loss) || !close(got.KL, want.KL) || !close(got.Policy, want.Policy) {
+			t.Errorf("step stats %d: given %+v, in graph %+v", i, got, want)
+		}
+	}
+	if !(inGraph.stats[len(inGraph.stats)-1].KL > 0) {
+		t.Errorf("the KL term stayed 0 (%+v): the test would not see a wrong reference", inGraph.stats)
+	}
+	for i := range inGraph.norms {
+		if !close(given.norms[i], inGraph.norms[i]) {
+			t.Errorf("gradient norm %d: given %v, in graph %v", i, given.norms[i], inGraph.norms[i])
+		}
+	}
+	for i := range inGraph.w {
+		if !close(float64(given.w[i]), float64(inGraph.w[i])) {
+			t.Errorf("adapter %d: given %v, in graph %v", i, given.w[i], inGraph.w[i])
+		}
+	}
+	ctx := mlctx.New()
+	s, _ := NewSampler(backend, ctx, scaledVelocity, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}})
+	tr, err := s.Rollout(context.Background(), cond, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn, _ := NewTrainer(backend, ctx, scaledVelocity, TrainConfig{Loss: LossConfig{Kind: KindSDE, ClipRange: 1e-4, Beta: 0.5},
+		LearningRate: 0.05, GradClip: 1, RefVelocities: true})
+	if _, err := tn.AccumulateSteps(context.Background(), cond, tr, ks, all, adv, 1); err == nil ||
+		!strings.Contains(err.Error(), "accumulate step 0: the trainer takes reference velocities but the trajectories hold none") {
+		t.Errorf("trajectories without VRef: got %v", err)
 	}
 }

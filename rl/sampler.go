@@ -103,6 +103,9 @@ type Trajectories struct {
 	V [][]float32
 	// S[k] is the noise level of step k (StepOut.S) and Std[k] the standard deviation of x_{k+1}.
 	S, Std []float32
+	// VRef[k], when a trainer takes reference velocities (TrainConfig.RefVelocities), holds the
+	// reference model's guided velocity at x_k, [B·L], for the trained steps k.
+	VRef [][]float32
 }
 
 // Len returns B, the number of samples.

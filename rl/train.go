@@ -49,6 +49,10 @@ type TrainConfig struct {
 	// Workers is how many gradient computations AccumulateSteps runs at once, each into its own
 	// accumulators (SimpleGo runs most ops of one computation on one core); 0 means 1.
 	Workers int
+	// RefVelocities makes AccumulateSteps take the reference model's velocities from
+	// Trajectories.VRef (computed outside the graph, e.g. in ONNX Runtime) instead of running the
+	// model without adapters in the training graph. Only read with Loss.Beta > 0.
+	RefVelocities bool
 }
 
 // Validate checks the configuration.
@@ -117,6 +121,9 @@ func NewTrainer(backend backends.Backend, ctx *mlctx.Context, vel Velocity, cfg 
 		compiled: map[[2]int]bool{}}, nil
 }
 
+// refInput reports whether the accumulation graphs take the reference velocity as an input.
+func (t *Trainer) refInput() bool { return t.cfg.RefVelocities && t.cfg.Loss.Beta > 0 }
+
 // workers is the number of accumulating workers.
 func (t *Trainer) workers() int { return max(1, t.cfg.Workers) }
 
@@ -141,13 +148,18 @@ func accumulators(ctx *mlctx.Context, g *Graph, w int) (vars, accs []*mlctx.Vari
 }
 
 func (t *Trainer) buildAccExec(worker int) (*mlctx.Exec, error) {
-	vel, w, cfg, nCond := t.vel, t.cfg.Guidance, t.cfg.Loss, t.nCond
+	vel, w, cfg, nCond, refIn := t.vel, t.cfg.Guidance, t.cfg.Loss, t.nCond, t.refInput()
 	exec, err := mlctx.NewExec(t.backend, t.ctx, func(ctx *mlctx.Context, in []*Node) []*Node {
 		x, next, sigma, sigmaNext, s, logpOld, adv, weight, idx := in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8]
-		cond, uncond := condInputs(in[9:], nCond, idx)
+		in = in[9:]
+		var vRef *Node
+		if refIn {
+			vRef, in = in[0], in[1:]
+		}
+		cond, uncond := condInputs(in, nCond, idx)
 		g := x.Graph()
 		ctx.SetTraining(g, true)
-		terms := StepObjective(ctx, vel, x, next, sigma, sigmaNext, s, logpOld, adv, cond, uncond, w, cfg)
+		terms := StepObjective(ctx, vel, x, next, sigma, sigmaNext, s, logpOld, adv, vRef, cond, uncond, w, cfg)
 		grads := ctx.BuildTrainableVariablesGradientsGraph(Mul(terms.Total, f32(weight)))
 		_, accs := accumulators(ctx, g, worker)
 		if len(accs) != len(grads) {
@@ -316,6 +328,16 @@ func (t *Trainer) accumulate(ctx context.Context, w int, c Conditioning, tr *Tra
 	args := []any{latentTensor(x, n, tr.LatentShape), latentTensor(next, n, tr.LatentShape),
 		tr.Schedule.Sigmas[k], tr.Schedule.Sigmas[k+1], tr.S[k], logpOld, advs, float32(weight),
 		tensors.FromValue(int32s(prompts))}
+	if t.refInput() {
+		if k >= len(tr.VRef) || len(tr.VRef[k]) != tr.Len()*l {
+			return StepStats{}, fmt.Errorf("accumulate step %d: the trainer takes reference velocities but the trajectories hold none for this step", k)
+		}
+		vRef := make([]float32, n*l)
+		for j, i := range samples {
+			copy(vRef[j*l:], tr.VRef[k][i*l:(i+1)*l])
+		}
+		args = append(args, latentTensor(vRef, n, tr.LatentShape))
+	}
 	for _, ct := range c.Cond {
 		args = append(args, ct)
 	}

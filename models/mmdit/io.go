@@ -376,11 +376,16 @@ func (m *Model) checkPosEmbed(f *safetensors.File) error {
 	return nil
 }
 
+// BaseTensors copies the base weights (the model without adapters), keyed by checkpoint key.
+func (m *Model) BaseTensors(ctx *mlctx.Context) (map[string]safetensors.Tensor, error) {
+	return tensorsOf(ctx, m.Config.Params())
+}
+
 // MergedTensors copies the base weights with the adapters folded in: every adapted layer's
 // weight becomes W + (α/r)·B·A, so a forward pass without adapters on these weights computes
 // Forward with them (up to float32 rounding). Without a LoRA config it copies the base weights.
 func (m *Model) MergedTensors(ctx *mlctx.Context) (map[string]safetensors.Tensor, error) {
-	out, err := tensorsOf(ctx, m.Config.Params())
+	out, err := m.BaseTensors(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("merged tensors: %w", err)
 	}
