@@ -67,6 +67,29 @@ compare epochs="24" seed="1" eval_every="8" name="compare" *sets: export-models
     {{bin}} compare-evals runs/$tag-eval-base.json runs/$tag-eval-sparse.json runs/$tag-eval-dense.json
     {{bin}} compare-evals runs/$tag-eval-sparse.json runs/$tag-eval-dense.json
 
+# The README's headline result: DenseGRPO + CPS alone on the machine for 60 minutes, then
+# Flow-GRPO + CPS for the same number of epochs (so the same samples), both evaluated every 16
+# epochs on 64 test prompts; then the base model and both final checkpoints on all 400 test
+# prompts, compared prompt by prompt. About 100 minutes on 2 cores.
+hour seed="1" *sets: export-models
+    #!/usr/bin/env bash
+    set -euo pipefail
+    tag=hour-s{{seed}}
+    mkdir -p runs
+    common=(--config configs/tiny-ocr.toml --set run.seed={{seed}} --set eval.prompts=64 --set eval.every=16 --set sampler.kind=cps --set sampler.noise_level=0.8)
+    for s in {{sets}}; do common+=(--set "$s"); done
+    {{bin}} run "${common[@]}" --set run.epochs=100000 --set run.time_budget=60m --set run.name=$tag-dense > runs/$tag-dense.log 2>&1
+    newest() { ls -d "$1"/checkpoints/epoch-* | tail -n 1; }
+    epochs=$(basename "$(newest runs/$tag-dense)" | sed 's/epoch-0*//')
+    {{bin}} run "${common[@]}" --set run.epochs=$epochs --set run.time_budget=24h --set dense.enabled=false --set run.name=$tag-sparse > runs/$tag-sparse.log 2>&1
+    {{bin}} report runs/$tag-dense runs/$tag-sparse --out runs/$tag-report.html --curves eval_reward_mean=runs/$tag-eval-curves.png
+    ev=(--config configs/tiny-ocr.toml --set run.seed=1 --set eval.prompts=0 --json)
+    {{bin}} eval "${ev[@]}" > runs/$tag-eval-base.json
+    {{bin}} eval "${ev[@]}" --checkpoint "$(newest runs/$tag-sparse)" > runs/$tag-eval-sparse.json
+    {{bin}} eval "${ev[@]}" --checkpoint "$(newest runs/$tag-dense)" > runs/$tag-eval-dense.json
+    {{bin}} compare-evals runs/$tag-eval-base.json runs/$tag-eval-sparse.json runs/$tag-eval-dense.json
+    {{bin}} compare-evals runs/$tag-eval-sparse.json runs/$tag-eval-dense.json
+
 # The whole test suite (needs the setup cache; CPU ONNX Runtime tests never skip).
 test: setup
     go vet ./...
