@@ -387,3 +387,15 @@ func (g *Graph) index() {
 	}
 	g.seen = [4]int{len(g.Inputs), len(g.Outputs), len(g.Initializers), len(g.Nodes)}
 }
+
+// Transpose2D returns the transpose [cols, rows] of a row-major [rows, cols] matrix: a torch
+// linear weight [out, in] becomes the right operand of MatMul(x, Wᵀ).
+func Transpose2D(data []float32, rows, cols int) []float32 {
+	out := make([]float32, len(data))
+	for r := range rows {
+		for c := range cols {
+			out[c*rows+r] = data[r*cols+c]
+		}
+	}
+	return out
+}

@@ -66,13 +66,7 @@ func banded(g *onnx.Graph, ts map[string]safetensors.Tensor, prefix, table strin
 func transposed2D(g *onnx.Graph, ts map[string]safetensors.Tensor, key string) string {
 	t := ts[key]
 	out, in := t.Shape[0], t.Shape[1]
-	data := make([]float32, len(t.Data))
-	for o := range out {
-		for i := range in {
-			data[i*out+o] = t.Data[o*in+i]
-		}
-	}
-	return g.InitializerF32(key+".T", []int64{int64(in), int64(out)}, data)
+	return g.InitializerF32(key+".T", []int64{int64(in), int64(out)}, onnx.Transpose2D(t.Data, out, in))
 }
 
 func silu(g *onnx.Graph, x string) string {

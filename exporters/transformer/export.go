@@ -116,13 +116,7 @@ func (b *builder) linear(module, x string) string {
 	t := b.ts[module+".weight"]
 	out, in := t.Shape[0], t.Shape[1]
 	wt := b.initializer(module+".weight.T", []int64{int64(in), int64(out)}, func() []float32 {
-		d := make([]float32, len(t.Data))
-		for o := range out {
-			for i := range in {
-				d[i*out+o] = t.Data[o*in+i]
-			}
-		}
-		return d
+		return onnx.Transpose2D(t.Data, out, in)
 	})
 	return b.op("Add", b.op("MatMul", x, wt), b.weight(module+".bias"))
 }
@@ -287,14 +281,7 @@ func (b *builder) patchEmbed(latents string, latent []int) string {
 	x = b.op("Reshape", x, b.ints(-1, h*w, ch*p*p))
 	conv := b.ts["pos_embed.proj.weight"] // [d, C, p, p] = [d, C·p·p] row-major
 	wt := b.initializer("pos_embed.proj.weight.T", []int64{ch * p * p, d}, func() []float32 {
-		k := int(ch * p * p)
-		out := make([]float32, len(conv.Data))
-		for o := range int(d) {
-			for i := range k {
-				out[i*int(d)+o] = conv.Data[o*k+i]
-			}
-		}
-		return out
+		return onnx.Transpose2D(conv.Data, int(d), int(ch*p*p))
 	})
 	x = b.op("Add", b.op("MatMul", x, wt), b.weight("pos_embed.proj.bias"))
 	rows := mmdit.PosEmbed2D(int(d), c.PosEmbedMaxSize, c.BaseSize(), int(h), int(w))
