@@ -79,6 +79,30 @@ func randomModel(t testing.TB, cfg mmdit.Config, seed uint64) (*mmdit.Model, *ml
 	return m, ctx
 }
 
+// exportedSession exports m with its adapters folded in (the pipeline's path) and opens the
+// graph in ONNX Runtime with one intra-op thread; the session closes with the test.
+func exportedSession(tb testing.TB, m *mmdit.Model, ctx *mlctx.Context, latent []int) *onnxrt.Session {
+	tb.Helper()
+	merged, err := m.MergedTensors(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	model, err := Model(m.Config, latent, merged)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	data, err := model.Marshal()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, err := onnxrt.OpenBytes("exported transformer", data, onnxrt.Config{IntraOpThreads: 1})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
 // TestVelocityMatchesGoMLX: the exported graph, with the adapters folded in, computes what
 // mmdit's Forward with LoRA computes — for SD3 blocks, and for SD3.5 ones (RMS q/k norms,
 // dual attention), several batch sizes and text lengths.
@@ -130,23 +154,7 @@ func TestVelocityMatchesGoMLX(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			merged, err := m.MergedTensors(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			model, err := Model(m.Config, tc.latent, merged)
-			if err != nil {
-				t.Fatal(err)
-			}
-			path := filepath.Join(t.TempDir(), "transformer.onnx")
-			if err := model.WriteFile(path); err != nil {
-				t.Fatal(err)
-			}
-			s, err := onnxrt.Open(path, onnxrt.Config{IntraOpThreads: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
+			s := exportedSession(t, m, ctx, tc.latent)
 			b := int64(tc.batch)
 			out, err := s.Run(context.Background(), map[string]onnxrt.Tensor{
 				InputLatents:      {Shape: []int64{b, int64(c), int64(h), int64(w)}, Float32: lat},
@@ -251,23 +259,7 @@ func BenchmarkVelocity(b *testing.B) {
 		tensors.FromFlatDataAndDimensions(enc, batch, textLen, cfg.JointAttentionDim),
 		tensors.FromFlatDataAndDimensions(pooled, batch, cfg.PooledProjectionDim),
 	}
-	merged, err := m.MergedTensors(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	model, err := Model(m.Config, latent, merged)
-	if err != nil {
-		b.Fatal(err)
-	}
-	path := filepath.Join(b.TempDir(), "transformer.onnx")
-	if err := model.WriteFile(path); err != nil {
-		b.Fatal(err)
-	}
-	s, err := onnxrt.Open(path, onnxrt.Config{IntraOpThreads: 1})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := exportedSession(b, m, ctx, latent)
 	in := map[string]onnxrt.Tensor{
 		InputLatents:      {Shape: []int64{batch, int64(latent[0]), int64(latent[1]), int64(latent[2])}, Float32: lat},
 		InputTimestep:     {Shape: []int64{batch}, Float32: ts},
