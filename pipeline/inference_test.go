@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -84,13 +85,9 @@ func TestInferenceEnginesAgree(t *testing.T) {
 			}
 			maxDiff := 0.0
 			for i := range paths {
+				maxDiff = math.Max(maxDiff, checkEngines(t, fmt.Sprintf("path %d", i), got[i], want[i]))
 				moved := 0.0
 				for j := range want[i] {
-					d := math.Abs(float64(got[i][j] - want[i][j]))
-					if math.IsNaN(float64(got[i][j])) || d > 1e-4*math.Max(1, math.Abs(float64(want[i][j]))) {
-						t.Fatalf("path %d value %d: ONNX %v, GoMLX %v", i, j, got[i][j], want[i][j])
-					}
-					maxDiff = math.Max(maxDiff, d)
 					moved = math.Max(moved, math.Abs(float64(want[i][j]-paths[i].X[j])))
 				}
 				if moved < 1e-3 {
@@ -115,15 +112,8 @@ func TestInferenceEnginesAgree(t *testing.T) {
 			}
 			maxDiff = 0
 			for k := range want2.LogProb {
-				for _, pair := range [][2][]float32{{got2.X[k+1], want2.X[k+1]}, {got2.LogProb[k], want2.LogProb[k]}} {
-					for i := range pair[1] {
-						d := math.Abs(float64(pair[0][i] - pair[1][i]))
-						if math.IsNaN(float64(pair[0][i])) || d > 1e-4*math.Max(1, math.Abs(float64(pair[1][i]))) {
-							t.Fatalf("rollout step %d value %d: ONNX %v, GoMLX %v", k, i, pair[0][i], pair[1][i])
-						}
-						maxDiff = math.Max(maxDiff, d)
-					}
-				}
+				maxDiff = math.Max(maxDiff, checkEngines(t, fmt.Sprintf("rollout x_%d", k+1), got2.X[k+1], want2.X[k+1]))
+				maxDiff = math.Max(maxDiff, checkEngines(t, fmt.Sprintf("rollout logp step %d", k), got2.LogProb[k], want2.LogProb[k]))
 			}
 			t.Logf("rollout: max |ONNX − GoMLX| = %.2g over %d steps", maxDiff, len(want2.LogProb))
 
@@ -155,17 +145,31 @@ func TestInferenceEnginesAgree(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				for i := range v {
-					if d := math.Abs(float64(v[i] - want3.V[k][i])); math.IsNaN(float64(v[i])) || d > 1e-4*math.Max(1, math.Abs(float64(want3.V[k][i]))) {
-						t.Fatalf("reference velocity step %d value %d: ONNX %v, GoMLX base model %v", k, i, v[i], want3.V[k][i])
-					}
-				}
+				checkEngines(t, fmt.Sprintf("reference velocity step %d", k), v, want3.V[k])
 				if k == 0 && slices.Equal(v, got2.V[0]) {
 					t.Fatal("the reference velocity equals the adapted one: the test's adapters do nothing")
 				}
 			}
 		})
 	}
+}
+
+// checkEngines fails unless got (ONNX) matches want (GoMLX) to 1e-4 relative (absolute below 1),
+// value by value, and returns the largest difference.
+func checkEngines(t *testing.T, what string, got, want []float32) float64 {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: ONNX gives %d values, GoMLX %d", what, len(got), len(want))
+	}
+	maxDiff := 0.0
+	for i := range want {
+		d := math.Abs(float64(got[i] - want[i]))
+		if math.IsNaN(float64(got[i])) || d > 1e-4*math.Max(1, math.Abs(float64(want[i]))) {
+			t.Fatalf("%s value %d: ONNX %v, GoMLX %v", what, i, got[i], want[i])
+		}
+		maxDiff = math.Max(maxDiff, d)
+	}
+	return maxDiff
 }
 
 // TestInferenceEngineConfig: an unknown engine is a config error naming the field.
