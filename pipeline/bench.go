@@ -30,6 +30,9 @@ type BenchResult struct {
 	Variants []string
 	// Seconds[v] are the wall times of variant v's measured epochs.
 	Seconds [][]float64
+	// CPU[v] are the process CPU seconds (all threads, user + system) of those epochs; empty
+	// where the platform does not report them.
+	CPU [][]float64
 	// Stages[v] are the summed busy seconds per stage of variant v.
 	Stages []map[string]float64
 }
@@ -75,7 +78,7 @@ func Bench(ctx context.Context, cfgPath string, sets []string, opts BenchOptions
 		return BenchResult{}, err
 	}
 	defer frozen.Close()
-	res := BenchResult{Seconds: make([][]float64, len(variants)), Stages: make([]map[string]float64, len(variants))}
+	res := BenchResult{Seconds: make([][]float64, len(variants)), CPU: make([][]float64, len(variants)), Stages: make([]map[string]float64, len(variants))}
 	trainers := make([]*trainer, len(variants))
 	for i, c := range cfgs {
 		res.Variants = append(res.Variants, variants[i].Name)
@@ -93,16 +96,21 @@ func Bench(ctx context.Context, cfgPath string, sets []string, opts BenchOptions
 	for round := 0; round <= max(opts.Epochs, 1); round++ {
 		for i, t := range trainers {
 			start := time.Now()
+			cpu0, cpuOK := processCPU()
 			line, err := t.runEpoch(ctx)
 			if err != nil {
 				return res, fmt.Errorf("bench variant %q: %w", variants[i].Name, err)
 			}
 			wall := time.Since(start).Seconds()
+			cpu1, _ := processCPU()
 			if round == 0 {
 				fmt.Fprintf(log, "%-20s warm-up epoch %.1fs\n", variants[i].Name, wall)
 				continue
 			}
 			res.Seconds[i] = append(res.Seconds[i], wall)
+			if cpuOK {
+				res.CPU[i] = append(res.CPU[i], (cpu1 - cpu0).Seconds())
+			}
 			for s, v := range line["stage_seconds"].(map[string]float64) {
 				res.Stages[i][s] += v
 			}
@@ -112,8 +120,10 @@ func Bench(ctx context.Context, cfgPath string, sets []string, opts BenchOptions
 	return res, nil
 }
 
-// WriteTable prints each variant's mean epoch time, its ratio to the first variant, and its
-// mean busy seconds per stage.
+// WriteTable prints each variant's mean epoch time, its ratio to the first variant, its mean
+// CPU seconds per epoch and the cores they kept busy on average (CPU / wall: on 2 cores,
+// overlap can gain at most 2 / cores of the sequential variant), and its mean busy seconds
+// per stage.
 func (r BenchResult) WriteTable(w io.Writer) {
 	stageSet := map[string]bool{}
 	for _, st := range r.Stages {
@@ -127,13 +137,19 @@ func (r BenchResult) WriteTable(w io.Writer) {
 	}
 	sort.Strings(stages)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprint(tw, "variant\tepochs\tepoch s\t× first")
+	fmt.Fprint(tw, "variant\tepochs\tepoch s\t× first\tcpu s\tcores")
 	for _, s := range stages {
 		fmt.Fprintf(tw, "\t%s s", s)
 	}
 	fmt.Fprintln(tw)
 	for v, name := range r.Variants {
 		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.2f", name, len(r.Seconds[v]), r.Mean(v), r.Mean(v)/r.Mean(0))
+		if v < len(r.CPU) && len(r.CPU[v]) == len(r.Seconds[v]) && len(r.CPU[v]) > 0 {
+			cpu, _ := meanStd(r.CPU[v])
+			fmt.Fprintf(tw, "\t%.2f\t%.2f", cpu, cpu/r.Mean(v))
+		} else {
+			fmt.Fprint(tw, "\t-\t-")
+		}
 		for _, s := range stages {
 			fmt.Fprintf(tw, "\t%.2f", r.Stages[v][s]/float64(len(r.Seconds[v])))
 		}

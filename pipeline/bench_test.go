@@ -17,9 +17,13 @@ func TestBenchMeasuresEveryVariant(t *testing.T) {
 	if len(res.Variants) != len(DefaultBenchVariants) {
 		t.Fatalf("measured %d variants, want %d", len(res.Variants), len(DefaultBenchVariants))
 	}
+	_, cpuOK := processCPU()
 	for v := range res.Variants {
 		if len(res.Seconds[v]) != 1 || !(res.Mean(v) > 0) {
 			t.Errorf("variant %s: seconds %v, want one positive measurement", res.Variants[v], res.Seconds[v])
+		}
+		if cpuOK && (len(res.CPU[v]) != 1 || !(res.CPU[v][0] > 0)) {
+			t.Errorf("variant %s: CPU seconds %v, want one positive measurement", res.Variants[v], res.CPU[v])
 		}
 	}
 	// Only dense variants integrate look-aheads; sparse ones merely pass the final latents on.
@@ -28,7 +32,7 @@ func TestBenchMeasuresEveryVariant(t *testing.T) {
 	}
 	var b strings.Builder
 	res.WriteTable(&b)
-	if !strings.Contains(b.String(), "dense sequential") || !strings.Contains(b.String(), "× first") {
+	if !strings.Contains(b.String(), "dense sequential") || !strings.Contains(b.String(), "× first") || !strings.Contains(b.String(), "cores") {
 		t.Errorf("table:\n%s", b.String())
 	}
 }

@@ -325,7 +325,19 @@ func applySets(path string, data []byte, sets []string) ([]byte, error) {
 		}
 		parts := strings.Split(key, ".")
 		table := doc
-		for _, p := range parts[:len(parts)-1] {
+		for i := 0; i < len(parts)-1; i++ {
+			p := parts[i]
+			if blocks, ok := table[p].([]map[string]any); ok {
+				// An array of tables ([[reward]]) is addressed by its blocks' names.
+				i++
+				if i == len(parts)-1 {
+					return nil, fmt.Errorf("--set %s: want %s.NAME.KEY=value, NAME the block's name", key, p)
+				}
+				if table = blockNamed(blocks, parts[i]); table == nil {
+					return nil, fmt.Errorf("--set %s: no [[%s]] block named %q (have %s)", key, p, parts[i], blockNames(blocks))
+				}
+				continue
+			}
 			next, ok := table[p].(map[string]any)
 			if !ok {
 				if _, exists := table[p]; exists {
@@ -343,6 +355,24 @@ func applySets(path string, data []byte, sets []string) ([]byte, error) {
 		return nil, fmt.Errorf("apply --set to %s: %w", path, err)
 	}
 	return buf.Bytes(), nil
+}
+
+// blockNamed returns the block of an array of tables whose name is name, or nil.
+func blockNamed(blocks []map[string]any, name string) map[string]any {
+	for _, b := range blocks {
+		if b["name"] == name {
+			return b
+		}
+	}
+	return nil
+}
+
+func blockNames(blocks []map[string]any) string {
+	names := make([]string, len(blocks))
+	for i, b := range blocks {
+		names[i] = fmt.Sprintf("%q", b["name"])
+	}
+	return strings.Join(names, ", ")
 }
 
 // Resolve returns p relative to the config file's directory (absolute paths unchanged).

@@ -59,12 +59,15 @@ func TestLoadDefaultsAndResolve(t *testing.T) {
 
 func TestLoadSet(t *testing.T) {
 	path := writeConfig(t, minimalConfig)
-	cfg, err := Load(path, []string{"dense.enabled=false", "grpo.beta=0.01", "run.name=sparse", "sampler.psi=runs/x/psi.json", "dense.lookahead=2"})
+	cfg, err := Load(path, []string{"dense.enabled=false", "grpo.beta=0.01", "run.name=sparse", "sampler.psi=runs/x/psi.json", "dense.lookahead=2", "reward.ocr.concurrency=2", "reward.ocr.weight=0.5"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Dense.Enabled || cfg.GRPO.Beta != 0.01 || cfg.Run.Name != "sparse" || cfg.Sampler.Psi != "runs/x/psi.json" || cfg.Dense.Lookahead != 2 {
 		t.Errorf("--set not applied: dense %+v beta %v name %q psi %q", cfg.Dense, cfg.GRPO.Beta, cfg.Run.Name, cfg.Sampler.Psi)
+	}
+	if r := cfg.Rewards[0]; r.Concurrency != 2 || *r.Weight != 0.5 {
+		t.Errorf("--set reward.ocr.*: concurrency %d weight %v, want 2 and 0.5", r.Concurrency, *r.Weight)
 	}
 }
 
@@ -86,6 +89,9 @@ func TestLoadErrors(t *testing.T) {
 		{"bad budget", minimalConfig, []string{"run.time_budget=soon"}, []string{`run.time_budget: got "soon"`}},
 		{"psi with cps", minimalConfig, []string{"sampler.kind=cps", "sampler.psi=psi.json"}, []string{`sampler.psi: got "psi.json"`, `sampler.kind = "cps"`}},
 		{"malformed set", minimalConfig, []string{"dense.enabled"}, []string{`--set "dense.enabled": want key=value`}},
+		{"unnamed reward key", minimalConfig, []string{"reward.weight=2"}, []string{"--set reward.weight", "want reward.NAME.KEY=value"}},
+		{"unknown reward name", minimalConfig, []string{"reward.pick.weight=2"}, []string{`no [[reward]] block named "pick" (have "ocr")`}},
+		{"unknown reward key by set", minimalConfig, []string{"reward.ocr.wieght=2"}, []string{"reward", "wieght"}},
 		{"no reward", strings.Split(minimalConfig, "[[reward]]")[0], nil, []string{"reward: got no [[reward]] tables"}},
 	}
 	for _, tc := range tests {
