@@ -52,7 +52,7 @@ type BenchOptions struct {
 	Log     io.Writer
 }
 
-// Bench measures the epoch wall time of each variant of cfg on one policy and one set of frozen
+// Bench measures the epoch wall time of each variant of cfg, each on its own policy and frozen
 // models. Epochs run round-robin (variant 1, 2, 3, 1, 2, 3, …) so that a shared, noisy machine
 // slows every variant alike; each variant trains its own adapters from the same start, so the
 // work per epoch is the same as in a real run. Nothing is written to disk.
@@ -73,16 +73,19 @@ func Bench(ctx context.Context, cfgPath string, sets []string, opts BenchOptions
 		}
 		cfgs[i] = c
 	}
-	frozen, err := OpenFrozen(ctx, cfgs[0])
-	if err != nil {
-		return BenchResult{}, err
-	}
-	defer frozen.Close()
 	res := BenchResult{Seconds: make([][]float64, len(variants)), CPU: make([][]float64, len(variants)), Stages: make([]map[string]float64, len(variants))}
 	trainers := make([]*trainer, len(variants))
 	for i, c := range cfgs {
 		res.Variants = append(res.Variants, variants[i].Name)
 		res.Stages[i] = map[string]float64{}
+		// Each variant opens its own frozen models: a variant may change them (a reward's
+		// concurrency or batch size, the ONNX threads), and sharing the first variant's
+		// would measure that variant under another's settings.
+		frozen, err := OpenFrozen(ctx, c)
+		if err != nil {
+			return res, fmt.Errorf("bench variant %q: %w", variants[i].Name, err)
+		}
+		defer frozen.Close()
 		policy, err := NewPolicy(c, PolicyOptions{Backend: opts.Backend})
 		if err != nil {
 			return res, err

@@ -36,3 +36,21 @@ func TestBenchMeasuresEveryVariant(t *testing.T) {
 		t.Errorf("table:\n%s", b.String())
 	}
 }
+
+// Every variant runs on its own frozen models: a variant that changes a reward is measured
+// with that reward, not the first variant's (here its model is missing, which must show).
+func TestBenchVariantOwnsItsFrozenModels(t *testing.T) {
+	cfg, _ := fixture(t)
+	_, err := Bench(context.Background(), cfg.Path, smallRun, BenchOptions{Epochs: 1, Backend: nntest.Backend(t), Variants: []BenchVariant{
+		{"default", nil},
+		{"other reward", []string{"reward.bright.model=missing.onnx"}},
+	}})
+	if err == nil {
+		t.Fatal("Bench succeeded with a missing reward model in the second variant")
+	}
+	for _, want := range []string{`bench variant "other reward"`, "missing.onnx"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q: want it to contain %q", err, want)
+		}
+	}
+}
