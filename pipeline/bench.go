@@ -88,11 +88,11 @@ func Bench(ctx context.Context, cfgPath string, sets []string, opts BenchOptions
 		defer frozen.Close()
 		policy, err := NewPolicy(c, PolicyOptions{Backend: opts.Backend})
 		if err != nil {
-			return res, err
+			return res, fmt.Errorf("bench variant %q: %w", variants[i].Name, err)
 		}
 		defer policy.Close()
 		if trainers[i], err = newTrainer(ctx, c, policy, frozen); err != nil {
-			return res, err
+			return res, fmt.Errorf("bench variant %q: %w", variants[i].Name, err)
 		}
 		defer trainers[i].close()
 	}
