@@ -17,6 +17,17 @@ default:
 setup *FLAGS:
     bash scripts/setup.sh {{FLAGS}}
 
+# The Python side (exporters, interop references, the PyTorch benchmark) in the git-ignored
+# .venv/, every package pinned in exporters/requirements.txt. Idempotent: a venv whose
+# installed set already matches the file is left alone. About 6 GB (torch pulls CUDA wheels).
+venv:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    want=$(grep -v '^#' exporters/requirements.txt | sort)
+    have=$(.venv/bin/pip freeze 2>/dev/null | sort)
+    if [ "$want" != "$have" ]; then .venv/bin/pip install -q -r exporters/requirements.txt; fi
+
 # Build the one binary into bin/.
 build:
     go build -o {{bin}} ./cmd/pipeline
