@@ -74,6 +74,10 @@ type TextConfig struct {
 	PadID *int64 `toml:"pad_id"`
 	// UnkID replaces characters missing from a chars vocabulary (default 0).
 	UnkID int64 `toml:"unk_id"`
+	// Special lists clip-bpe's extra special tokens: literal strings cut out of the prompt
+	// and given their own id, as transformers does with a tokenizer's added special tokens
+	// (laion's CLIP tokenizers, PickScore's among them, pad with "!" and list it here).
+	Special []string `toml:"special"`
 }
 
 // OutputConfig is `[reward.output]`: which graph outputs hold the result and how a raw value
@@ -238,10 +242,13 @@ func (c *Config) Validate() error {
 	}
 	switch c.Text.Tokenizer {
 	case "none":
-		if c.Text.Vocab != "" || c.Text.Merges != "" || c.Text.MaskInput != "" {
-			return fmt.Errorf("text.tokenizer: got \"none\" with text.vocab/merges/mask_input set, want a tokenizer")
+		if c.Text.Vocab != "" || c.Text.Merges != "" || c.Text.MaskInput != "" || len(c.Text.Special) > 0 {
+			return fmt.Errorf("text.tokenizer: got \"none\" with text.vocab/merges/mask_input/special set, want a tokenizer")
 		}
 	case "chars":
+		if len(c.Text.Special) > 0 {
+			return fmt.Errorf("text.special: set for tokenizer \"chars\", want it only with \"clip-bpe\"")
+		}
 		if c.Text.Merges != "" {
 			return fmt.Errorf("text.merges: set for tokenizer \"chars\", want it only with \"clip-bpe\"")
 		}

@@ -91,7 +91,11 @@ func newTextFeeder(c *Config) (*textFeeder, error) {
 		if t.PadID != nil {
 			pad = *t.PadID
 		}
-		tok, err = tokenize.LoadCLIPBPE(t.Vocab, t.Merges, t.MaxLength, pad)
+		var bpe *tokenize.CLIPBPE
+		if bpe, err = tokenize.LoadCLIPBPE(t.Vocab, t.Merges, t.MaxLength, pad); err == nil {
+			err = bpe.AddSpecial(t.Special...)
+			tok = bpe
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("[reward.text]: %w", err)

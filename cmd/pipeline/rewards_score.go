@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"image/png"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/rewards"
+	"github.com/densegrpo/densegrpo/rewards/preprocess"
 )
 
 func init() {
@@ -63,7 +63,7 @@ func runRewardsScore(ctx context.Context, args []string, out io.Writer) error {
 			return usageError("--metadata: %v", err)
 		}
 	}
-	im, err := readPNG(*imagePath)
+	im, err := preprocess.ReadPNG(*imagePath)
 	if err != nil {
 		return err
 	}
@@ -100,30 +100,4 @@ func runRewardsScore(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "%-20s %.6f\n", "total", scores.Total[0])
 	return nil
-}
-
-// readPNG decodes a PNG into the rewards' RGB [0,1] image (alpha is dropped).
-func readPNG(path string) (rewards.Image, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return rewards.Image{}, fmt.Errorf("read image: %w", err)
-	}
-	defer f.Close()
-	src, err := png.Decode(f)
-	if err != nil {
-		return rewards.Image{}, fmt.Errorf("decode PNG %s: %w", path, err)
-	}
-	b := src.Bounds()
-	im := rewards.Image{W: b.Dx(), H: b.Dy(), Pix: make([]float32, b.Dx()*b.Dy()*3)}
-	for y := 0; y < im.H; y++ {
-		for x := 0; x < im.W; x++ {
-			r, g, bl, _ := src.At(b.Min.X+x, b.Min.Y+y).RGBA()
-			o := (y*im.W + x) * 3
-			im.Pix[o], im.Pix[o+1], im.Pix[o+2] = float32(r)/0xffff, float32(g)/0xffff, float32(bl)/0xffff
-		}
-	}
-	if err := im.Check(); err != nil {
-		return rewards.Image{}, fmt.Errorf("image %s: %w", path, err)
-	}
-	return im, nil
 }

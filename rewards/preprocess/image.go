@@ -8,7 +8,10 @@ package preprocess
 
 import (
 	"fmt"
+	"image"
+	"image/png"
 	"math"
+	"os"
 )
 
 // Image is a decoded RGB image: Pix holds H rows of W pixels of 3 float32 values (R, G, B),
@@ -206,4 +209,37 @@ func weights(src, dst int, f Filter) []kernel {
 		out[i] = k
 	}
 	return out
+}
+
+// FromImage converts any decoded image to an Image (alpha is dropped, 16-bit channels kept
+// at full precision).
+func FromImage(src image.Image) Image {
+	b := src.Bounds()
+	im := NewImage(b.Dx(), b.Dy())
+	for y := 0; y < im.H; y++ {
+		for x := 0; x < im.W; x++ {
+			r, g, bl, _ := src.At(b.Min.X+x, b.Min.Y+y).RGBA()
+			o := (y*im.W + x) * 3
+			im.Pix[o], im.Pix[o+1], im.Pix[o+2] = float32(r)/0xffff, float32(g)/0xffff, float32(bl)/0xffff
+		}
+	}
+	return im
+}
+
+// ReadPNG decodes a PNG file into an Image.
+func ReadPNG(path string) (Image, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Image{}, fmt.Errorf("read image: %w", err)
+	}
+	defer f.Close()
+	src, err := png.Decode(f)
+	if err != nil {
+		return Image{}, fmt.Errorf("decode PNG %s: %w", path, err)
+	}
+	im := FromImage(src)
+	if err := im.Check(); err != nil {
+		return Image{}, fmt.Errorf("image %s: %w", path, err)
+	}
+	return im, nil
 }

@@ -10,9 +10,13 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // Tokenizer maps a prompt to exactly Len() ids and a mask of the same length.
@@ -99,6 +103,7 @@ type CLIPBPE struct {
 	eot     int64
 	pad     int64
 	maxLen  int
+	special []string   // literal strings that become one id each, longest first
 	mu      sync.Mutex // guards cache
 	cache   map[string][]string
 }
@@ -124,6 +129,7 @@ func LoadCLIPBPE(vocabPath, mergesPath string, maxLen int, pad int64) (*CLIPBPE,
 	if t.eot, ok = t.vocab["<|endoftext|>"]; !ok {
 		return nil, fmt.Errorf("load CLIP vocabulary %s: no <|endoftext|> token", vocabPath)
 	}
+	t.special = []string{"<|startoftext|>", "<|endoftext|>"}
 	t.pad = pad
 	if pad < 0 {
 		t.pad = t.eot
@@ -167,12 +173,51 @@ func LoadCLIPBPE(vocabPath, mergesPath string, maxLen int, pad int64) (*CLIPBPE,
 	return t, nil
 }
 
+// AddSpecial declares literal strings that are cut out of the text before normalisation and
+// become their own id, never merged: transformers' added special tokens. <|startoftext|> and
+// <|endoftext|> always are; laion's CLIP tokenizers (PickScore's) also pad with "!", which
+// transformers then treats as special, so a "!" in a prompt is id("!") rather than "!</w>".
+func (t *CLIPBPE) AddSpecial(tokens ...string) error {
+	for _, s := range tokens {
+		if _, ok := t.vocab[s]; !ok || s == "" {
+			return fmt.Errorf("special token %q is not in the vocabulary", s)
+		}
+		if !slices.Contains(t.special, s) {
+			t.special = append(t.special, s)
+		}
+	}
+	// Longest first, so a special that contains another wins (as a trie would match).
+	sort.SliceStable(t.special, func(i, j int) bool { return len(t.special[i]) > len(t.special[j]) })
+	return nil
+}
+
 // Len is the row length.
 func (t *CLIPBPE) Len() int { return t.maxLen }
 
-// Tokens returns the BPE symbols of text (without start/end markers).
+// Tokens returns the BPE symbols of text (without start/end markers): special tokens are cut
+// out first, the rest is NFC-normalised, whitespace-collapsed, lower-cased, split by CLIP's
+// pattern and merged (transformers' CLIPTokenizer pipeline).
 func (t *CLIPBPE) Tokens(text string) []string {
-	text = strings.ToLower(strings.Join(strings.Fields(text), " "))
+	var out []string
+	for text != "" {
+		at, which := len(text), ""
+		for _, s := range t.special {
+			if i := strings.Index(text, s); i >= 0 && i < at {
+				at, which = i, s
+			}
+		}
+		out = append(out, t.plain(text[:at])...)
+		if which == "" {
+			break
+		}
+		out = append(out, which)
+		text = text[at+len(which):]
+	}
+	return out
+}
+
+func (t *CLIPBPE) plain(text string) []string {
+	text = strings.ToLower(strings.Join(strings.Fields(norm.NFC.String(text)), " "))
 	var out []string
 	for _, piece := range clipPattern.FindAllString(text, -1) {
 		var sym []string

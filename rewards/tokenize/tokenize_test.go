@@ -109,3 +109,30 @@ func TestChars(t *testing.T) {
 		t.Errorf("code points %v, want [65 233]", ids)
 	}
 }
+
+// TestCLIPBPESpecial: a special token is cut out before BPE and keeps its own id. With "h"
+// special, "hih" is h | "i" | h → h, i</w>, h (ids 2 3 2); without it "hih" is one word whose
+// last symbol h</w> the vocabulary lacks.
+func TestCLIPBPESpecial(t *testing.T) {
+	vocab, merges := clipFixture(t)
+	tok, err := LoadCLIPBPE(vocab, merges, 6, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := tok.Encode("hih"); err == nil {
+		t.Fatal(`"hih" without special tokens: no error, want h</w> missing from the vocabulary`)
+	}
+	if err := tok.AddSpecial("h"); err != nil {
+		t.Fatal(err)
+	}
+	ids, _, err := tok.Encode("hih")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int64{0, 2, 3, 2, 1, 1}; !reflect.DeepEqual(ids, want) {
+		t.Errorf("Encode(hih) = %v, want %v", ids, want)
+	}
+	if err := tok.AddSpecial("zz"); err == nil || !strings.Contains(err.Error(), `"zz"`) {
+		t.Errorf("AddSpecial(zz) = %v, want an error naming the token", err)
+	}
+}
