@@ -33,7 +33,7 @@ func Calibrate(ctx context.Context, cfg Config, opts CalibrateOptions) (rl.Calib
 	if log == nil {
 		log = io.Discard
 	}
-	if cfg.Sampler.Kind != string(rl.KindSDE) {
+	if cfg.Sampler.Kind != rl.KindSDE {
 		return rl.Calibration{}, fmt.Errorf("calibrate: sampler.kind is %q; ψ calibrates the Flow-SDE (\"sde\")", cfg.Sampler.Kind)
 	}
 	frozen, err := OpenFrozen(ctx, cfg)

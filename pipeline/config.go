@@ -7,14 +7,19 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/densegrpo/densegrpo/internal/choice"
+	"github.com/densegrpo/densegrpo/models/mmdit"
+	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/rewards"
+	"github.com/densegrpo/densegrpo/rl"
 )
 
 // Config is the whole training configuration, one TOML file. Every field is documented where
@@ -68,8 +73,9 @@ type RunConfig struct {
 	CheckpointEvery int `toml:"checkpoint_every"`
 	// KeepCheckpoints is how many recent checkpoints are kept (>= 1). Default 2.
 	KeepCheckpoints int `toml:"keep_checkpoints"`
-	// Backend for GoMLX: "auto", "go", "xla:cpu", "xla:cuda". Default "auto".
-	Backend string `toml:"backend"`
+	// Backend for GoMLX: one of nn.BackendSpecs ("auto", "go", "xla:cpu", "xla:cuda").
+	// Default "auto".
+	Backend nn.Backend `toml:"backend"`
 	// SampleEvery writes a sample grid every N epochs (0: only at the end). Default 5.
 	SampleEvery int `toml:"sample_every"`
 }
@@ -89,8 +95,8 @@ type LoRAConfig struct {
 	Rank int `toml:"rank"`
 	// Alpha; the update is scaled by alpha/rank (> 0). Default 16.
 	Alpha float64 `toml:"alpha"`
-	// Targets are module names inside each attention block. Default: to_q, to_k, to_v,
-	// to_out.0, add_q_proj, add_k_proj, add_v_proj, to_add_out.
+	// Targets are module names inside each attention block. Default mmdit.DefaultLoRATargets:
+	// to_q, to_k, to_v, to_out.0, add_q_proj, add_k_proj, add_v_proj, to_add_out.
 	Targets []string `toml:"targets"`
 }
 
@@ -124,8 +130,8 @@ type PromptsConfig struct {
 
 // SamplerConfig is the rollout sampler.
 type SamplerConfig struct {
-	// Kind: "sde" (Flow-GRPO's Flow-SDE) or "cps". Default "sde".
-	Kind string `toml:"kind"`
+	// Kind: "sde" (Flow-GRPO's Flow-SDE) or "cps" (rl.Kinds). Default "sde".
+	Kind rl.Kind `toml:"kind"`
 	// Steps T of the training schedule (>= 2). Default 10.
 	Steps int `toml:"steps"`
 	// NoiseLevel a (> 0): s_k = a·sqrt(σ_k/(1−σ_k)) for "sde"; for "cps" the angle fraction
@@ -153,8 +159,8 @@ type DenseConfig struct {
 
 // GRPOConfig is the policy update.
 type GRPOConfig struct {
-	// Std normalises advantages: "group" or "global". Default "global".
-	Std string `toml:"std"`
+	// Std normalises advantages: "group" or "global" (rl.StdModes). Default "global".
+	Std rl.StdMode `toml:"std"`
 	// AdvClip clips advantages to ±AdvClip (> 0). Default 5.
 	AdvClip float64 `toml:"adv_clip"`
 	// ClipRange ε of the ratio clip (> 0). Default 1e-4.
@@ -217,27 +223,43 @@ type PipelineConfig struct {
 	TrainWorkers int `toml:"train_workers"`
 	// InferenceEngine runs the transformer's gradient-free passes — rollouts, look-aheads,
 	// evaluation: "onnx" (the policy's velocity exported to ONNX Runtime each epoch, adapters
-	// folded in) or "gomlx" (the training graph). Default "onnx".
-	InferenceEngine string `toml:"inference_engine"`
+	// folded in) or "gomlx" (the training graph); see Engines. Default "onnx".
+	InferenceEngine Engine `toml:"inference_engine"`
 }
+
+// Engine names what runs the transformer's gradient-free passes (pipeline.inference_engine).
+type Engine string
+
+// The engines.
+const (
+	// EngineONNX exports the policy's velocity to ONNX Runtime each epoch, adapters folded in.
+	EngineONNX Engine = "onnx"
+	// EngineGoMLX runs the velocity in the training graph's GoMLX context.
+	EngineGoMLX Engine = "gomlx"
+)
+
+// Engines lists the engines (the values of pipeline.inference_engine).
+var Engines = []Engine{EngineONNX, EngineGoMLX}
+
+// Valid reports whether e names a known engine.
+func (e Engine) Valid() bool { return slices.Contains(Engines, e) }
 
 // Default returns the configuration with every default set.
 func Default() Config {
 	return Config{Sections: Sections{
 		Run: RunConfig{Name: "tiny-ocr", OutDir: "runs", Seed: 1, TimeBudget: "10m", CheckpointEvery: 5,
 			KeepCheckpoints: 2, Backend: "auto", SampleEvery: 5},
-		Model: ModelConfig{LoRA: LoRAConfig{Rank: 8, Alpha: 16,
-			Targets: []string{"to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}}},
+		Model:       ModelConfig{LoRA: LoRAConfig{Rank: 8, Alpha: 16, Targets: slices.Clone(mmdit.DefaultLoRATargets)}},
 		ONNX:        onnxrt.Config{Provider: "cpu"},
 		TextEncoder: TextEncoderConfig{Tokenizer: "chars", MaxLength: 48},
 		Prompts:     PromptsConfig{PerEpoch: 8},
-		Sampler:     SamplerConfig{Kind: "sde", Steps: 10, NoiseLevel: 0.7, Shift: 3, GroupSize: 8, Guidance: 1},
+		Sampler:     SamplerConfig{Kind: rl.KindSDE, Steps: 10, NoiseLevel: 0.7, Shift: 3, GroupSize: 8, Guidance: 1},
 		Dense:       DenseConfig{Enabled: true},
-		GRPO: GRPOConfig{Std: "global", AdvClip: 5, ClipRange: 1e-4, Beta: 0.004, LearningRate: 3e-4,
+		GRPO: GRPOConfig{Std: rl.StdGlobal, AdvClip: 5, ClipRange: 1e-4, Beta: 0.004, LearningRate: 3e-4,
 			WeightDecay: 1e-4, GradClip: 1, TimestepFraction: 0.99, Minibatch: 16, EMADecayMax: 0.9},
 		Calibrate: CalibrateConfig{Iterations: 10, Trajectories: 32, Epsilon1: 2, Epsilon2: 0.01},
 		Eval:      EvalConfig{Steps: 40, BatchSize: 16},
-		Pipeline:  PipelineConfig{Overlap: true, RolloutBatch: 16, Buffer: 2, LookaheadWorkers: 2, ScoreWorkers: 1, TrainWorkers: 2, InferenceEngine: InferenceONNX},
+		Pipeline:  PipelineConfig{Overlap: true, RolloutBatch: 16, Buffer: 2, LookaheadWorkers: 2, ScoreWorkers: 1, TrainWorkers: 2, InferenceEngine: EngineONNX},
 	}}
 }
 
@@ -412,7 +434,7 @@ func (c Config) Validate() error {
 	check(c.Run.Epochs > 0 || c.TimeBudgetDuration() > 0, "run.epochs/run.time_budget", "0/0", "a bound on training (epochs > 0 or a time budget)")
 	check(c.Run.CheckpointEvery >= 1, "run.checkpoint_every", c.Run.CheckpointEvery, ">= 1")
 	check(c.Run.KeepCheckpoints >= 1, "run.keep_checkpoints", c.Run.KeepCheckpoints, ">= 1")
-	check(oneOf(c.Run.Backend, "auto", "go", "xla:cpu", "xla:cuda"), "run.backend", fmt.Sprintf("%q", c.Run.Backend), `"auto", "go", "xla:cpu" or "xla:cuda"`)
+	check(c.Run.Backend.Valid(), "run.backend", fmt.Sprintf("%q", c.Run.Backend), choice.Want(nn.BackendSpecs))
 	check(c.Run.SampleEvery >= 0, "run.sample_every", c.Run.SampleEvery, ">= 0")
 	check(c.Model.Config != "", "model.config", `""`, "an MMDiT JSON config file")
 	check(c.Model.Weights != "", "model.weights", `""`, "a safetensors file")
@@ -429,15 +451,15 @@ func (c Config) Validate() error {
 	check(c.Prompts.Train != "", "prompts.train", `""`, "a prompt file")
 	check(c.Prompts.Test != "", "prompts.test", `""`, "a prompt file")
 	check(c.Prompts.PerEpoch >= 1, "prompts.per_epoch", c.Prompts.PerEpoch, ">= 1")
-	check(oneOf(c.Sampler.Kind, "sde", "cps"), "sampler.kind", fmt.Sprintf("%q", c.Sampler.Kind), `"sde" or "cps"`)
-	check(c.Sampler.Psi == "" || c.Sampler.Kind != "cps", "sampler.psi", fmt.Sprintf("%q", c.Sampler.Psi), `"" with sampler.kind = "cps" (ψ sets the Flow-SDE's noise; CPS does not read it)`)
+	check(c.Sampler.Kind.Valid(), "sampler.kind", fmt.Sprintf("%q", c.Sampler.Kind), choice.Want(rl.Kinds))
+	check(c.Sampler.Psi == "" || c.Sampler.Kind != rl.KindCPS, "sampler.psi", fmt.Sprintf("%q", c.Sampler.Psi), `"" with sampler.kind = "cps" (ψ sets the Flow-SDE's noise; CPS does not read it)`)
 	check(c.Sampler.Steps >= 2, "sampler.steps", c.Sampler.Steps, ">= 2")
 	check(c.Sampler.NoiseLevel > 0 && !math.IsInf(c.Sampler.NoiseLevel, 0), "sampler.noise_level", c.Sampler.NoiseLevel, "> 0")
 	check(c.Sampler.Shift > 0, "sampler.shift", c.Sampler.Shift, "> 0")
 	check(c.Sampler.GroupSize >= 2, "sampler.group_size", c.Sampler.GroupSize, ">= 2")
 	check(c.Sampler.Guidance >= 0, "sampler.guidance", c.Sampler.Guidance, ">= 0")
 	check(c.Dense.Lookahead >= 0, "dense.lookahead", c.Dense.Lookahead, ">= 0 (0 = all remaining steps)")
-	check(oneOf(c.GRPO.Std, "group", "global"), "grpo.std", fmt.Sprintf("%q", c.GRPO.Std), `"group" or "global"`)
+	check(c.GRPO.Std.Valid(), "grpo.std", fmt.Sprintf("%q", c.GRPO.Std), choice.Want(rl.StdModes))
 	check(c.GRPO.AdvClip > 0, "grpo.adv_clip", c.GRPO.AdvClip, "> 0")
 	check(c.GRPO.ClipRange > 0, "grpo.clip_range", c.GRPO.ClipRange, "> 0")
 	check(c.GRPO.Beta >= 0, "grpo.beta", c.GRPO.Beta, ">= 0")
@@ -461,16 +483,7 @@ func (c Config) Validate() error {
 	check(c.Pipeline.LookaheadWorkers >= 1, "pipeline.lookahead_workers", c.Pipeline.LookaheadWorkers, ">= 1")
 	check(c.Pipeline.ScoreWorkers >= 1, "pipeline.score_workers", c.Pipeline.ScoreWorkers, ">= 1")
 	check(c.Pipeline.TrainWorkers >= 1, "pipeline.train_workers", c.Pipeline.TrainWorkers, ">= 1")
-	check(oneOf(c.Pipeline.InferenceEngine, InferenceONNX, InferenceGoMLX), "pipeline.inference_engine", fmt.Sprintf("%q", c.Pipeline.InferenceEngine), `"onnx" or "gomlx"`)
+	check(c.Pipeline.InferenceEngine.Valid(), "pipeline.inference_engine", fmt.Sprintf("%q", c.Pipeline.InferenceEngine), choice.Want(Engines))
 	check(len(c.Rewards) > 0, "reward", "no [[reward]] tables", "at least one")
 	return errors.Join(errs...)
-}
-
-func oneOf(s string, options ...string) bool {
-	for _, o := range options {
-		if s == o {
-			return true
-		}
-	}
-	return false
 }

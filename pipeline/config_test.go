@@ -3,9 +3,11 @@ package pipeline
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/rl"
 )
 
@@ -57,6 +59,23 @@ func TestLoadDefaultsAndResolve(t *testing.T) {
 	}
 }
 
+// The defaults that another package owns are taken from it, not spelled again.
+func TestDefaultsFromOwners(t *testing.T) {
+	d := Default()
+	if !slices.Equal(d.Model.LoRA.Targets, mmdit.DefaultLoRATargets) {
+		t.Errorf("model.lora.targets default %q, want mmdit.DefaultLoRATargets %q", d.Model.LoRA.Targets, mmdit.DefaultLoRATargets)
+	}
+	d.Model.LoRA.Targets[0] = "changed"
+	if mmdit.DefaultLoRATargets[0] == "changed" {
+		t.Fatal("Default shares its LoRA targets slice with mmdit: a config edit would change the package default")
+	}
+	for _, v := range []interface{ Valid() bool }{d.Run.Backend, d.Sampler.Kind, d.GRPO.Std, d.Pipeline.InferenceEngine} {
+		if !v.Valid() {
+			t.Errorf("default %v (%T) is not valid", v, v)
+		}
+	}
+}
+
 func TestLoadSet(t *testing.T) {
 	path := writeConfig(t, minimalConfig)
 	cfg, err := Load(path, []string{"dense.enabled=false", "grpo.beta=0.01", "run.name=sparse", "sampler.psi=runs/x/psi.json", "dense.lookahead=2", "reward.ocr.concurrency=2", "reward.ocr.weight=0.5"})
@@ -84,7 +103,9 @@ func TestLoadErrors(t *testing.T) {
 		{"wrong type", minimalConfig + "\n[sampler]\nsteps = \"ten\"\n", nil, []string{"train.toml", "steps"}},
 		{"bad value", minimalConfig, []string{"grpo.clip_range=-1"}, []string{"grpo.clip_range: got -1, want > 0"}},
 		{"bad kind", minimalConfig, []string{"sampler.kind=ode"}, []string{`sampler.kind: got "ode", want "sde" or "cps"`}},
-		{"bad std", minimalConfig, []string{"grpo.std=batch"}, []string{`grpo.std: got "batch"`}},
+		{"bad std", minimalConfig, []string{"grpo.std=batch"}, []string{`grpo.std: got "batch", want "group" or "global"`}},
+		{"bad backend", minimalConfig, []string{"run.backend=tpu"}, []string{`run.backend: got "tpu", want "auto", "go", "xla:cpu" or "xla:cuda"`}},
+		{"bad engine", minimalConfig, []string{"pipeline.inference_engine=xla"}, []string{`pipeline.inference_engine: got "xla", want "onnx" or "gomlx"`}},
 		{"no trained step", minimalConfig, []string{"sampler.steps=2", "grpo.timestep_fraction=0.4"}, []string{"grpo.timestep_fraction", "at least one trained step"}},
 		{"bad budget", minimalConfig, []string{"run.time_budget=soon"}, []string{`run.time_budget: got "soon"`}},
 		{"psi with cps", minimalConfig, []string{"sampler.kind=cps", "sampler.psi=psi.json"}, []string{`sampler.psi: got "psi.json"`, `sampler.kind = "cps"`}},

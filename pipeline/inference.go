@@ -12,12 +12,6 @@ import (
 	"github.com/densegrpo/densegrpo/rl"
 )
 
-// Values of pipeline.inference_engine.
-const (
-	InferenceONNX  = "onnx"
-	InferenceGoMLX = "gomlx"
-)
-
 // odeIntegrator integrates deterministic Euler paths under rl.Sampler.IntegrateODE's contract
 // (clean latents in the order of paths): the look-ahead of dense rewards and evaluation.
 type odeIntegrator interface {
@@ -38,7 +32,7 @@ type inference struct {
 // adapters folded in. The ONNX one is a snapshot — build a new one after the weights change —
 // and must be closed.
 func newInference(cfg Config, policy *Policy, sampler *rl.Sampler, latent []int) (inference, error) {
-	if cfg.Pipeline.InferenceEngine == InferenceGoMLX {
+	if cfg.Pipeline.InferenceEngine == EngineGoMLX {
 		return inference{ode: sampler, close: func() {}}, nil
 	}
 	merged, err := policy.Model.MergedTensors(policy.Ctx)

@@ -29,7 +29,7 @@ const (
 
 // PolicyOptions are the choices of NewPolicy that are not in the config.
 type PolicyOptions struct {
-	// Backend, if not nil, is used instead of nn.NewBackend(cfg.Run.Backend) (tests share
+	// Backend, if not nil, is used instead of nn.NewBackend(string(cfg.Run.Backend)) (tests share
 	// one); the policy does not finalize it.
 	Backend backends.Backend
 	// LoRA is a safetensors file of adapters to load; "" initialises them from cfg.Run.Seed
@@ -76,7 +76,7 @@ func NewPolicy(cfg Config, opts PolicyOptions) (*Policy, error) {
 		return nil, fmt.Errorf("new policy: %w", err)
 	}
 	if p.Backend == nil {
-		p.Backend, p.BackendDesc, err = nn.NewBackend(cfg.Run.Backend)
+		p.Backend, p.BackendDesc, err = nn.NewBackend(string(cfg.Run.Backend))
 		if err != nil {
 			return nil, fmt.Errorf("new policy: %w", err)
 		}

@@ -49,7 +49,7 @@ func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen)
 		return nil, err
 	}
 	scfg := rl.SamplerConfig{
-		Kind: rl.Kind(cfg.Sampler.Kind), NoiseLevel: cfg.Sampler.NoiseLevel, Psi: psi,
+		Kind: cfg.Sampler.Kind, NoiseLevel: cfg.Sampler.NoiseLevel, Psi: psi,
 		Guidance: Guidance(cfg), GroupSize: cfg.Sampler.GroupSize, SameNoise: cfg.Sampler.SameNoise,
 		LatentShape: frozen.VAE.LatentShape(),
 	}
@@ -60,7 +60,7 @@ func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen)
 	// With the ONNX engine the KL reference (the base model, fixed) is exported once and its
 	// velocities computed during the rollout, not in every training graph.
 	var ref *onnxPolicy
-	if cfg.Pipeline.InferenceEngine == InferenceONNX && cfg.GRPO.Beta > 0 {
+	if cfg.Pipeline.InferenceEngine == EngineONNX && cfg.GRPO.Beta > 0 {
 		base, err := policy.Model.BaseTensors(policy.Ctx)
 		if err != nil {
 			return nil, err
@@ -76,7 +76,7 @@ func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen)
 		return nil, err
 	}
 	grpo, err := rl.NewTrainer(policy.Backend, policy.Ctx, policy.Velocity, rl.TrainConfig{
-		Loss:     rl.LossConfig{Kind: rl.Kind(cfg.Sampler.Kind), ClipRange: cfg.GRPO.ClipRange, Beta: cfg.GRPO.Beta},
+		Loss:     rl.LossConfig{Kind: cfg.Sampler.Kind, ClipRange: cfg.GRPO.ClipRange, Beta: cfg.GRPO.Beta},
 		Guidance: Guidance(cfg), LearningRate: cfg.GRPO.LearningRate, WeightDecay: cfg.GRPO.WeightDecay,
 		GradClip: cfg.GRPO.GradClip, Workers: cfg.Pipeline.TrainWorkers, RefVelocities: ref != nil,
 	})
@@ -241,7 +241,7 @@ func (t *trainer) runEpoch(ctx context.Context) (map[string]any, error) {
 	}
 	batches, rw, timer, need := col.batches, col.rewards, col.timer, t.col.need
 	final := rw.Final()
-	advCfg := rl.AdvantageConfig{Std: rl.StdMode(cfg.GRPO.Std), Clip: cfg.GRPO.AdvClip}
+	advCfg := rl.AdvantageConfig{Std: cfg.GRPO.Std, Clip: cfg.GRPO.AdvClip}
 	var adv [][]float64
 	if cfg.Dense.Enabled {
 		adv, err = rl.DenseAdvantages(rw.Delta, rw.Group, need, advCfg)

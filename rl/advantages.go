@@ -3,6 +3,9 @@ package rl
 import (
 	"fmt"
 	"math"
+	"slices"
+
+	"github.com/densegrpo/densegrpo/internal/choice"
 )
 
 // StdMode selects the standard deviation advantages are divided by.
@@ -16,6 +19,12 @@ const (
 	StdGlobal StdMode = "global"
 )
 
+// StdModes lists the std modes (the values of grpo.std).
+var StdModes = []StdMode{StdGroup, StdGlobal}
+
+// Valid reports whether m names a known std mode.
+func (m StdMode) Valid() bool { return slices.Contains(StdModes, m) }
+
 // advEpsilon is added to every std before dividing, as Flow-GRPO does.
 const advEpsilon = 1e-4
 
@@ -28,8 +37,8 @@ type AdvantageConfig struct {
 }
 
 func (c AdvantageConfig) validate() error {
-	if c.Std != StdGroup && c.Std != StdGlobal {
-		return fmt.Errorf("advantage config: field std: got %q, want %q or %q", c.Std, StdGroup, StdGlobal)
+	if !c.Std.Valid() {
+		return fmt.Errorf("advantage config: field std: got %q, want %s", c.Std, choice.Want(StdModes))
 	}
 	if !(c.Clip > 0) {
 		return fmt.Errorf("advantage config: field adv_clip: got %v, want > 0", c.Clip)

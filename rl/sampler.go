@@ -14,6 +14,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 
+	"github.com/densegrpo/densegrpo/internal/choice"
 	"github.com/densegrpo/densegrpo/models/nn"
 )
 
@@ -63,7 +64,7 @@ type SamplerConfig struct {
 func (c SamplerConfig) Validate(steps int) error {
 	switch {
 	case !c.Kind.Valid():
-		return fmt.Errorf("sampler config: field kind: got %q, want %q or %q", c.Kind, KindSDE, KindCPS)
+		return fmt.Errorf("sampler config: field kind: got %q, want %s", c.Kind, choice.Want(Kinds))
 	case !(c.NoiseLevel > 0):
 		return fmt.Errorf("sampler config: field noise_level: got %v, want > 0", c.NoiseLevel)
 	case c.Psi != nil && c.Kind != KindSDE:

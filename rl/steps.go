@@ -214,8 +214,11 @@ const (
 	KindCPS Kind = "cps"
 )
 
+// Kinds lists the stochastic samplers (the values of sampler.kind).
+var Kinds = []Kind{KindSDE, KindCPS}
+
 // Valid reports whether k names a known sampler.
-func (k Kind) Valid() bool { return k == KindSDE || k == KindCPS }
+func (k Kind) Valid() bool { return slices.Contains(Kinds, k) }
 
 // StochasticStep dispatches to CalibratedSDEStep or CPSStepWithStd; s is the step's noise level
 // as StepOut.S defines it.

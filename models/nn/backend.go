@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/gomlx/gomlx/backends"
@@ -25,6 +26,12 @@ const SimpleGoConfig = "ops_sequential"
 
 // BackendSpecs lists the specs NewBackend accepts.
 var BackendSpecs = []string{"auto", "go", "xla:cpu", "xla:cuda"}
+
+// Backend is a backend spec as a config field holds it (run.backend, train.backend).
+type Backend string
+
+// Valid reports whether b is one of BackendSpecs.
+func (b Backend) Valid() bool { return slices.Contains(BackendSpecs, string(b)) }
 
 // NewBackend returns a GoMLX backend for spec:
 //

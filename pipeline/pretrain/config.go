@@ -102,7 +102,7 @@ type TrainConfig struct {
 	Workers int `toml:"workers"`
 	// Backend for GoMLX: one of nn.BackendSpecs ("auto", "go", "xla:cpu", "xla:cuda").
 	// Default "go".
-	Backend string `toml:"backend"`
+	Backend nn.Backend `toml:"backend"`
 }
 
 // SigmaConfig is how training noise levels σ are drawn: u from Sampling, then the SD3 shift
@@ -236,7 +236,7 @@ func (c Config) Validate() error {
 		{!(c.Train.EMADecay >= 0 && c.Train.EMADecay < 1), "train.ema_decay", "in [0, 1)", c.Train.EMADecay},
 		{!(c.Train.GradClip >= 0) || !finite(c.Train.GradClip), "train.grad_clip", ">= 0 (0 disables)", c.Train.GradClip},
 		{c.Train.Workers < 1 || c.Train.BatchSize%max(1, c.Train.Workers) != 0, "train.workers", fmt.Sprintf(">= 1 and dividing train.batch_size (%d)", c.Train.BatchSize), c.Train.Workers},
-		{!validBackend(c.Train.Backend), "train.backend", "one of " + strings.Join(nn.BackendSpecs, ", "), fmt.Sprintf("%q", c.Train.Backend)},
+		{!c.Train.Backend.Valid(), "train.backend", "one of " + strings.Join(nn.BackendSpecs, ", "), fmt.Sprintf("%q", c.Train.Backend)},
 		{c.Sigma.Sampling != "logit-normal" && c.Sigma.Sampling != "uniform", "sigma.sampling", `"logit-normal" or "uniform"`, fmt.Sprintf("%q", c.Sigma.Sampling)},
 		{!finite(c.Sigma.Mean), "sigma.mean", "a finite number", c.Sigma.Mean},
 		{!(c.Sigma.Std > 0) || !finite(c.Sigma.Std), "sigma.std", "> 0", c.Sigma.Std},
@@ -255,15 +255,6 @@ func (c Config) Validate() error {
 		return err
 	}
 	return nil
-}
-
-func validBackend(spec string) bool {
-	for _, s := range nn.BackendSpecs {
-		if s == spec {
-			return true
-		}
-	}
-	return false
 }
 
 // Encode writes the configuration as TOML (the resolved config saved in the output dir).

@@ -167,7 +167,7 @@ func newTrainer(cfg Config, opts Options) (*trainer, error) {
 	}
 	backend := opts.Backend
 	if backend == nil {
-		backend, _, err = nn.NewBackend(cfg.Train.Backend)
+		backend, _, err = nn.NewBackend(string(cfg.Train.Backend))
 		if err != nil {
 			return nil, fmt.Errorf("pretrain: %w", err)
 		}
