@@ -28,6 +28,24 @@ venv:
     have=$(.venv/bin/pip freeze 2>/dev/null | sort)
     if [ "$want" != "$have" ]; then .venv/bin/pip install -q -r exporters/requirements.txt; fi
 
+# The reward server's own venv (.venv-serve/, git-ignored): NVIDIA Triton through PyTriton with
+# ONNX Runtime, pinned in exporters/serve/requirements.txt. Built from Debian's /usr/bin/python3:
+# PyTriton's Python-backend stub links that libpython, and it pins numpy<2 and protobuf<7,
+# which the exporters' venv cannot take. About 0.6 GB. Idempotent.
+serve-venv:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -x .venv-serve/bin/python ] || /usr/bin/python3 -m venv .venv-serve
+    want=$(grep -v '^#' exporters/serve/requirements.txt | sort)
+    have=$(.venv-serve/bin/pip freeze 2>/dev/null | sort)
+    if [ "$want" != "$have" ]; then .venv-serve/bin/pip install -q -r exporters/serve/requirements.txt; fi
+
+# The remote reward against a real Triton server on 127.0.0.1 (started and stopped by the test):
+# kind "remote" gives the same rewards as "onnx-scalar" on 256 images, throughput of both side by
+# side, and a server restart in the middle of a score. Not part of `just test` (needs Python).
+test-remote: setup serve-venv
+    go test -count=1 -tags triton -run Triton -v ./rewards
+
 # Build the one binary into bin/.
 build:
     go build -o {{bin}} ./cmd/pipeline

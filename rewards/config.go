@@ -22,7 +22,7 @@ type Config struct {
 	Name string `toml:"name"`
 	// Weight multiplies the reward in the weighted total (any finite value; default 1).
 	Weight *float64 `toml:"weight"`
-	// Kind selects the scorer: onnx-scalar, clip-score, ocr or geneval (see Kinds).
+	// Kind selects the scorer: onnx-scalar, clip-score, ocr, geneval or remote (see Kinds).
 	Kind string `toml:"kind"`
 	// Model is the ONNX file (relative paths are against the config file's directory):
 	// the scorer (onnx-scalar), the joint image+text graph (clip-score), the recogniser
@@ -47,6 +47,7 @@ type Config struct {
 	Output  OutputConfig  `toml:"output"`
 	OCR     OCRConfig     `toml:"ocr"`
 	Geneval GenevalConfig `toml:"geneval"`
+	Remote  RemoteConfig  `toml:"remote"`
 }
 
 // ImageConfig is `[reward.image]`: the model input the image feeds and how it is prepared.
@@ -134,6 +135,28 @@ type OCRConfig struct {
 // GenevalConfig is `[reward.geneval]`: GenEval's detection-filtering constants.
 type GenevalConfig struct {
 	geneval.Options
+}
+
+// RemoteConfig is `[reward.remote]`: a scorer served by an inference server over the KServe v2
+// / Open Inference Protocol (NVIDIA Triton, MLServer, KServe). Kind "remote" sends what
+// "onnx-scalar" would feed its graph — the prepared images and, with a tokenizer, the ids —
+// and reads the same output, so swapping the kind keeps the rewards.
+type RemoteConfig struct {
+	// URL is the server's base URL, http://HOST:PORT (Triton's HTTP port is 8000).
+	URL string `toml:"url"`
+	// Model and Version name the served model (Version empty: the server's choice).
+	Model   string `toml:"model"`
+	Version string `toml:"version"`
+	// Timeout bounds one request (default "30s").
+	Timeout string `toml:"timeout"`
+	// Retries is how often a request is sent again after a transient failure (the server
+	// unreachable, a timeout, HTTP 429/502/503/504; default 8). Backoff is the first wait
+	// (default "250ms"), doubling up to MaxBackoff (default "8s").
+	Retries    *int   `toml:"retries"`
+	Backoff    string `toml:"backoff"`
+	MaxBackoff string `toml:"max_backoff"`
+	// Binary sends tensors in Triton's binary data extension instead of JSON arrays.
+	Binary bool `toml:"binary"`
 }
 
 // table names the block in errors: `[[reward]] "ocr"` or `[[reward]] #2` when unnamed.

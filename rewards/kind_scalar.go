@@ -3,6 +3,7 @@ package rewards
 import (
 	"context"
 	"fmt"
+	"reflect"
 
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/rewards/tokenize"
@@ -26,6 +27,7 @@ func fieldSet(c *Config) map[string]bool {
 		"output.index": o.Index != 0,
 		"ocr":          c.OCR != OCRConfig{},
 		"geneval":      c.Geneval != GenevalConfig{},
+		"remote":       !reflect.DeepEqual(c.Remote, RemoteConfig{}),
 	}
 }
 
@@ -138,10 +140,21 @@ func (f *textFeeder) feed(prompts []Prompt, in map[string]onnxrt.Tensor) error {
 	return nil
 }
 
-// scalarScorer runs any graph mapping an image (and optionally token ids) to a score.
+// runner is a model a scorer runs: `concurrency` ONNX Runtime sessions of a file (pool), or a
+// model served over the network (remote). where names it in errors: the file, or the model's
+// URL.
+type runner interface {
+	where() string
+	inputs() []onnxrt.TensorInfo
+	outputs() []onnxrt.TensorInfo
+	run(ctx context.Context, in map[string]onnxrt.Tensor, outputs ...string) (map[string]onnxrt.Tensor, error)
+	close() error
+}
+
+// scalarScorer runs any model mapping an image (and optionally token ids) to a score.
 type scalarScorer struct {
 	cfg    *Config
-	pool   *pool
+	m      runner
 	text   *textFeeder
 	output string
 }
@@ -155,49 +168,54 @@ func openScalar(ctx context.Context, c *Config, rt onnxrt.Config) (Scorer, error
 	if err != nil {
 		return nil, err
 	}
-	s := &scalarScorer{cfg: c, pool: p, text: text}
+	return newScalarScorer(c, p, text)
+}
+
+// newScalarScorer checks the model's declared tensors against c and closes m on a mismatch.
+func newScalarScorer(c *Config, m runner, text *textFeeder) (*scalarScorer, error) {
+	s := &scalarScorer{cfg: c, m: m, text: text}
 	if err := s.check(); err != nil {
-		p.close()
+		m.close()
 		return nil, err
 	}
 	return s, nil
 }
 
 func (s *scalarScorer) check() error {
-	sess := s.pool.info()
+	where, inputs, outputs := s.m.where(), s.m.inputs(), s.m.outputs()
 	wants := append([]tensorWant{imageWant(s.cfg, s.cfg.Image.Spec, s.cfg.Image.Input, "[reward.image]")}, s.text.wants()...)
 	for _, w := range wants {
-		t, err := w.check(s.pool.path, sess.Inputs())
+		t, err := w.check(where, inputs)
 		if err != nil {
 			return err
 		}
-		if err := checkBatchDim(s.cfg, s.pool.path, t); err != nil {
+		if err := checkBatchDim(s.cfg, where, t); err != nil {
 			return err
 		}
 	}
-	if len(sess.Inputs()) != len(wants) {
-		return fmt.Errorf("model %s: graph has %d inputs (%v), the config feeds %d", s.pool.path, len(sess.Inputs()), sess.Inputs(), len(wants))
+	if len(inputs) != len(wants) {
+		return fmt.Errorf("model %s: graph has %d inputs (%v), the config feeds %d", where, len(inputs), inputs, len(wants))
 	}
 	s.output = s.cfg.Output.Name
-	if s.output == "" {
-		s.output = sess.Outputs()[0].Name
+	if s.output == "" && len(outputs) > 0 {
+		s.output = outputs[0].Name
 	}
 	what := "[reward.output] name"
-	t, err := tensorWant{role: "output", name: s.output, types: []string{"float32", "float64"}, dims: nil, what: what}.checkAnyRank(s.pool.path, sess.Outputs())
+	t, err := tensorWant{role: "output", name: s.output, types: []string{"float32", "float64"}, dims: nil, what: what}.checkAnyRank(where, outputs)
 	if err != nil {
 		return err
 	}
 	switch len(t.Dims) {
 	case 1:
 		if s.cfg.Output.Index != 0 {
-			return fmt.Errorf("model %s: output %q: got %s %s (one value per image), want [N,K] for [reward.output] index = %d", s.pool.path, t.Name, t.Type, onnxrt.FormatDims(t.Dims), s.cfg.Output.Index)
+			return fmt.Errorf("model %s: output %q: got %s %s (one value per image), want [N,K] for [reward.output] index = %d", where, t.Name, t.Type, onnxrt.FormatDims(t.Dims), s.cfg.Output.Index)
 		}
 	case 2:
 		if t.Dims[1] >= 0 && int64(s.cfg.Output.Index) >= t.Dims[1] {
-			return fmt.Errorf("model %s: output %q: got %s %s, want more than %d columns for [reward.output] index = %d", s.pool.path, t.Name, t.Type, onnxrt.FormatDims(t.Dims), s.cfg.Output.Index, s.cfg.Output.Index)
+			return fmt.Errorf("model %s: output %q: got %s %s, want more than %d columns for [reward.output] index = %d", where, t.Name, t.Type, onnxrt.FormatDims(t.Dims), s.cfg.Output.Index, s.cfg.Output.Index)
 		}
 	default:
-		return fmt.Errorf("model %s: output %q: got %s %s, want float32 [N] or [N,K] (from %s)", s.pool.path, t.Name, t.Type, onnxrt.FormatDims(t.Dims), what)
+		return fmt.Errorf("model %s: output %q: got %s %s, want float32 [N] or [N,K] (from %s)", where, t.Name, t.Type, onnxrt.FormatDims(t.Dims), what)
 	}
 	return nil
 }
@@ -225,7 +243,7 @@ func (s *scalarScorer) Score(ctx context.Context, b *Batch) ([]float64, map[stri
 	if err := s.text.feed(b.Prompts, in); err != nil {
 		return nil, nil, err
 	}
-	out, err := s.pool.run(ctx, in, s.output)
+	out, err := s.m.run(ctx, in, s.output)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -235,8 +253,8 @@ func (s *scalarScorer) Score(ctx context.Context, b *Batch) ([]float64, map[stri
 	if len(raw.Shape) == 2 {
 		cols = int(raw.Shape[1])
 	}
-	if len(raw.Float32) != n*cols || raw.Shape[0] != int64(n) {
-		return nil, nil, fmt.Errorf("model %s: output %q has shape %s for a batch of %d", s.pool.path, s.output, onnxrt.FormatDims(raw.Shape), n)
+	if r := len(raw.Shape); r < 1 || r > 2 || raw.Shape[0] != int64(n) || len(raw.Float32) != n*cols || s.cfg.Output.Index >= cols {
+		return nil, nil, fmt.Errorf("model %s: output %q has shape %s for a batch of %d, want [%d] or [%d,K] with K > index %d", s.m.where(), s.output, onnxrt.FormatDims(raw.Shape), n, n, n, s.cfg.Output.Index)
 	}
 	vals := make([]float64, n)
 	for i := range vals {
@@ -245,4 +263,4 @@ func (s *scalarScorer) Score(ctx context.Context, b *Batch) ([]float64, map[stri
 	return vals, nil, finite(vals)
 }
 
-func (s *scalarScorer) Close() error { return s.pool.close() }
+func (s *scalarScorer) Close() error { return s.m.close() }

@@ -1,5 +1,5 @@
 // Package rewards owns config-driven reward models: a reward is a `[[reward]]` TOML block
-// naming a kind (onnx-scalar, clip-score, ocr, geneval), its ONNX graph(s), how the image is
+// naming a kind (onnx-scalar, clip-score, ocr, geneval, remote), its ONNX graph(s) or served model, how the image is
 // prepared for it, how the prompt is tokenized and how the graph's output becomes a number.
 // Adding a reward model means writing such a block, never Go code.
 //
@@ -331,6 +331,10 @@ func openPool(path string, n int, rt onnxrt.Config) (*pool, error) {
 }
 
 func (p *pool) info() *onnxrt.Session { return p.sessions[0] }
+
+func (p *pool) where() string                { return p.path }
+func (p *pool) inputs() []onnxrt.TensorInfo  { return p.sessions[0].Inputs() }
+func (p *pool) outputs() []onnxrt.TensorInfo { return p.sessions[0].Outputs() }
 
 func (p *pool) run(ctx context.Context, in map[string]onnxrt.Tensor, outputs ...string) (map[string]onnxrt.Tensor, error) {
 	var s *onnxrt.Session

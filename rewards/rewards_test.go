@@ -60,7 +60,7 @@ func TestSwapInScalarModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer set.Close()
-	if n := len(set.rewards[0].scorer.(*scalarScorer).pool.sessions); n != 2 {
+	if n := len(set.rewards[0].scorer.(*scalarScorer).m.(*pool).sessions); n != 2 {
 		t.Errorf("concurrency = 2 opened %d sessions", n)
 	}
 	// Constant 16×16 images resize to constant 8×8 ones; the graph's mean is the value v;
