@@ -170,7 +170,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name string, m Mo
 		return
 	}
 	var resp struct {
-		ModelName string       `json:"model_name"`
+		ModelName string              `json:"model_name"`
 		Outputs   []kserve.WireTensor `json:"outputs"`
 	}
 	resp.ModelName = name
