@@ -48,6 +48,39 @@ type Config struct {
 	OCR     OCRConfig     `toml:"ocr"`
 	Geneval GenevalConfig `toml:"geneval"`
 	Remote  RemoteConfig  `toml:"remote"`
+	Color   ColorConfig   `toml:"color"`
+}
+
+// ColorConfig is `[reward.color]`: geneval's colour classifier, GenEval's CLIP zero-shot over
+// its ten colour names and three templates per object class, run on each object's crop (pixels
+// outside its mask replaced by background). Without it, geneval names colours by a pixel rule
+// (rewards/geneval.PixelColor), which is not GenEval's.
+type ColorConfig struct {
+	// ImageModel and TextModel are a CLIP's towers as exporters/clip writes them
+	// (pixel_values → image_embeds, input_ids → text_embeds). GenEval uses OpenAI's ViT-L/14.
+	ImageModel string `toml:"image_model"`
+	TextModel  string `toml:"text_model"`
+	// Vocab, Merges, MaxLength (default 77), PadID and Special are the CLIP tokenizer's, as in
+	// [reward.text] with tokenizer = "clip-bpe".
+	Vocab     string   `toml:"vocab"`
+	Merges    string   `toml:"merges"`
+	MaxLength int      `toml:"max_length"`
+	PadID     *int64   `toml:"pad_id"`
+	Special   []string `toml:"special"`
+	// Size is the CLIP input side: each crop's shortest edge is resized to it and the centre
+	// cut (default 224); Resize the filter (default "bicubic"); Mean and Std (default OpenAI
+	// CLIP's) normalise it.
+	Size   int               `toml:"size"`
+	Resize preprocess.Filter `toml:"resize"`
+	Mean   []float32         `toml:"mean"`
+	Std    []float32         `toml:"std"`
+	// Background fills the pixels outside an object's mask (default GenEval's "#999": 0.6).
+	Background []float32 `toml:"background"`
+}
+
+// colorSpec is the crop's preprocessing.
+func (c ColorConfig) colorSpec() preprocess.Spec {
+	return preprocess.Spec{Size: []int{c.Size, c.Size}, Resize: c.Resize, Crop: "center", Mean: c.Mean, Std: c.Std}.Defaults()
 }
 
 // ImageConfig is `[reward.image]`: the model input the image feeds and how it is prepared.
@@ -291,7 +324,8 @@ func (c *Config) Validate() error {
 // ResolvePaths makes every relative file path in c relative to baseDir (the directory of the
 // config file).
 func (c *Config) ResolvePaths(baseDir string) {
-	for _, p := range []*string{&c.Model, &c.ImageModel, &c.TextModel, &c.Detector, &c.Keys, &c.Classes, &c.Text.Vocab, &c.Text.Merges} {
+	for _, p := range []*string{&c.Model, &c.ImageModel, &c.TextModel, &c.Detector, &c.Keys, &c.Classes, &c.Text.Vocab, &c.Text.Merges,
+		&c.Color.ImageModel, &c.Color.TextModel, &c.Color.Vocab, &c.Color.Merges} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(baseDir, *p)
 		}

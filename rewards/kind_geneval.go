@@ -17,7 +17,7 @@ func init() {
 
 func validateGeneval(c *Config) error {
 	allowed := []string{"model", "classes", "output.boxes", "output.scores", "output.labels", "output.masks",
-		"output.box_format", "output.normalized", "output.mask_threshold", "output.metric", "geneval"}
+		"output.box_format", "output.normalized", "output.mask_threshold", "output.metric", "geneval", "color"}
 	if err := onlyFields(c, allowed, "model", "classes", "output.boxes", "output.scores", "output.labels"); err != nil {
 		return err
 	}
@@ -33,6 +33,10 @@ func validateGeneval(c *Config) error {
 	if t := c.Output.MaskThreshold; !(t > 0 && t < 1) {
 		return fmt.Errorf("output.mask_threshold: got %v, want in (0,1)", t)
 	}
+	c.Color.defaults()
+	if err := c.Color.validate(); err != nil {
+		return err
+	}
 	return c.Geneval.Options.Validate()
 }
 
@@ -42,7 +46,8 @@ type genevalScorer struct {
 	cfg     *Config
 	pool    *pool
 	classes []string
-	batched bool // outputs carry a leading batch dimension
+	batched bool             // outputs carry a leading batch dimension
+	color   *colorClassifier // nil: the pixel rule
 }
 
 func loadClasses(path string) ([]string, error) {
@@ -78,6 +83,12 @@ func openGeneval(ctx context.Context, c *Config, rt onnxrt.Config) (Scorer, erro
 	if err := s.check(); err != nil {
 		p.close()
 		return nil, err
+	}
+	if c.Color.set() {
+		if s.color, err = openColor(c.Color, rt); err != nil {
+			p.close()
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -171,7 +182,14 @@ func (s *genevalScorer) Score(ctx context.Context, b *Batch) ([]float64, map[str
 				return nil, nil, fmt.Errorf("image %d: %w", i, err)
 			}
 			opts := s.cfg.Geneval.Options
-			res := geneval.Evaluate(geneval.Select(dets, metas[i].Tag, opts), metas[i], geneval.ImageColor(b.Images[i]), opts)
+			objects := geneval.Select(dets, metas[i].Tag, opts)
+			color := geneval.ImageColor(b.Images[i])
+			if s.color != nil {
+				if color, err = s.color.colors(ctx, b.Images[i], objects, metas[i]); err != nil {
+					return nil, nil, fmt.Errorf("image %d: colour: %w", i, err)
+				}
+			}
+			res := geneval.Evaluate(objects, metas[i], color, opts)
 			raw := res.Score
 			extra["score"][i] = res.Score
 			if res.Strict {
@@ -244,4 +262,12 @@ func (s *genevalScorer) detections(out map[string]onnxrt.Tensor, k int, im Image
 	return dets, nil
 }
 
-func (s *genevalScorer) Close() error { return s.pool.close() }
+func (s *genevalScorer) Close() error {
+	err := s.pool.close()
+	if s.color != nil {
+		if e := s.color.close(); err == nil {
+			err = e
+		}
+	}
+	return err
+}

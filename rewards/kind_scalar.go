@@ -28,6 +28,7 @@ func fieldSet(c *Config) map[string]bool {
 		"ocr":          c.OCR != OCRConfig{},
 		"geneval":      c.Geneval != GenevalConfig{},
 		"remote":       !reflect.DeepEqual(c.Remote, RemoteConfig{}),
+		"color":        !reflect.DeepEqual(c.Color, ColorConfig{}),
 	}
 }
 

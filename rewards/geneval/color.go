@@ -1,6 +1,7 @@
 package geneval
 
 import (
+	"fmt"
 	"math"
 
 	"github.com/densegrpo/densegrpo/rewards/preprocess"
@@ -96,4 +97,61 @@ func ImageColor(im preprocess.Image) ColorFunc {
 		}
 		return best
 	}
+}
+
+// ColorTemplates are GenEval's zero-shot prompts for the colour of an object of class: the
+// classifier of colour c averages the normalised text embeddings of the three.
+func ColorTemplates(class, color string) []string {
+	return []string{
+		fmt.Sprintf("a photo of a %s %s", color, class),
+		fmt.Sprintf("a photo of a %s-colored %s", color, class),
+		fmt.Sprintf("a photo of a %s object", color),
+	}
+}
+
+// ColorTargets lists, per include clause with a colour, the objects whose colour GenEval
+// classifies: the clause's class's `count` most confident detections (objects as from Select).
+func ColorTargets(objects map[string][]Detection, md Metadata) []Detection {
+	var out []Detection
+	seen := map[string]bool{}
+	for _, c := range md.Include {
+		if c.Color == "" || seen[c.Class] {
+			continue
+		}
+		seen[c.Class] = true
+		found := objects[c.Class]
+		out = append(out, found[:min(c.Count, len(found))]...)
+	}
+	return out
+}
+
+// pilRound is Python's round(): halves go to the even neighbour, as PIL's Image.crop rounds
+// box coordinates.
+func pilRound(v float64) int { return int(math.RoundToEven(v)) }
+
+// ColorCrop is GenEval's view of a detection for the colour classifier: with a mask, the
+// pixels outside it are replaced by background (GenEval's "#999"); then the box, with its
+// coordinates rounded as PIL's crop does, is cut out (parts outside the image are black, as
+// PIL pads them).
+func ColorCrop(im preprocess.Image, d Detection, background [3]float32) preprocess.Image {
+	x0, y0, x1, y1 := pilRound(d.Box[0]), pilRound(d.Box[1]), pilRound(d.Box[2]), pilRound(d.Box[3])
+	w, h := max(x1-x0, 1), max(y1-y0, 1)
+	out := preprocess.NewImage(w, h)
+	masked := d.Mask != nil && len(d.Mask) == im.W*im.H
+	for y := 0; y < h; y++ {
+		sy := y0 + y
+		for x := 0; x < w; x++ {
+			sx := x0 + x
+			if sx < 0 || sy < 0 || sx >= im.W || sy >= im.H {
+				continue
+			}
+			o := (y*w + x) * 3
+			if masked && !d.Mask[sy*im.W+sx] {
+				copy(out.Pix[o:o+3], background[:])
+				continue
+			}
+			copy(out.Pix[o:o+3], im.Pix[(sy*im.W+sx)*3:(sy*im.W+sx)*3+3])
+		}
+	}
+	return out
 }

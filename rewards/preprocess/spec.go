@@ -125,13 +125,23 @@ func (s Spec) Geometry(im Image) Image {
 	if s.Crop != "center" {
 		return Resize(im, w, h, s.Resize)
 	}
-	// Scale so the image covers h×w, then cut the centre.
-	scale := max(float64(w)/float64(im.W), float64(h)/float64(im.H))
-	rw := max(int(float64(im.W)*scale+0.5), w)
-	rh := max(int(float64(im.H)*scale+0.5), h)
+	// Scale so the image covers h×w, then cut the centre. The long side is truncated and the
+	// offset floored, as transformers' CLIPImageProcessor does (int(size·long/short),
+	// (H − h)//2).
+	rw, rh := CoverSize(im.W, im.H, w, h)
 	r := Resize(im, rw, rh, s.Resize)
 	x0, y0 := (rw-w)/2, (rh-h)/2
 	return r.Crop(x0, y0, x0+w, y0+h)
+}
+
+// CoverSize is the size an imW×imH image is resized to so that it covers w×h keeping its
+// aspect ratio: the side that fits exactly, the other int(side·ratio) (truncated, as
+// transformers and torchvision compute it).
+func CoverSize(imW, imH, w, h int) (rw, rh int) {
+	if float64(w)*float64(imH) >= float64(h)*float64(imW) { // width decides
+		return w, max(int(float64(w)*float64(imH)/float64(imW)), h)
+	}
+	return max(int(float64(h)*float64(imW)/float64(imH)), w), h
 }
 
 // Apply writes the model input for im into dst, which must hold 3·h·w values for the
