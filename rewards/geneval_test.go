@@ -3,6 +3,7 @@ package rewards
 import (
 	"context"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/densegrpo/densegrpo/exporters/onnx"
@@ -82,5 +83,10 @@ func TestGenevalKind(t *testing.T) {
 	}
 	if _, err := set.Score(context.Background(), images[:1], []Prompt{{Text: "no metadata"}}); err == nil {
 		t.Error("prompt without metadata: no error")
+	}
+	unicorn := Prompt{Text: "a photo of a unicorn", Metadata: map[string]any{"tag": "single_object", "include": []any{clause("unicorn")}}}
+	_, err = set.Score(context.Background(), images[:1], []Prompt{unicorn})
+	if err == nil || !strings.Contains(err.Error(), `include[0].class: got "unicorn", want one of the 3 classes of `+c.Classes) {
+		t.Errorf("unknown class: %v", err)
 	}
 }

@@ -147,6 +147,9 @@ func (s *genevalScorer) Score(ctx context.Context, b *Batch) ([]float64, map[str
 		if err != nil {
 			return nil, nil, fmt.Errorf("prompt %d: %w", i, err)
 		}
+		if err := s.knownClasses(md); err != nil {
+			return nil, nil, fmt.Errorf("prompt %d (%q): %w", i, p.Text, err)
+		}
 		metas[i] = md
 	}
 	px, err := b.Pixels(s.cfg.Image.Spec)
@@ -208,6 +211,19 @@ func (s *genevalScorer) Score(ctx context.Context, b *Batch) ([]float64, map[str
 		}
 	}
 	return vals, extra, nil
+}
+
+// knownClasses rejects metadata naming a class the detector cannot report: it would be
+// scored as never found, silently.
+func (s *genevalScorer) knownClasses(md geneval.Metadata) error {
+	for part, list := range map[string][]geneval.Clause{"include": md.Include, "exclude": md.Exclude} {
+		for j, c := range list {
+			if !contains(s.classes, c.Class) {
+				return fmt.Errorf("geneval metadata: %s[%d].class: got %q, want one of the %d classes of %s", part, j, c.Class, len(s.classes), s.cfg.Classes)
+			}
+		}
+	}
+	return nil
 }
 
 // detections reads image k of a run's outputs into detections in image pixels.
