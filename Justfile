@@ -9,6 +9,11 @@ export GOFLAGS := "-buildvcs=false"
 
 bin := "bin/pipeline"
 
+# `just export-models MODEL_DIR=SNAPSHOT OUT=DIR` exports a diffusers SD3/SD3.5 snapshot instead
+# of the default model's files.
+MODEL_DIR := ""
+OUT := ""
+
 # List the recipes.
 default:
     @just --list
@@ -50,9 +55,20 @@ test-remote: setup serve-venv
 build:
     go build -o {{bin}} ./cmd/pipeline
 
-# Write every ONNX file the default config needs (text encoder, VAE decoder, PP-OCRv4).
+# Write every ONNX file the default config needs (text encoder, VAE decoder, PP-OCRv4). With
+# MODEL_DIR=SNAPSHOT OUT=DIR: export a diffusers SD3/SD3.5 snapshot (CLIP-L/G, T5 and VAE
+# decoder as ONNX, tokenizers, manifest.json; each graph checked against PyTorch) with the
+# Python exporter in .venv (exporters/sd3).
 export-models: setup build
-    {{bin}} export-models --config configs/tiny-ocr.toml
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -n "{{MODEL_DIR}}" ]; then
+        [ -n "{{OUT}}" ] || { echo "export-models: MODEL_DIR needs OUT=DIR" >&2; exit 2; }
+        {{just_executable()}} venv
+        .venv/bin/python -m exporters.sd3.export --model-dir "{{MODEL_DIR}}" --out "{{OUT}}"
+    else
+        {{bin}} export-models --config configs/tiny-ocr.toml
+    fi
 
 # The main job: DenseGRPO on the embedded tiny-ocr model with the committed calibrated ψ
 # (configs/tiny-ocr-psi.json), in a new run directory each time.
@@ -131,6 +147,13 @@ bench: export-models
     go test -run '^$' -bench . -benchtime 3x ./models/nn ./rewards ./pipeline/pretrain
     go test -run '^$' -bench ToyDenseVsSparse -benchtime 1x ./rl
     {{bin}} bench --config configs/tiny-ocr.toml --epochs 2
+
+# Regenerate the tiny SD3.5 fixture (testdata/sd3-tiny: snapshot, export, references) with
+# diffusers / transformers / peft and fail if anything differs from the committed files; then
+# the exporter's pytest. `just interop --update` rewrites the committed fixture instead.
+interop *FLAGS: venv
+    .venv/bin/python -m exporters.sd3.interop --committed testdata/sd3-tiny {{FLAGS}}
+    .venv/bin/python -m pytest -q exporters/sd3
 
 # gofmt + go vet.
 lint:
