@@ -65,23 +65,17 @@ type TextEncoderOptions struct {
 // TextEncoder is an opened ONNX text encoder with a per-prompt cache: in GRPO every prompt is
 // encoded G times per group and again every epoch it is drawn, but runs once.
 type TextEncoder struct {
-	path    string
-	sess    *onnxrt.Session
-	tok     Tokenizer
-	batch   int
-	fixed   bool // the graph's batch dim is fixed to batch
-	maxSize int
+	path  string
+	sess  *onnxrt.Session
+	tok   Tokenizer
+	batch int
+	fixed bool // the graph's batch dim is fixed to batch
 
-	runs atomic.Int64 // ONNX runs so far (tests check the cache with it)
+	runs  atomic.Int64 // ONNX runs so far (tests check the cache with it)
+	cache *promptCache
 
-	mu    sync.Mutex
-	cache map[string]encoded
-	d, p  int // embedding widths, from the graph or the first run (0 = not known yet)
-}
-
-// encoded is one prompt's embeddings: L·D per-token values and P pooled values.
-type encoded struct {
-	embeds, pooled []float32
+	mu   sync.Mutex
+	d, p int // embedding widths, from the graph or the first run (0 = not known yet)
 }
 
 // OpenTextEncoder opens the ONNX text encoder at path and checks that it declares input
@@ -115,7 +109,7 @@ func OpenTextEncoder(path string, opts TextEncoderOptions) (*TextEncoder, error)
 	if err != nil {
 		return nil, fmt.Errorf("open text encoder: %w", err)
 	}
-	e := &TextEncoder{path: path, sess: sess, tok: tok, batch: opts.BatchSize, maxSize: opts.CacheSize, cache: map[string]encoded{}}
+	e := &TextEncoder{path: path, sess: sess, tok: tok, batch: opts.BatchSize, cache: newPromptCache(opts.CacheSize)}
 	if err := e.check(); err != nil {
 		sess.Close()
 		return nil, err
@@ -172,52 +166,11 @@ func (e *TextEncoder) Encode(ctx context.Context, prompts []string) (embeds, poo
 	if len(prompts) == 0 {
 		return onnxrt.Tensor{}, onnxrt.Tensor{}, fmt.Errorf("encode prompts with %s: no prompts", e.path)
 	}
-	e.mu.Lock()
-	found := make(map[string]encoded, len(prompts))
-	var missing []string
-	for _, p := range prompts {
-		if _, done := found[p]; done {
-			continue
-		}
-		if enc, ok := e.cache[p]; ok {
-			found[p] = enc
-			continue
-		}
-		found[p] = encoded{}
-		missing = append(missing, p)
+	found, err := e.cache.encode(ctx, prompts, e.batch, e.run)
+	if err != nil {
+		return onnxrt.Tensor{}, onnxrt.Tensor{}, err
 	}
-	e.mu.Unlock()
-
-	for _, c := range chunks(len(missing), e.batch) {
-		encs, err := e.run(ctx, missing[c[0]:c[1]])
-		if err != nil {
-			return onnxrt.Tensor{}, onnxrt.Tensor{}, err
-		}
-		for i, enc := range encs {
-			found[missing[c[0]+i]] = enc
-		}
-	}
-	if len(missing) > 0 {
-		e.mu.Lock()
-		if len(e.cache)+len(missing) > e.maxSize {
-			clear(e.cache)
-		}
-		for _, p := range missing[:min(len(missing), e.maxSize)] {
-			e.cache[p] = found[p]
-		}
-		e.mu.Unlock()
-	}
-
-	first := found[prompts[0]]
-	n, ld, pd := len(prompts), len(first.embeds), len(first.pooled)
-	l := e.tok.Length
-	embeds = onnxrt.Tensor{Shape: []int64{int64(n), int64(l), int64(ld / l)}, Float32: make([]float32, 0, n*ld)}
-	pooled = onnxrt.Tensor{Shape: []int64{int64(n), int64(pd)}, Float32: make([]float32, 0, n*pd)}
-	for _, p := range prompts {
-		enc := found[p]
-		embeds.Float32 = append(embeds.Float32, enc.embeds...)
-		pooled.Float32 = append(pooled.Float32, enc.pooled...)
-	}
+	embeds, pooled = assemble(prompts, found, e.tok.Length)
 	return embeds, pooled, nil
 }
 
@@ -263,11 +216,7 @@ func (e *TextEncoder) run(ctx context.Context, prompts []string) ([]encoded, err
 }
 
 // CacheLen is the number of cached prompts.
-func (e *TextEncoder) CacheLen() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return len(e.cache)
-}
+func (e *TextEncoder) CacheLen() int { return e.cache.len() }
 
 // Close releases the session.
 func (e *TextEncoder) Close() error { return e.sess.Close() }

@@ -34,6 +34,12 @@ type VAEOptions struct {
 	// LatentShape [C,h,w] is one latent's shape; needed only where the graph leaves a dim
 	// dynamic, and checked against the fixed ones.
 	LatentShape []int
+	// ScalingFactor, if > 0, maps latents to latents/ScalingFactor + ShiftFactor before the
+	// graph runs, as diffusers' pipelines do before AutoencoderKL.decode (SD3.5: 1.5305 and
+	// 0.0609, from vae/config.json), for graphs that take the VAE's own latent space
+	// (exporters/sd3). 0 feeds latents unchanged (the tiny-ocr graph applies its factors
+	// itself).
+	ScalingFactor, ShiftFactor float64
 }
 
 // VAEDecoder is an opened ONNX VAE decoder.
@@ -44,6 +50,8 @@ type VAEDecoder struct {
 	image  []int // [H,W] where declared, -1 otherwise
 	batch  int
 	fixed  bool
+	scale  float32 // ScalingFactor, 0 = none
+	shift  float32
 }
 
 // OpenVAEDecoder opens the ONNX VAE decoder at path and checks that it declares input
@@ -62,7 +70,14 @@ func OpenVAEDecoder(path string, opts VAEOptions) (*VAEDecoder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open VAE decoder: %w", err)
 	}
+	if opts.ScalingFactor < 0 || math.IsNaN(opts.ScalingFactor) {
+		sess.Close()
+		return nil, fmt.Errorf("open VAE decoder %s: scaling factor %g, want > 0 (or 0 for none)", path, opts.ScalingFactor)
+	}
 	d := &VAEDecoder{path: path, sess: sess, batch: opts.BatchSize}
+	if opts.ScalingFactor > 0 {
+		d.scale, d.shift = float32(opts.ScalingFactor), float32(opts.ShiftFactor)
+	}
 	if err := d.check(opts.LatentShape); err != nil {
 		sess.Close()
 		return nil, err
@@ -149,6 +164,11 @@ func (d *VAEDecoder) run(ctx context.Context, latents [][]float32, first int) ([
 	data := make([]float32, 0, rows*size)
 	for i := range rows {
 		data = append(data, latents[min(i, len(latents)-1)]...)
+	}
+	if d.scale != 0 {
+		for i, v := range data {
+			data[i] = v/d.scale + d.shift
+		}
 	}
 	shape := []int64{int64(rows), int64(d.latent[0]), int64(d.latent[1]), int64(d.latent[2])}
 	res, err := d.sess.Run(ctx, map[string]onnxrt.Tensor{LatentInput: {Shape: shape, Float32: data}}, ImageOutput)
