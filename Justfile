@@ -152,7 +152,12 @@ bench: export-models
 # diffusers / transformers / peft and fail if anything differs from the committed files; then
 # the exporter's pytest. `just interop --update` rewrites the committed fixture instead.
 interop *FLAGS: venv
-    .venv/bin/python -m exporters.sd3.interop --committed testdata/sd3-tiny {{FLAGS}}
+    #!/usr/bin/env bash
+    set -euo pipefail
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+    # The Go side's LoRA file, which diffusers' load_lora_weights must read to the Go velocity.
+    go test ./models/mmdit -run '^TestGoLoRAMatchesDiffusers$' -count=1 -args -sd3.golora-out="$tmp/go_lora.safetensors" >/dev/null
+    .venv/bin/python -m exporters.sd3.interop --committed testdata/sd3-tiny --go-lora "$tmp/go_lora.safetensors" {{FLAGS}}
     .venv/bin/python -m pytest -q exporters/sd3
 
 # gofmt + go vet.

@@ -127,6 +127,9 @@ def main() -> None:
     ap.add_argument("--go-lora", type=Path, help="LoRA file the Go side wrote (go test ./models/mmdit -run TestSD3GoLoRAFile)")
     ap.add_argument("--update", action="store_true", help="replace the committed files with the regenerated ones")
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # as reference.main: the same kernels as the committed run
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         fixture.build(work / "snapshot")

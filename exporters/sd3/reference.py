@@ -166,6 +166,8 @@ def write(out: Path, snap: Path, go_lora: Path | None) -> None:
     if go_lora is not None:
         pipe.load_lora_weights(str(go_lora), adapter_name="go")
         v = {c: velocity(pipe.transformer, inp) for c, inp in cases.items()}
+        if any(torch.allclose(v[c], vel[c]) for c in cases):
+            raise RuntimeError(f"{go_lora}: load_lora_weights left the velocity unchanged (adapter not applied?)")
         save_file(flat(cases, v, "velocity"), out / "go_lora_velocity.safetensors")
         pipe.delete_adapters("go")
 

@@ -2,10 +2,13 @@ package mmdit
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -237,4 +240,158 @@ func sortedNames(m map[string]safetensors.Tensor) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// goLoRAOut, when set, makes TestGoLoRAMatchesDiffusers write the Go-made LoRA file there
+// (`just interop` hands it to diffusers' load_lora_weights).
+var goLoRAOut = flag.String("sd3.golora-out", "", "write the Go-made SD3 fixture LoRA to this path")
+
+// TestPythonLoRAMatchesDiffusers: an adapter made by PEFT in Python (Flow-GRPO's targets,
+// r = 32, α = 64), saved by diffusers' save_lora_weights and by PEFT's save_pretrained, loads
+// into the Go model with its config read from the file and gives diffusers' velocity.
+func TestPythonLoRAMatchesDiffusers(t *testing.T) {
+	base := filepath.Join(sd3Fixture, "snapshot", "transformer")
+	cfg, err := LoadDiffusersConfig(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, file := range []string{"lora_diffusers/pytorch_lora_weights.safetensors", "lora_peft/adapter_model.safetensors"} {
+		t.Run(filepath.Dir(file), func(t *testing.T) {
+			path := filepath.Join(sd3Fixture, "reference", file)
+			lc, err := ReadLoRAConfig(path, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []string{"attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k", "attn.to_out.0", "attn.to_q", "attn.to_v"}
+			if lc.Rank != 32 || lc.Alpha != 64 || !slices.Equal(lc.Targets, want) {
+				t.Fatalf("config %+v, want r 32, alpha 64, targets %v", lc, want)
+			}
+			m, ctx := loadSD3Fixture(t, &lc)
+			if err := m.LoadLoRA(ctx, path); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []string{"square", "wide"} {
+				in, want := referenceCase(t, "lora.safetensors", c, "velocity")
+				got := flat(t, forward(t, ctx, m, in, true))
+				abs, rel := maxErr(t, got, want)
+				t.Logf("parity LoRA python->go (%s) velocity %s: max abs %.3g, rel %.3g (tolerance %g)", filepath.Dir(file), c, abs, rel, velocityTolerance)
+				if rel > velocityTolerance {
+					t.Errorf("%s: velocity differs from diffusers by %.3g relative", c, rel)
+				}
+			}
+		})
+	}
+}
+
+// goLoRA is the adapter the Go side hands to diffusers: the pipeline's default targets (both
+// streams' attention projections, attn2 of the dual-attention blocks included), r 4, α 8,
+// A and B from a fixed seed (B ≠ 0, so the adapter changes the velocity).
+func goLoRA(t *testing.T) (*Model, *mlctx.Context) {
+	t.Helper()
+	m, ctx := loadSD3Fixture(t, &LoRAConfig{Rank: 4, Alpha: 8})
+	randomizeLoRA(t, ctx, m, 11)
+	return m, ctx
+}
+
+// TestGoLoRAMatchesDiffusers: the adapters the Go side writes (WriteDiffusersLoRA, the file
+// `pipeline run` checkpoints carry) are the committed go_lora.safetensors, and the velocity
+// diffusers computes after load_lora_weights of that file equals the Go velocity.
+func TestGoLoRAMatchesDiffusers(t *testing.T) {
+	m, ctx := goLoRA(t)
+	if *goLoRAOut != "" {
+		// `just interop`: write the file for diffusers; Python compares it with the committed one.
+		if err := m.SaveDiffusersLoRA(ctx, *goLoRAOut); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	path := filepath.Join(t.TempDir(), DiffusersLoRAFile)
+	if err := m.SaveDiffusersLoRA(ctx, path); err != nil {
+		t.Fatal(err)
+	}
+	got, gotMeta, err := safetensors.Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := filepath.Join(sd3Fixture, "reference", "go_lora.safetensors")
+	want, wantMeta, err := safetensors.Read(committed)
+	if err != nil {
+		t.Fatalf("%v (regenerate with `just interop --update`)", err)
+	}
+	if !maps.Equal(gotMeta, wantMeta) || len(got) != len(want) {
+		t.Fatalf("Go writes %d tensors with metadata %v; %s has %d with %v", len(got), gotMeta, committed, len(want), wantMeta)
+	}
+	for k, v := range want {
+		if !slices.Equal(got[k].Data, v.Data) || !slices.Equal(got[k].Shape, v.Shape) {
+			t.Fatalf("tensor %s differs from %s", k, committed)
+		}
+	}
+	// The file's own config reads back as the model's.
+	lc, err := ReadLoRAConfig(path, m.Config)
+	if err != nil || lc.Rank != 4 || lc.Alpha != 8 {
+		t.Fatalf("ReadLoRAConfig = %+v, %v", lc, err)
+	}
+	for _, c := range []string{"square", "wide"} {
+		in, want := referenceCase(t, "go_lora_velocity.safetensors", c, "velocity")
+		got := flat(t, forward(t, ctx, m, in, true))
+		abs, rel := maxErr(t, got, want)
+		t.Logf("parity LoRA go->diffusers velocity %s: max abs %.3g, rel %.3g (tolerance %g)", c, abs, rel, velocityTolerance)
+		if rel > velocityTolerance {
+			t.Errorf("%s: diffusers' velocity with the Go LoRA differs by %.3g relative", c, rel)
+		}
+	}
+}
+
+// TestLoRABadInput: adapters of modules the model does not have, and PEFT options the Go
+// LoRA does not implement, are one-line errors naming the file.
+func TestLoRABadInput(t *testing.T) {
+	cfg, err := LoadDiffusersConfig(filepath.Join(sd3Fixture, "snapshot", "transformer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	a := safetensors.Tensor{Shape: []int{2, 32}, Data: make([]float32, 64)}
+	b := safetensors.Tensor{Shape: []int{32, 2}, Data: make([]float32, 64)}
+	write := func(name string, meta map[string]string, keys ...string) string {
+		ts := map[string]safetensors.Tensor{}
+		for _, k := range keys {
+			ts[k+".lora_A.weight"], ts[k+".lora_B.weight"] = a, b
+		}
+		path := filepath.Join(dir, name)
+		if err := safetensors.Write(path, ts, meta); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	diffusersMeta := func(extra string) map[string]string {
+		return map[string]string{loraMetadataKey: `{"transformer.r": 2, "transformer.lora_alpha": 2, "transformer.target_modules": ["attn.to_qq"]` + extra + `}`}
+	}
+	cases := []struct {
+		name string
+		path string
+		want []string
+	}{
+		{"unknown target in metadata", write("meta.safetensors", diffusersMeta(""), "transformer.transformer_blocks.0.attn.to_qq"),
+			[]string{"meta.safetensors", `lora target "attn.to_qq"`, "matches no linear layer"}},
+		{"unknown module without config", write("bare.safetensors", nil, "transformer.transformer_blocks.0.attn.to_qq"),
+			[]string{"bare.safetensors", "transformer_blocks.0.attn.to_qq", "matches no linear layer"}},
+		{"dora", write("dora.safetensors", map[string]string{loraMetadataKey: `{"transformer.r": 2, "transformer.lora_alpha": 2, "transformer.target_modules": ["to_q"], "transformer.use_dora": true}`}, "transformer.transformer_blocks.0.attn.to_q"),
+			[]string{"dora.safetensors", "use_dora"}},
+		{"regex targets", write("regex.safetensors", map[string]string{loraMetadataKey: `{"transformer.r": 2, "transformer.lora_alpha": 2, "transformer.target_modules": ".*to_q"}`}, "transformer.transformer_blocks.0.attn.to_q"),
+			[]string{"regex.safetensors", "regular expression"}},
+		{"text encoder only", write("te.safetensors", map[string]string{loraMetadataKey: `{"text_encoder.r": 2, "text_encoder.lora_alpha": 2}`}, "text_encoder.q_proj"),
+			[]string{"te.safetensors", "another component"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ReadLoRAConfig(c.path, cfg)
+			checkOneLine(t, err, c.want...)
+		})
+	}
+	// A config that matches, over a file with an extra adapter of an unknown module.
+	t.Run("extra tensors", func(t *testing.T) {
+		m, ctx := loadSD3Fixture(t, &LoRAConfig{Rank: 2, Alpha: 2, Targets: []string{"transformer_blocks.0.attn.to_q"}})
+		path := write("extra.safetensors", nil, "transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_qq")
+		checkOneLine(t, m.LoadLoRA(ctx, path), "extra.safetensors", "transformer_blocks.0.attn.to_qq")
+	})
 }
