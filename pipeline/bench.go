@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/gomlx/gomlx/backends"
+
+	"github.com/densegrpo/densegrpo/rl"
 )
 
 // BenchVariant is one configuration measured by Bench: the config with Sets applied.
@@ -39,7 +41,7 @@ type BenchResult struct {
 
 // Mean returns variant v's mean epoch wall time.
 func (r BenchResult) Mean(v int) float64 {
-	m, _ := meanStd(r.Seconds[v])
+	m, _ := rl.MeanStd(r.Seconds[v])
 	return m
 }
 
@@ -148,7 +150,7 @@ func (r BenchResult) WriteTable(w io.Writer) {
 	for v, name := range r.Variants {
 		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.2f", name, len(r.Seconds[v]), r.Mean(v), r.Mean(v)/r.Mean(0))
 		if v < len(r.CPU) && len(r.CPU[v]) == len(r.Seconds[v]) && len(r.CPU[v]) > 0 {
-			cpu, _ := meanStd(r.CPU[v])
+			cpu, _ := rl.MeanStd(r.CPU[v])
 			fmt.Fprintf(tw, "\t%.2f\t%.2f", cpu, cpu/r.Mean(v))
 		} else {
 			fmt.Fprint(tw, "\t-\t-")

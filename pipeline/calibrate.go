@@ -55,14 +55,14 @@ func Calibrate(ctx context.Context, cfg Config, opts CalibrateOptions) (rl.Calib
 	cal.Sampler.Psi = ""
 	cal.Prompts.PerEpoch = cfg.Calibrate.Trajectories
 	cal.GRPO.TimestepFraction = 1
-	cal.GRPO.Beta = 0 // calibration does not train, so needs no KL reference
+	cal.Dense.Enabled = true // ΔR_k at every step, whatever the training config says
+	cal.GRPO.Beta = 0        // calibration does not train, so needs no KL reference
 	t, err := newTrainer(ctx, cal, policy, frozen)
 	if err != nil {
 		return rl.Calibration{}, err
 	}
 	defer t.close()
-	t.col.dense = true
-	sched := t.col.sched
+	sched := t.col.sampler.Schedule()
 	ccfg := rl.CalibrateConfig{Iterations: cfg.Calibrate.Iterations, NoiseLevel: cfg.Sampler.NoiseLevel,
 		Eps1: cfg.Calibrate.Epsilon1, Eps2: cfg.Calibrate.Epsilon2}
 	deltas := func(ctx context.Context, iteration int, psi []float32) ([][]float64, error) {
@@ -73,7 +73,7 @@ func Calibrate(ctx context.Context, cfg Config, opts CalibrateOptions) (rl.Calib
 		if err != nil {
 			return nil, fmt.Errorf("calibration round %d: %w", iteration+1, err)
 		}
-		mean, _ := meanStd(c.rewards.Final())
+		mean, _ := rl.MeanStd(c.rewards.Final())
 		fmt.Fprintf(log, "round %d: reward %.4f\n", iteration+1, mean)
 		return c.rewards.Delta, nil
 	}

@@ -416,6 +416,13 @@ func (c Config) TrainedSteps() int {
 	return int(math.Floor(float64(c.Sampler.Steps) * c.GRPO.TimestepFraction))
 }
 
+// Method is the dense/sparse choice of this config (dense.enabled), made here once: rl.Method
+// owns everything it changes — the look-ahead targets, R_k and ΔR_k, the advantages.
+func (c Config) Method() rl.Method {
+	return rl.Method{Dense: c.Dense.Enabled, Lookahead: c.Dense.Lookahead, Trained: c.TrainedSteps(),
+		Advantage: rl.AdvantageConfig{Std: c.GRPO.Std, Clip: c.GRPO.AdvClip}}
+}
+
 // Validate checks every field: `field: got X, want Y`.
 func (c Config) Validate() error {
 	var errs []error

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"os"
 	"slices"
 	"sort"
@@ -41,27 +40,13 @@ func LoadPromptFile(path string) ([]string, error) {
 	return out, nil
 }
 
-// noiseStream separates the evaluation/sampling noise from every other random stream.
-const noiseStream = 0x65766e6f697365 // "evnoise"
-
-// InitialNoise is x_0 of image i: size standard normal float32 values from a PCG generator
-// seeded with (seed, i), so an image's noise does not depend on the batch it is sampled in.
-func InitialNoise(seed int64, i, size int) []float32 {
-	rng := rand.New(rand.NewPCG(uint64(seed), noiseStream^uint64(i)))
-	x := make([]float32, size)
-	for j := range x {
-		x[j] = float32(rng.NormFloat64())
-	}
-	return x
-}
-
 // generator runs the deterministic Euler ODE of a policy and decodes the clean latents.
 type generator struct {
 	policy *Policy
 	frozen *Frozen
-	inf    inference
+	flow   rl.Flow
+	close  func()
 	sched  rl.Schedule
-	guide  float64
 	batch  int
 	seed   int64
 }
@@ -74,39 +59,30 @@ func newGenerator(cfg Config, policy *Policy, f *Frozen, steps, batch int, seed 
 	if err != nil {
 		return nil, err
 	}
-	guide := Guidance(cfg)
-	s, err := rl.NewSampler(policy.Backend, policy.Ctx, policy.Velocity, sched, rl.SamplerConfig{
-		Kind: rl.KindSDE, NoiseLevel: cfg.Sampler.NoiseLevel, Guidance: guide, GroupSize: 1, LatentShape: f.VAE.LatentShape(),
-	})
+	engines := &engineSet{cfg: cfg, policy: policy, latent: f.VAE.LatentShape()}
+	flow, closeFlow, err := engines.flow(true)
 	if err != nil {
 		return nil, err
 	}
-	inf, err := newInference(cfg, policy, s, f.VAE.LatentShape())
-	if err != nil {
-		return nil, err
-	}
-	return &generator{policy: policy, frozen: f, inf: inf, sched: sched, guide: guide, batch: batch, seed: seed}, nil
+	return &generator{policy: policy, frozen: f, flow: flow, close: closeFlow, sched: sched, batch: batch, seed: seed}, nil
 }
 
 // run generates image first+j for prompts[j], j = 0…len(prompts)−1 (len(prompts) <= batch).
 // Every run has exactly the generator's batch size (the prompts are padded by repeating the
-// last one), so the step graph compiles once.
+// last one), so a GoMLX engine compiles one graph.
 func (g *generator) run(ctx context.Context, prompts []string, first int) ([]rewards.Image, error) {
 	padded := make([]string, g.batch)
+	ids := make([]int, g.batch)
 	for j := range padded {
 		padded[j] = prompts[min(j, len(prompts)-1)]
+		ids[j] = first + min(j, len(prompts)-1)
 	}
-	cond, err := g.policy.Condition(ctx, g.frozen.TextEncoder, padded, g.guide)
+	cond, err := g.policy.Condition(ctx, g.frozen.TextEncoder, padded, g.flow.Guidance)
 	if err != nil {
 		return nil, err
 	}
 	ls := g.frozen.VAE.LatentShape()
-	size := ls[0] * ls[1] * ls[2]
-	paths := make([]rl.ODEPath, g.batch)
-	for j := range paths {
-		paths[j] = rl.ODEPath{Prompt: j, X: InitialNoise(g.seed, first+min(j, len(prompts)-1), size), Sigmas: g.sched.Sigmas}
-	}
-	latents, err := g.inf.ode.IntegrateODE(ctx, cond, paths, g.batch)
+	latents, err := g.flow.SampleODE(ctx, cond, g.sched, g.seed, ids, ls[0]*ls[1]*ls[2])
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +122,7 @@ type EvalResult struct {
 // Evaluate samples one image per test prompt (cfg.Prompts.Test, the first cfg.Eval.Prompts of
 // them, 0 = all) with the deterministic Euler ODE over the SD3 schedule of cfg.Eval.Steps steps
 // (shift cfg.Sampler.Shift), in batches of cfg.Eval.BatchSize, decodes them with the VAE and
-// scores them with the rewards. Prompt i's initial noise is InitialNoise(cfg.Run.Seed, i, …),
+// scores them with the rewards. Prompt i's initial noise is rl.InitialNoise(cfg.Run.Seed, i, …),
 // so evaluations before and after training see the same noise, whatever the batch size.
 func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions) (EvalResult, error) {
 	prompts := opts.Prompts
@@ -174,7 +150,7 @@ func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions)
 	if err != nil {
 		return EvalResult{}, fmt.Errorf("evaluate: %w", err)
 	}
-	defer gen.inf.close()
+	defer gen.close()
 	var bar *progress.Bar
 	if opts.Progress != nil {
 		bar = progress.New(opts.Progress, "eval", len(prompts))
@@ -288,7 +264,7 @@ func CompareEvals(before, after EvalResult) (EvalChange, error) {
 		}
 	}
 	// meanStd's std divides by n; the sample std divides by n−1, and StdErr = sample std / √n.
-	mean, std := meanStd(diffs)
+	mean, std := rl.MeanStd(diffs)
 	c.Mean, c.StdErr = mean, std/math.Sqrt(float64(n-1))
 	return c, nil
 }

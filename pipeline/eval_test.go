@@ -18,6 +18,7 @@ import (
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/models/tinyocr"
+	"github.com/densegrpo/densegrpo/rl"
 )
 
 // fixture writes the frozentest configuration into a temp dir and loads it with sets.
@@ -71,7 +72,7 @@ func sigmoid(v float32) float64 { return 1 / (1 + math.Exp(-float64(v))) }
 // VAE shows sigmoid of the first 3 of the 4 latent channels [4,4,8] and the reward is the mean
 // pixel value, so it is the mean of sigmoid(x0) over the first 3·4·8 = 96 noise values.
 func brightness(seed int64, i int) float64 {
-	x0 := InitialNoise(seed, i, 4*4*8)
+	x0 := rl.InitialNoise(seed, i, 4*4*8)
 	var s float64
 	for _, v := range x0[:96] {
 		s += sigmoid(v)

@@ -274,20 +274,6 @@ func TestRunUnwritableDir(t *testing.T) {
 	}
 }
 
-func TestDenseStats(t *testing.T) {
-	// Three samples, two steps: step 0 has ΔR = 1, −1, 0 (one positive: 1/3, mean 0,
-	// population std sqrt(2/3)); step 1 has 0.5 each (all positive, std 0).
-	pos, mean, std := denseStats([][]float64{{1, 0.5}, {-1, 0.5}, {0, 0.5}})
-	want := [][]float64{{1.0 / 3, 1}, {0, 0.5}, {math.Sqrt(2.0 / 3), 0}}
-	for i, got := range [][]float64{pos, mean, std} {
-		for k := range got {
-			if math.Abs(got[k]-want[i][k]) > 1e-12 {
-				t.Errorf("stat %d step %d: got %v, want %v", i, k, got[k], want[i][k])
-			}
-		}
-	}
-}
-
 // Update minibatches span rollout minibatches: 4 samples (2 rollout minibatches of 2) with
 // grpo.minibatch = 4 are one on-policy update (ratio exactly 1, nothing clipped); with 3 they
 // are two updates (3 + the remaining 1).

@@ -29,7 +29,7 @@ type SampleOptions struct {
 	N int
 	// Steps of the Euler ODE (>= 1). Default cfg.Eval.Steps.
 	Steps int
-	// Seed of the initial noise: image k (prompt-major) starts from InitialNoise(Seed, k, …).
+	// Seed of the initial noise: image k (prompt-major) starts from rl.InitialNoise(Seed, k, …).
 	Seed int64
 	// Score also scores the images with the config's rewards.
 	Score bool
@@ -78,7 +78,7 @@ func Sample(ctx context.Context, cfg Config, policy *Policy, opts SampleOptions)
 	if err != nil {
 		return SampleResult{}, fmt.Errorf("sample: %w", err)
 	}
-	defer gen.inf.close()
+	defer gen.close()
 	var bar *progress.Bar
 	if opts.Progress != nil {
 		bar = progress.New(opts.Progress, "sample", len(res.Prompts))

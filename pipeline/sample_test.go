@@ -13,9 +13,10 @@ import (
 	"testing"
 
 	"github.com/densegrpo/densegrpo/rewards"
+	"github.com/densegrpo/densegrpo/rl"
 )
 
-// With the zero-velocity model image k is sigmoid of its own initial noise InitialNoise(seed, k)
+// With the zero-velocity model image k is sigmoid of its own initial noise rl.InitialNoise(seed, k)
 // (first 3 channels, HWC): check pixel (x,y) channel c against x0[c,y,x].
 func TestSampleZeroVelocity(t *testing.T) {
 	cfg, files := fixture(t)
@@ -29,7 +30,7 @@ func TestSampleZeroVelocity(t *testing.T) {
 		t.Fatalf("prompts %v, %d images; want [a a a b b b] and 6", res.Prompts, len(res.Images))
 	}
 	for k, im := range res.Images {
-		x0 := InitialNoise(11, k, 4*4*8)
+		x0 := rl.InitialNoise(11, k, 4*4*8)
 		if im.W != 8 || im.H != 4 {
 			t.Fatalf("image %d is %dx%d, want 8x4", k, im.W, im.H)
 		}

@@ -48,51 +48,47 @@ func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen)
 	if err != nil {
 		return nil, err
 	}
-	scfg := rl.SamplerConfig{
+	latent := frozen.VAE.LatentShape()
+	sampler, err := rl.NewSampler(policy.Backend, sched, rl.SamplerConfig{
 		Kind: cfg.Sampler.Kind, NoiseLevel: cfg.Sampler.NoiseLevel, Psi: psi,
-		Guidance: Guidance(cfg), GroupSize: cfg.Sampler.GroupSize, SameNoise: cfg.Sampler.SameNoise,
-		LatentShape: frozen.VAE.LatentShape(),
-	}
-	sampler, err := rl.NewSampler(policy.Backend, policy.Ctx, policy.Velocity, sched, scfg)
+		GroupSize: cfg.Sampler.GroupSize, SameNoise: cfg.Sampler.SameNoise, LatentShape: latent,
+	})
 	if err != nil {
 		return nil, err
 	}
-	// With the ONNX engine the KL reference (the base model, fixed) is exported once and its
-	// velocities computed during the rollout, not in every training graph.
-	var ref *onnxPolicy
-	if cfg.Pipeline.InferenceEngine == EngineONNX && cfg.GRPO.Beta > 0 {
-		base, err := policy.Model.BaseTensors(policy.Ctx)
+	method := cfg.Method()
+	if err := method.Validate(sched.Steps()); err != nil {
+		return nil, err
+	}
+	col := &collector{cfg: cfg, policy: policy, frozen: frozen, sampler: sampler, method: method,
+		engines: &engineSet{cfg: cfg, policy: policy, latent: latent}}
+	// The KL reference (the base model, fixed) gets its own engine, made once; its velocities
+	// are computed during the rollout, not in every training graph.
+	if cfg.GRPO.Beta > 0 {
+		ref, closeRef, err := col.engines.flow(false)
 		if err != nil {
 			return nil, err
 		}
-		if ref, err = newONNXPolicy(cfg, policy, frozen.VAE.LatentShape(), base); err != nil {
-			return nil, fmt.Errorf("pipeline.inference_engine %q: KL reference: %w", cfg.Pipeline.InferenceEngine, err)
-		}
-	}
-	fail := func(err error) (*trainer, error) {
-		if ref != nil {
-			ref.sess.Close()
-		}
-		return nil, err
+		col.ref, col.closeRef = &ref, closeRef
 	}
 	grpo, err := rl.NewTrainer(policy.Backend, policy.Ctx, policy.Velocity, rl.TrainConfig{
 		Loss:     rl.LossConfig{Kind: cfg.Sampler.Kind, ClipRange: cfg.GRPO.ClipRange, Beta: cfg.GRPO.Beta},
 		Guidance: Guidance(cfg), LearningRate: cfg.GRPO.LearningRate, WeightDecay: cfg.GRPO.WeightDecay,
-		GradClip: cfg.GRPO.GradClip, Workers: cfg.Pipeline.TrainWorkers, RefVelocities: ref != nil,
+		GradClip: cfg.GRPO.GradClip, Workers: cfg.Pipeline.TrainWorkers, RefVelocities: col.ref != nil,
 	})
 	if err != nil {
-		return fail(err)
+		col.close()
+		return nil, err
 	}
 	lora, err := policy.Model.LoRATensors(policy.Ctx)
 	if err != nil {
-		return fail(err)
+		col.close()
+		return nil, err
 	}
 	src, rng := newRNG(cfg.Run.Seed)
 	return &trainer{
 		cfg: cfg, policy: policy, frozen: frozen, grpo: grpo, prompts: prompts, rngSrc: src, rng: rng,
-		ema: nn.NewEMA(cfg.GRPO.EMADecayMax, lora),
-		col: &collector{cfg: cfg, policy: policy, frozen: frozen, sampler: sampler, sched: sched, ref: ref,
-			need: cfg.TrainedSteps(), dense: cfg.Dense.Enabled},
+		ema: nn.NewEMA(cfg.GRPO.EMADecayMax, lora), col: col,
 	}, nil
 }
 
@@ -194,60 +190,39 @@ func (t *trainer) collect(ctx context.Context) (collected, error) {
 		return c, err
 	}
 	c.wall = time.Since(start).Seconds()
-	c.rewards, err = gatherRewards(c.batches, t.col.sched.Steps(), t.col.need, t.col.dense)
+	c.rewards, err = gatherRewards(c.batches, t.col.method)
 	if err != nil {
 		return c, &StageError{Stage: StageScore, Err: err}
 	}
 	return c, nil
 }
 
-// renewInference gives the collector rollouts and look-aheads for the policy's current weights
-// (the ONNX engine holds a snapshot of them), closing the previous ones.
+// renewInference gives the collector a flow of the policy's current weights (an ONNX engine
+// holds a snapshot of them), releasing the previous one.
 func (t *trainer) renewInference() error {
-	t.closeInference()
-	inf, err := newInference(t.cfg, t.policy, t.col.sampler, t.frozen.VAE.LatentShape())
+	t.col.closeInference()
+	flow, closeFlow, err := t.col.engines.flow(true)
 	if err != nil {
 		return &StageError{Stage: StageRollout, Err: err}
 	}
-	t.col.inf = inf
+	t.col.flow, t.col.closeFlow = flow, closeFlow
 	return nil
 }
 
-// closeInference releases the collector's inference, if any.
-func (t *trainer) closeInference() {
-	if t.col.inf.close != nil {
-		t.col.inf.close()
-	}
-	t.col.inf = inference{}
-}
-
 // close releases the trainer's ONNX Runtime sessions.
-func (t *trainer) close() {
-	t.closeInference()
-	if t.col.ref != nil {
-		t.col.ref.sess.Close()
-		t.col.ref = nil
-	}
-}
+func (t *trainer) close() { t.col.close() }
 
 // runEpoch collects one epoch of rollouts, computes advantages and updates the policy. It
 // returns the epoch's metrics line.
 func (t *trainer) runEpoch(ctx context.Context) (map[string]any, error) {
-	cfg := t.cfg
 	start := time.Now()
 	col, err := t.collect(ctx)
 	if err != nil {
 		return nil, err
 	}
-	batches, rw, timer, need := col.batches, col.rewards, col.timer, t.col.need
+	batches, rw, timer := col.batches, col.rewards, col.timer
 	final := rw.Final()
-	advCfg := rl.AdvantageConfig{Std: cfg.GRPO.Std, Clip: cfg.GRPO.AdvClip}
-	var adv [][]float64
-	if cfg.Dense.Enabled {
-		adv, err = rl.DenseAdvantages(rw.Delta, rw.Group, need, advCfg)
-	} else {
-		adv, err = rl.SparseAdvantages(final, rw.Group, need, advCfg)
-	}
+	adv, err := t.col.method.Advantages(rw.Rewards)
 	if err != nil {
 		return nil, fmt.Errorf("advantages: %w", err)
 	}
@@ -264,7 +239,7 @@ func (t *trainer) runEpoch(ctx context.Context) (map[string]any, error) {
 	t.samples += len(final)
 	t.lastRollout = batches[0]
 
-	mean, std := meanStd(final)
+	mean, std := rl.MeanStd(final)
 	wall := time.Since(start).Seconds()
 	line := map[string]any{
 		"epoch": t.epoch, "samples": t.samples, "reward_mean": mean, "reward_std": std,
@@ -275,11 +250,11 @@ func (t *trainer) runEpoch(ctx context.Context) (map[string]any, error) {
 		"wall_seconds": wall, "samples_per_second": float64(len(final)) / wall,
 	}
 	for name, vs := range rw.ByName {
-		m, _ := meanStd(vs)
+		m, _ := rl.MeanStd(vs)
 		line["reward/"+name] = m
 	}
-	if cfg.Dense.Enabled {
-		pos, dm, ds := denseStats(rw.Delta)
+	if t.col.method.Dense {
+		pos, dm, ds := rl.DeltaStats(rw.Delta)
 		line["dense_pos_frac"], line["dense_delta_mean"], line["dense_delta_std"] = pos, dm, ds
 	}
 	for _, k := range []string{"loss", "kl", "policy_loss"} {
@@ -304,7 +279,7 @@ type updateStats struct {
 // and takes one AdamW step, after which the EMA is updated.
 func (t *trainer) update(ctx context.Context, batches []*epochBatch, adv [][]float64) (updateStats, int, error) {
 	var st updateStats
-	need, mb := t.col.need, t.cfg.GRPO.Minibatch
+	need, mb := t.col.method.Trained, t.cfg.GRPO.Minibatch
 	kept, dropped := rl.DropZeroAdvantages(adv)
 	keep := make(map[int]bool, len(kept))
 	for _, i := range kept {
@@ -383,20 +358,6 @@ func (t *trainer) update(ctx context.Context, batches []*epochBatch, adv [][]flo
 	return st, len(dropped), nil
 }
 
-func meanStd(v []float64) (mean, std float64) {
-	if len(v) == 0 {
-		return math.NaN(), math.NaN()
-	}
-	for _, x := range v {
-		mean += x
-	}
-	mean /= float64(len(v))
-	for _, x := range v {
-		std += (x - mean) * (x - mean)
-	}
-	return mean, math.Sqrt(std / float64(len(v)))
-}
-
 // checkpoint captures everything a resumed run needs.
 func (t *trainer) checkpoint() (Checkpoint, error) {
 	lora, err := t.policy.Model.LoRATensors(t.policy.Ctx)
@@ -466,8 +427,8 @@ func (t *trainer) writeRolloutSamples(dir string, epoch int) error {
 		return nil
 	}
 	var idx []int
-	for j, s := range b.slots {
-		if s.Step == t.col.sched.Steps() {
+	for j, s := range b.targets.Slots {
+		if s.Step == t.col.sampler.Schedule().Steps() {
 			idx = append(idx, j)
 		}
 	}
@@ -476,7 +437,7 @@ func (t *trainer) writeRolloutSamples(dir string, epoch int) error {
 	labels := make([]string, len(idx))
 	for n, j := range idx {
 		imgs[n] = b.images[j]
-		labels[n] = fmt.Sprintf("%s  %.2f", b.prompts[b.traj.Prompts[b.slots[j].Sample]], b.scores.Total[j])
+		labels[n] = fmt.Sprintf("%s  %.2f", b.prompts[b.traj.Prompts[b.targets.Slots[j].Sample]], b.scores.Total[j])
 	}
 	return WriteGrid(filepath.Join(dir, "samples", fmt.Sprintf("epoch-%04d.png", epoch)), imgs, labels, 4)
 }

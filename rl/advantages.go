@@ -54,14 +54,14 @@ func normalize(v []float64, prompts []int, cfg AdvantageConfig) []float64 {
 	for i, p := range prompts {
 		groups[p] = append(groups[p], i)
 	}
-	all := make([]int, len(v))
-	for i := range all {
-		all[i] = i
-	}
-	_, globalStd := meanStd(v, all)
+	_, globalStd := MeanStd(v)
 	out := make([]float64, len(v))
 	for _, members := range groups {
-		mean, std := meanStd(v, members)
+		vals := make([]float64, len(members))
+		for j, i := range members {
+			vals[j] = v[i]
+		}
+		mean, std := MeanStd(vals)
 		if cfg.Std == StdGlobal {
 			std = globalStd
 		}
@@ -73,16 +73,20 @@ func normalize(v []float64, prompts []int, cfg AdvantageConfig) []float64 {
 	return out
 }
 
-// meanStd returns the mean and population standard deviation of v over idx.
-func meanStd(v []float64, idx []int) (mean, std float64) {
-	for _, i := range idx {
-		mean += v[i]
+// MeanStd returns the mean and the population standard deviation (numpy's np.std) of v, NaN
+// for none.
+func MeanStd(v []float64) (mean, std float64) {
+	if len(v) == 0 {
+		return math.NaN(), math.NaN()
 	}
-	mean /= float64(len(idx))
-	for _, i := range idx {
-		std += (v[i] - mean) * (v[i] - mean)
+	for _, x := range v {
+		mean += x
 	}
-	return mean, math.Sqrt(std / float64(len(idx)))
+	mean /= float64(len(v))
+	for _, x := range v {
+		std += (x - mean) * (x - mean)
+	}
+	return mean, math.Sqrt(std / float64(len(v)))
 }
 
 // SparseAdvantages are Flow-GRPO's advantages: A^i = (R^i − mean_group(R)) / (std + 1e-4),

@@ -6,45 +6,34 @@ import (
 	"math"
 )
 
-// Scorer turns clean latents into rewards: the pipeline implements it by decoding with the ONNX
-// VAE and scoring with the ONNX reward models. prompts[i] identifies latents[i]'s prompt (the
-// value passed to DenseRewards as rowIDs, or the conditioning row). It returns one reward per
-// latent.
-type Scorer interface {
-	Score(ctx context.Context, latents []Latent, prompts []int) ([]float64, error)
-}
-
-// DenseConfig configures the look-ahead of dense rewards.
-type DenseConfig struct {
+// Method is the choice between Flow-GRPO (sparse: the final reward broadcast to every trained
+// step) and DenseGRPO (dense: a reward per step from ODE look-ahead), made once from the
+// configuration. It owns everything the choice changes: which latents an epoch scores
+// (Targets), how their rewards become R_k and ΔR_k (Rewards), and the advantages (Advantages).
+type Method struct {
+	// Dense selects DenseGRPO; false is exactly Flow-GRPO.
+	Dense bool
 	// Lookahead caps the number of ODE steps of each look-ahead; 0 means the remaining steps of
 	// the schedule (the DenseGRPO default). With a cap n smaller than the T−k remaining steps,
 	// the look-ahead from x_k visits n+1 sigmas of the remaining schedule, evenly spread by index
 	// (σ_k, …, σ_T); n = 1 is the one-step prediction x̂0 = x_k − σ_k·v.
 	Lookahead int
-	// Steps is the number of leading steps that need ΔR_k (the trained steps); 0 means all T.
-	// Look-aheads are run from x_0 … x_{Steps} only (x_T is scored directly).
-	Steps int
-	// Batch is the number of look-ahead paths per graph call; 0 means the number of samples.
-	Batch int
+	// Trained is the number of leading steps trained (⌊T·timestep_fraction⌋), which are the
+	// steps that need ΔR_k: look-aheads run from x_0 … x_Trained only (x_T is scored directly).
+	Trained int
+	// Advantage normalises and clips the advantages.
+	Advantage AdvantageConfig
 }
 
-// DenseRewards holds R_k and ΔR_k of every sample.
-type DenseRewards struct {
-	// R[i][k] is the reward of sample i's look-ahead from x_k, k = 0 … Steps; R[i][T] is the
-	// sample's own final reward (R has T+1 entries; entries Steps+1 … T−1 that were not needed are
-	// NaN).
-	R [][]float64
-	// Delta[i][k] = R[i][k+1] − R[i][k] for k = 0 … Steps−1.
-	Delta [][]float64
-}
-
-// Final returns each sample's own reward R_T.
-func (d DenseRewards) Final() []float64 {
-	out := make([]float64, len(d.R))
-	for i, r := range d.R {
-		out[i] = r[len(r)-1]
+// Validate checks the method against a schedule of T steps.
+func (m Method) Validate(steps int) error {
+	switch {
+	case m.Trained < 1 || m.Trained > steps:
+		return fmt.Errorf("method: trained steps: got %d, want 1 … %d", m.Trained, steps)
+	case m.Lookahead < 0:
+		return fmt.Errorf("method: lookahead: got %d, want >= 0 (0 = all remaining steps)", m.Lookahead)
 	}
-	return out
+	return m.Advantage.validate()
 }
 
 // LookaheadSigmas returns the sigmas a look-ahead from x_k visits: all of σ_k … σ_T, or, with a
@@ -63,7 +52,8 @@ func LookaheadSigmas(sched Schedule, k, lookahead int) []float32 {
 	return out
 }
 
-// Slot names the look-ahead of sample Sample from state x_Step.
+// Slot names the latent scored for sample Sample at state x_Step: the end of its look-ahead
+// from x_Step, or its own final latent when Step = T.
 type Slot struct{ Sample, Step int }
 
 // LookaheadPaths returns the ODE look-aheads dense rewards need from the rollouts tr: one per
@@ -79,11 +69,8 @@ func LookaheadPaths(tr *Trajectories, need, lookahead int) ([]ODEPath, []Slot) {
 		sigmas := LookaheadSigmas(tr.Schedule, k, lookahead)
 		dt := sigmas[1] - sigmas[0]
 		for i := range b {
-			x, v := tr.X[k][i*l:(i+1)*l], tr.V[k][i*l:(i+1)*l]
-			next := make([]float32, l)
-			for e := range next {
-				next[e] = x[e] + v[e]*dt
-			}
+			next := append([]float32(nil), tr.X[k][i*l:(i+1)*l]...)
+			eulerStep(next, tr.V[k][i*l:(i+1)*l], dt)
 			paths = append(paths, ODEPath{Prompt: tr.Prompts[i], X: next, Sigmas: sigmas[1:]})
 			slots = append(slots, Slot{i, k})
 		}
@@ -91,86 +78,109 @@ func LookaheadPaths(tr *Trajectories, need, lookahead int) ([]ODEPath, []Slot) {
 	return paths, slots
 }
 
-// ComputeDenseRewards computes DenseGRPO's step rewards for the rollouts tr: for each sample i and
-// each needed state k < T, a deterministic ODE from x_k to a clean latent (all these paths batched
-// together, see Sampler.IntegrateODE), scored by scorer; R at x_T is the sample's own reward; and
-// ΔR_k = R_{k+1} − R_k. rowIDs maps a conditioning row to the prompt identity passed to the
-// scorer (nil: the row itself). c must be the conditioning tr was sampled with.
-func ComputeDenseRewards(ctx context.Context, s *Sampler, c Conditioning, tr *Trajectories, scorer Scorer, rowIDs []int, cfg DenseConfig) (DenseRewards, error) {
-	steps, b := tr.Schedule.Steps(), tr.Len()
-	need := cfg.Steps
-	if need <= 0 || need > steps {
-		need = steps
-	}
-	batch := cfg.Batch
-	if batch <= 0 {
-		batch = b
-	}
-	promptID := func(i int) (int, error) {
-		row := tr.Prompts[i]
-		if rowIDs == nil {
-			return row, nil
-		}
-		if row >= len(rowIDs) {
-			return 0, fmt.Errorf("sample %d has conditioning row %d, but rowIDs has %d entries", i, row, len(rowIDs))
-		}
-		return rowIDs[row], nil
-	}
-	paths, slots := LookaheadPaths(tr, need, cfg.Lookahead)
-	clean, err := s.IntegrateODE(ctx, c, paths, batch)
-	if err != nil {
-		return DenseRewards{}, fmt.Errorf("dense rewards: look-ahead: %w", err)
-	}
-	latents := make([]Latent, 0, len(clean)+b)
-	prompts := make([]int, 0, len(clean)+b)
-	for j, d := range clean {
-		id, err := promptID(slots[j].Sample)
-		if err != nil {
-			return DenseRewards{}, fmt.Errorf("dense rewards: %w", err)
-		}
-		latents = append(latents, Latent{Shape: append([]int(nil), tr.LatentShape...), Data: d})
-		prompts = append(prompts, id)
-	}
-	for i, fin := range tr.Final() {
-		id, err := promptID(i)
-		if err != nil {
-			return DenseRewards{}, fmt.Errorf("dense rewards: %w", err)
-		}
-		latents = append(latents, fin)
-		prompts = append(prompts, id)
-	}
-	scores, err := scorer.Score(ctx, latents, prompts)
-	if err != nil {
-		return DenseRewards{}, fmt.Errorf("dense rewards: score %d latents: %w", len(latents), err)
-	}
-	if len(scores) != len(latents) {
-		return DenseRewards{}, fmt.Errorf("dense rewards: scorer returned %d rewards for %d latents", len(scores), len(latents))
-	}
-	out := DenseRewards{R: make([][]float64, b), Delta: make([][]float64, b)}
-	for i := range b {
-		out.R[i] = make([]float64, steps+1)
-		for k := range out.R[i] {
-			out.R[i][k] = math.NaN()
-		}
-		out.R[i][steps] = scores[len(clean)+i]
-	}
-	for j, sl := range slots {
-		out.R[sl.Sample][sl.Step] = scores[j]
-	}
-	return out, fillDeltas(&out, need)
+// Targets are the clean latents a rollout batch needs scored, Latents[j] for Slots[j]: with
+// dense rewards the ends of the look-aheads from x_0 … x_Trained, then (both methods) every
+// sample's own final latent x_T.
+type Targets struct {
+	Latents [][]float32
+	Slots   []Slot
 }
 
-// fillDeltas sets Delta[i][k] = R[i][k+1] − R[i][k] for k < need.
-func fillDeltas(d *DenseRewards, need int) error {
-	for i, r := range d.R {
-		d.Delta[i] = StepRewards(r, need)
-		for k, v := range d.Delta[i] {
-			if math.IsNaN(v) {
-				return fmt.Errorf("dense rewards: sample %d step %d: reward is NaN", i, k)
+// Targets integrates the look-aheads of tr (dense only; batches of one state's paths, so no
+// batch is padded) and lists them with the final latents. c must be the conditioning tr was
+// sampled with, flow the policy it was sampled with.
+func (m Method) Targets(ctx context.Context, flow Flow, c Conditioning, tr *Trajectories) (Targets, error) {
+	var t Targets
+	if m.Dense {
+		paths, slots := LookaheadPaths(tr, m.Trained, m.Lookahead)
+		clean, err := flow.IntegrateODE(ctx, c, paths, tr.Len())
+		if err != nil {
+			return Targets{}, fmt.Errorf("look-ahead: %w", err)
+		}
+		t.Latents, t.Slots = clean, slots
+	}
+	steps := tr.Schedule.Steps()
+	for i := range tr.Len() {
+		t.Latents = append(t.Latents, tr.Latent(steps, i))
+		t.Slots = append(t.Slots, Slot{Sample: i, Step: steps})
+	}
+	return t, nil
+}
+
+// Scored is a rollout batch with the rewards of its Targets.
+type Scored struct {
+	Traj *Trajectories
+	// Slots and Scores: Scores[j] is the reward of the latent of Slots[j] (Targets.Slots).
+	Slots  []Slot
+	Scores []float64
+	// Groups[p] is the advantage group of the batch's conditioning row p (its prompt's index in
+	// the epoch), so the samples of one prompt are compared with each other.
+	Groups []int
+}
+
+// Rewards are the rewards of an epoch's samples, in batch order.
+type Rewards struct {
+	// R[i][k] is the reward of sample i's look-ahead from x_k (NaN where not computed), R[i][T]
+	// its own final reward.
+	R [][]float64
+	// Delta[i][k] = R[i][k+1] − R[i][k] for the trained steps (dense only).
+	Delta [][]float64
+	// Group[i] is sample i's advantage group.
+	Group []int
+}
+
+// Final returns each sample's own reward R_T.
+func (r Rewards) Final() []float64 {
+	out := make([]float64, len(r.R))
+	for i, row := range r.R {
+		out[i] = row[len(row)-1]
+	}
+	return out
+}
+
+// Rewards assembles the scored batches of an epoch: R_k of every sample and, with dense
+// rewards, the step rewards ΔR_k = R_{k+1} − R_k of the trained steps. A reward that is not
+// finite is an error naming its sample and state.
+func (m Method) Rewards(batches []Scored) (Rewards, error) {
+	var out Rewards
+	for bi, b := range batches {
+		steps := b.Traj.Schedule.Steps()
+		if len(b.Scores) != len(b.Slots) {
+			return Rewards{}, fmt.Errorf("rewards: batch %d: %d scores for %d slots", bi, len(b.Scores), len(b.Slots))
+		}
+		base := len(out.R)
+		for i := range b.Traj.Len() {
+			row := make([]float64, steps+1)
+			for k := range row {
+				row[k] = math.NaN()
+			}
+			out.R = append(out.R, row)
+			p := b.Traj.Prompts[i]
+			if p >= len(b.Groups) {
+				return Rewards{}, fmt.Errorf("rewards: batch %d: sample %d has conditioning row %d, but %d groups", bi, i, p, len(b.Groups))
+			}
+			out.Group = append(out.Group, b.Groups[p])
+		}
+		for j, s := range b.Slots {
+			v := b.Scores[j]
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return Rewards{}, fmt.Errorf("rewards: batch %d: sample %d at x_%d: reward is %v", bi, s.Sample, s.Step, v)
+			}
+			out.R[base+s.Sample][s.Step] = v
+		}
+	}
+	if m.Dense {
+		out.Delta = make([][]float64, len(out.R))
+		for i, r := range out.R {
+			out.Delta[i] = StepRewards(r, m.Trained)
+			for k, d := range out.Delta[i] {
+				if math.IsNaN(d) {
+					return Rewards{}, fmt.Errorf("rewards: sample %d step %d: ΔR is NaN (a look-ahead was not scored)", i, k)
+				}
 			}
 		}
 	}
-	return nil
+	return out, nil
 }
 
 // StepRewards returns the step rewards ΔR_k = R_{k+1} − R_k, k = 0 … need−1, of one sample
@@ -181,4 +191,35 @@ func StepRewards(r []float64, need int) []float64 {
 		out[k] = r[k+1] - r[k]
 	}
 	return out
+}
+
+// Advantages are the GRPO advantages of the trained steps, out[i][k]: DenseAdvantages of ΔR_k
+// with dense rewards, SparseAdvantages of R_T otherwise.
+func (m Method) Advantages(r Rewards) ([][]float64, error) {
+	if m.Dense {
+		return DenseAdvantages(r.Delta, r.Group, m.Trained, m.Advantage)
+	}
+	return SparseAdvantages(r.Final(), r.Group, m.Trained, m.Advantage)
+}
+
+// DeltaStats returns, per step k of delta[i][k], the fraction of ΔR_k > 0 and the mean and
+// population std of ΔR_k (nil for no samples).
+func DeltaStats(delta [][]float64) (pos, mean, std []float64) {
+	if len(delta) == 0 {
+		return nil, nil, nil
+	}
+	steps := len(delta[0])
+	pos, mean, std = make([]float64, steps), make([]float64, steps), make([]float64, steps)
+	col := make([]float64, len(delta))
+	for k := range steps {
+		for i, row := range delta {
+			col[i] = row[k]
+			if row[k] > 0 {
+				pos[k]++
+			}
+		}
+		pos[k] /= float64(len(delta))
+		mean[k], std[k] = MeanStd(col)
+	}
+	return pos, mean, std
 }

@@ -3,28 +3,42 @@ package rl
 import (
 	"context"
 	"math"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/gomlx/gomlx/pkg/core/tensors"
+	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 )
 
-// scorerFunc adapts a function to Scorer.
-type scorerFunc func(l Latent, prompt int) float64
+// rewardFunc is a reward of one clean latent and its conditioning row.
+type rewardFunc func(x []float32, prompt int) float64
 
-func (f scorerFunc) Score(_ context.Context, latents []Latent, prompts []int) ([]float64, error) {
-	out := make([]float64, len(latents))
-	for i, l := range latents {
-		out[i] = f(l, prompts[i])
-	}
-	return out, nil
-}
-
-func sumReward(l Latent, _ int) float64 {
+func sumReward(x []float32, _ int) float64 {
 	var s float64
-	for _, v := range l.Data {
+	for _, v := range x {
 		s += float64(v)
 	}
 	return s
+}
+
+// denseRewards is what an epoch does with one rollout batch: the method's targets, scored by r,
+// assembled into R_k and ΔR_k; groups[p] is the group of conditioning row p.
+func denseRewards(t *testing.T, m Method, flow Flow, c Conditioning, tr *Trajectories, r rewardFunc, groups []int) (Rewards, int) {
+	t.Helper()
+	targets, err := m.Targets(context.Background(), flow, c, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scores := make([]float64, len(targets.Latents))
+	for j, x := range targets.Latents {
+		scores[j] = r(x, tr.Prompts[targets.Slots[j].Sample])
+	}
+	rw, err := m.Rewards([]Scored{{Traj: tr, Slots: targets.Slots, Scores: scores, Groups: groups}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rw, len(scores)
 }
 
 func TestLookaheadSigmas(t *testing.T) {
@@ -62,15 +76,14 @@ func TestLookaheadSigmas(t *testing.T) {
 func TestDenseRewardsClosedForm(t *testing.T) {
 	cond := Conditioning{Cond: []*tensors.Tensor{tensors.FromValue([][]float32{{0.5}, {-1.5}})}}
 	for _, look := range []int{0, 1} {
-		s := newTestSampler(t, linearVelocity, 5, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 2, LatentShape: []int{3}})
-		tr, err := s.Rollout(context.Background(), cond, 3)
+		s := newTestSampler(t, 5, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 2, LatentShape: []int{3}})
+		flow := testFlow(t, mlctx.New(), linearVelocity, []int{3}, 0)
+		tr, err := s.Rollout(context.Background(), flow, cond, 3)
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := ComputeDenseRewards(context.Background(), s, cond, tr, scorerFunc(sumReward), nil, DenseConfig{Lookahead: look, Batch: 3})
-		if err != nil {
-			t.Fatal(err)
-		}
+		m := Method{Dense: true, Lookahead: look, Trained: 5, Advantage: AdvantageConfig{Std: StdGlobal, Clip: 5}}
+		d, _ := denseRewards(t, m, flow, cond, tr, sumReward, []int{0, 1})
 		sched := tr.Schedule
 		for i := range tr.Len() {
 			m := []float64{0.5, -1.5}[tr.Prompts[i]]
@@ -99,22 +112,24 @@ func TestDenseRewardsClosedForm(t *testing.T) {
 // holds exactly; for a continuous reward it holds to rounding.
 func TestDenseRewardsTelescope(t *testing.T) {
 	cond := Conditioning{Cond: []*tensors.Tensor{tensors.FromValue([][]float32{{0.5}, {-1.5}})}}
-	s := newTestSampler(t, linearVelocity, 6, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}})
-	tr, err := s.Rollout(context.Background(), cond, 5)
+	s := newTestSampler(t, 6, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}})
+	flow := testFlow(t, mlctx.New(), linearVelocity, []int{2}, 0)
+	tr, err := s.Rollout(context.Background(), flow, cond, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rewards := map[string]scorerFunc{
-		"dyadic": func(l Latent, _ int) float64 { return math.Floor(1024*sumReward(l, 0)) / 1024 },
+	rewards := map[string]rewardFunc{
+		"dyadic": func(x []float32, _ int) float64 { return math.Floor(1024*sumReward(x, 0)) / 1024 },
 		"sum":    sumReward,
-		"prompt-dependent": func(l Latent, p int) float64 {
-			return math.Sin(float64(l.Data[0])*float64(p+1)) + 1/(1+math.Exp(-float64(l.Data[1])))
+		"prompt-dependent": func(x []float32, p int) float64 {
+			return math.Sin(float64(x[0])*float64(p+1)) + 1/(1+math.Exp(-float64(x[1])))
 		},
 	}
+	m := Method{Dense: true, Trained: 6, Advantage: AdvantageConfig{Std: StdGlobal, Clip: 5}}
 	for name, r := range rewards {
-		d, err := ComputeDenseRewards(context.Background(), s, cond, tr, r, []int{7, 11}, DenseConfig{})
-		if err != nil {
-			t.Fatal(err)
+		d, _ := denseRewards(t, m, flow, cond, tr, r, []int{7, 11})
+		if !slices.Equal(d.Group, []int{7, 7, 7, 11, 11, 11}) {
+			t.Errorf("groups %v, want each sample its prompt's group", d.Group)
 		}
 		for i := range tr.Len() {
 			var sum float64
@@ -135,22 +150,40 @@ func TestDenseRewardsTelescope(t *testing.T) {
 
 func TestDenseRewardsPartialSteps(t *testing.T) {
 	cond := Conditioning{Cond: []*tensors.Tensor{tensors.FromValue([][]float32{{0.5}})}}
-	s := newTestSampler(t, linearVelocity, 4, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 2, LatentShape: []int{2}})
-	tr, err := s.Rollout(context.Background(), cond, 1)
+	s := newTestSampler(t, 4, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 2, LatentShape: []int{2}})
+	flow := testFlow(t, mlctx.New(), linearVelocity, []int{2}, 0)
+	tr, err := s.Rollout(context.Background(), flow, cond, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	calls := 0
-	d, err := ComputeDenseRewards(context.Background(), s, cond, tr, scorerFunc(func(l Latent, p int) float64 {
-		calls++
-		return sumReward(l, p)
-	}), nil, DenseConfig{Steps: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	adv := AdvantageConfig{Std: StdGlobal, Clip: 5}
+	d, n := denseRewards(t, Method{Dense: true, Trained: 2, Advantage: adv}, flow, cond, tr, sumReward, []int{0})
 	// Look-aheads from x_0, x_1, x_2 for 2 samples plus the 2 final latents.
-	if calls != 8 || len(d.Delta[0]) != 2 || !math.IsNaN(d.R[0][3]) {
-		t.Errorf("got %d scores, %d deltas, R_3 = %v; want 8, 2, NaN", calls, len(d.Delta[0]), d.R[0][3])
+	if n != 8 || len(d.Delta[0]) != 2 || !math.IsNaN(d.R[0][3]) {
+		t.Errorf("got %d scores, %d deltas, R_3 = %v; want 8, 2, NaN", n, len(d.Delta[0]), d.R[0][3])
+	}
+	// Sparse scores the final latents only and has no ΔR; its advantages broadcast R_T.
+	sparse := Method{Trained: 2, Advantage: adv}
+	d, n = denseRewards(t, sparse, flow, cond, tr, sumReward, []int{0})
+	if n != 2 || d.Delta != nil || !math.IsNaN(d.R[0][0]) {
+		t.Errorf("sparse: %d scores, deltas %v, R_0 = %v; want 2, none, NaN", n, d.Delta, d.R[0][0])
+	}
+	a, err := sparse.Advantages(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a[0]) != 2 || a[0][0] != a[0][1] || a[0][0] != -a[1][0] {
+		t.Errorf("sparse advantages %v, want ±A broadcast to both steps", a)
+	}
+}
+
+// A reward that is not finite stops the assembly, naming the sample and the state.
+func TestRewardsNotFinite(t *testing.T) {
+	tr := &Trajectories{Schedule: Schedule{Sigmas: []float32{1, 0.5, 0}, Timesteps: []float32{1000, 500}}, Prompts: []int{0, 0}}
+	_, err := Method{Dense: true, Trained: 1}.Rewards([]Scored{{Traj: tr, Slots: []Slot{{0, 0}, {1, 0}, {0, 2}, {1, 2}},
+		Scores: []float64{1, math.Inf(1), 0, 0}, Groups: []int{0}}})
+	if err == nil || !strings.Contains(err.Error(), "sample 1 at x_0: reward is +Inf") {
+		t.Errorf("got %v, want an error naming sample 1 at x_0", err)
 	}
 }
 
@@ -159,8 +192,8 @@ func TestDenseRewardsPartialSteps(t *testing.T) {
 // one-step look-ahead is then already clean (Sigmas = [0]).
 func TestLookaheadPathsReuseRolloutVelocity(t *testing.T) {
 	cond := Conditioning{Cond: []*tensors.Tensor{tensors.FromValue([][]float32{{0.5}})}}
-	s := newTestSampler(t, linearVelocity, 3, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 2, LatentShape: []int{2}})
-	tr, err := s.Rollout(context.Background(), cond, 5)
+	s := newTestSampler(t, 3, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 2, LatentShape: []int{2}})
+	tr, err := s.Rollout(context.Background(), testFlow(t, mlctx.New(), linearVelocity, []int{2}, 0), cond, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,5 +224,19 @@ func TestLookaheadPathsReuseRolloutVelocity(t *testing.T) {
 	}
 	if one, _ := LookaheadPaths(tr, 1, 1); len(one[0].Sigmas) != 1 || one[0].Sigmas[0] != 0 {
 		t.Errorf("one-step look-ahead sigmas %v, want [0]", one[0].Sigmas)
+	}
+}
+
+func TestDeltaStats(t *testing.T) {
+	// Three samples, two steps: step 0 has ΔR = 1, −1, 0 (one positive: 1/3, mean 0,
+	// population std sqrt(2/3)); step 1 has 0.5 each (all positive, std 0).
+	pos, mean, std := DeltaStats([][]float64{{1, 0.5}, {-1, 0.5}, {0, 0.5}})
+	want := [][]float64{{1.0 / 3, 1}, {0, 0.5}, {math.Sqrt(2.0 / 3), 0}}
+	for i, got := range [][]float64{pos, mean, std} {
+		for k := range got {
+			if math.Abs(got[k]-want[i][k]) > 1e-12 {
+				t.Errorf("stat %d step %d: got %v, want %v", i, k, got[k], want[i][k])
+			}
+		}
 	}
 }

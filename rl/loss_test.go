@@ -64,15 +64,10 @@ func TestTrainerFirstUpdateRatio(t *testing.T) {
 		ctx := mlctx.New()
 		sched, _ := SD3Schedule(4, DefaultShift)
 		backend := nntest.Backend(t)
-		s, err := NewSampler(backend, ctx, scaledVelocity, sched, SamplerConfig{Kind: kind, NoiseLevel: 0.7, GroupSize: 3,
-			LatentShape: []int{2}, Guidance: 2})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr, err := s.Rollout(context.Background(), cond, 17)
-		if err != nil {
-			t.Fatal(err)
-		}
+		// The rollout's velocities come from the engine with guidance applied on the host (Guide);
+		// the loss recomputes them in its graph (GuidedVelocity).
+		tr := testRollout(t, ctx, scaledVelocity, sched, SamplerConfig{Kind: kind, NoiseLevel: 0.7, GroupSize: 3,
+			LatentShape: []int{2}}, 2, cond, 17)
 		tn, err := NewTrainer(backend, ctx, scaledVelocity, TrainConfig{Loss: LossConfig{Kind: kind, ClipRange: 1e-4, Beta: 0.04},
 			Guidance: 2, LearningRate: 0.05, GradClip: 1})
 		if err != nil {
@@ -135,14 +130,7 @@ func TestTrainerWorkersMatchOneWorker(t *testing.T) {
 	}
 	train := func(workers int) result {
 		ctx := mlctx.New()
-		s, err := NewSampler(backend, ctx, scaledVelocity, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr, err := s.Rollout(context.Background(), cond, 5)
-		if err != nil {
-			t.Fatal(err)
-		}
+		tr := testRollout(t, ctx, scaledVelocity, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}}, 0, cond, 5)
 		tn, err := NewTrainer(backend, ctx, scaledVelocity, TrainConfig{Loss: LossConfig{Kind: KindSDE, ClipRange: 1e-4, Beta: 0.04},
 			LearningRate: 0.05, GradClip: 1, Workers: workers})
 		if err != nil {
@@ -200,17 +188,10 @@ func TestAccumulateStepsFreshConditioning(t *testing.T) {
 	sched, _ := SD3Schedule(4, DefaultShift)
 	backend := nntest.Backend(t)
 	ctx := mlctx.New()
-	s, err := NewSampler(backend, ctx, scaledVelocity, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	fresh := func() Conditioning {
 		return Conditioning{Cond: []*tensors.Tensor{tensors.FromValue([][]float32{{0.5}}), tensors.FromValue([][]float32{{0.25}})}}
 	}
-	tr, err := s.Rollout(context.Background(), fresh(), 5)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := testRollout(t, ctx, scaledVelocity, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}}, 0, fresh(), 5)
 	tn, err := NewTrainer(backend, ctx, scaledVelocity, TrainConfig{Loss: LossConfig{Kind: KindSDE, ClipRange: 1e-4, Beta: 0.04},
 		LearningRate: 0.05, GradClip: 1, Workers: 4})
 	if err != nil {
@@ -242,14 +223,7 @@ func TestTrainerRefVelocities(t *testing.T) {
 	}
 	train := func(ref bool) (result, error) {
 		ctx := mlctx.New()
-		s, err := NewSampler(backend, ctx, scaledVelocity, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr, err := s.Rollout(context.Background(), cond, 5)
-		if err != nil {
-			t.Fatal(err)
-		}
+		tr := testRollout(t, ctx, scaledVelocity, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}}, 0, cond, 5)
 		// The reference is scaledVelocity without its adapter d: x·(w + m), with the current w
 		// (trainable here, unlike a real base model, so it is read before every accumulation).
 		setRef := func() {
@@ -328,11 +302,7 @@ func TestTrainerRefVelocities(t *testing.T) {
 		}
 	}
 	ctx := mlctx.New()
-	s, _ := NewSampler(backend, ctx, scaledVelocity, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}})
-	tr, err := s.Rollout(context.Background(), cond, 5)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := testRollout(t, ctx, scaledVelocity, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: 0.7, GroupSize: 3, LatentShape: []int{2}}, 0, cond, 5)
 	tn, _ := NewTrainer(backend, ctx, scaledVelocity, TrainConfig{Loss: LossConfig{Kind: KindSDE, ClipRange: 1e-4, Beta: 0.5},
 		LearningRate: 0.05, GradClip: 1, RefVelocities: true})
 	if _, err := tn.AccumulateSteps(context.Background(), cond, tr, ks, all, adv, 1); err == nil ||

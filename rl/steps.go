@@ -87,30 +87,6 @@ func meanPerSample(t *Node) *Node {
 	return ReduceMean(t, axes...)
 }
 
-// EulerStep is the deterministic ODE step x_{k+1} = x + v·dt with dt = sigmaNext − sigma.
-// A sample with sigma = sigmaNext (e.g. both 0) is left unchanged, which is how a batch of
-// look-aheads with different numbers of steps is padded.
-func EulerStep(x, v, sigma, sigmaNext *Node) *Node {
-	checkLatent("x", x)
-	checkSame("x", x, "v", v)
-	x, v = f32(x), f32(v)
-	dt := Sub(perSample(sigmaNext, x), perSample(sigma, x))
-	return Add(x, Mul(v, dt))
-}
-
-// FlowSDEStd is the Flow-SDE noise level s = a·sqrt(σ/(1−σ)) of a step at sigma (scalar or [B]);
-// where σ = 1 the denominator uses sigma1 (σ_1 of the schedule, same shape as sigma or scalar)
-// instead, so the first step is finite.
-func FlowSDEStd(sigma, sigma1 *Node, a float64) *Node {
-	sigma, sigma1 = f32(sigma), f32(sigma1)
-	if sigma1.Rank() == 0 && sigma.Rank() == 1 {
-		sigma1 = BroadcastToDims(sigma1, sigma.Shape().Dimensions...)
-	}
-	one := OnesLike(sigma)
-	den := Where(Equal(sigma, one), sigma1, sigma)
-	return MulScalar(Sqrt(Div(sigma, Sub(one, den))), a)
-}
-
 // SDEMean is the Flow-SDE mean of x_{k+1}:
 //
 //	mean = x·(1 + s²/(2σ)·dt) + v·(1 + s²·(1−σ)/(2σ))·dt,  dt = sigmaNext − sigma.
@@ -147,26 +123,15 @@ func SDELogProb(next, mean, std *Node) *Node {
 	return meanPerSample(lp)
 }
 
-// CalibratedSDEStep is the Flow-SDE step with a given noise level s (DenseGRPO's calibrated ψ(k),
-// or s_k computed elsewhere): next = SDEMean + s·sqrt(−dt)·noise, with noise ~ N(0, I) of the
-// shape of x.
-func CalibratedSDEStep(x, v, sigma, sigmaNext, s, noise *Node) StepOut {
+// SDEStep is the Flow-SDE step with noise level s (s_k = a·sqrt(σ/(1−σ)) from
+// Schedule.SDEStd, or DenseGRPO's calibrated ψ(k)): next = SDEMean + s·sqrt(−dt)·noise, with
+// noise ~ N(0, I) of the shape of x.
+func SDEStep(x, v, sigma, sigmaNext, s, noise *Node) StepOut {
 	checkSame("x", x, "noise", noise)
 	mean := SDEMean(x, v, sigma, sigmaNext, s)
 	std := SDEStdDev(sigma, sigmaNext, s)
 	next := Add(mean, Mul(perSample(std, mean), f32(noise)))
 	return StepOut{Next: next, Mean: mean, S: f32(s), Std: std, LogProb: SDELogProb(next, mean, std)}
-}
-
-// FlowSDEStep is the Flow-GRPO SDE step with noise level a: s = FlowSDEStd(sigma, sigma1, a),
-// then CalibratedSDEStep.
-func FlowSDEStep(x, v, sigma, sigmaNext, sigma1, noise *Node, a float64) StepOut {
-	return CalibratedSDEStep(x, v, sigma, sigmaNext, FlowSDEStd(sigma, sigma1, a), noise)
-}
-
-// CPSStd is the CPS noise level s = sigmaNext·sin(a·π/2).
-func CPSStd(sigmaNext *Node, a float64) *Node {
-	return MulScalar(f32(sigmaNext), math.Sin(a*math.Pi/2))
 }
 
 // CPSMean is the CPS mean of x_{k+1}: with x̂0 = x − σ·v and x̂1 = x + (1−σ)·v,
@@ -190,17 +155,12 @@ func CPSLogProb(next, mean *Node) *Node {
 	return Neg(meanPerSample(Square(Sub(f32(next), f32(mean)))))
 }
 
-// CPSStepWithStd is the CPS step with a given s: next = CPSMean + s·noise.
-func CPSStepWithStd(x, v, sigma, sigmaNext, s, noise *Node) StepOut {
+// CPSStep is the CPS step with noise level s (Schedule.CPSStd): next = CPSMean + s·noise.
+func CPSStep(x, v, sigma, sigmaNext, s, noise *Node) StepOut {
 	checkSame("x", x, "noise", noise)
 	mean := CPSMean(x, v, sigma, sigmaNext, s)
 	next := Add(mean, Mul(perSample(s, mean), f32(noise)))
 	return StepOut{Next: next, Mean: mean, S: f32(s), Std: f32(s), LogProb: CPSLogProb(next, mean)}
-}
-
-// CPSStep is the CPS step with noise level a: s = CPSStd(sigmaNext, a), then CPSStepWithStd.
-func CPSStep(x, v, sigma, sigmaNext, noise *Node, a float64) StepOut {
-	return CPSStepWithStd(x, v, sigma, sigmaNext, CPSStd(sigmaNext, a), noise)
 }
 
 // Kind selects the stochastic sampler of a rollout.
@@ -220,14 +180,14 @@ var Kinds = []Kind{KindSDE, KindCPS}
 // Valid reports whether k names a known sampler.
 func (k Kind) Valid() bool { return slices.Contains(Kinds, k) }
 
-// StochasticStep dispatches to CalibratedSDEStep or CPSStepWithStd; s is the step's noise level
+// StochasticStep dispatches to SDEStep or CPSStep; s is the step's noise level
 // as StepOut.S defines it.
 func StochasticStep(kind Kind, x, v, sigma, sigmaNext, s, noise *Node) StepOut {
 	switch kind {
 	case KindSDE:
-		return CalibratedSDEStep(x, v, sigma, sigmaNext, s, noise)
+		return SDEStep(x, v, sigma, sigmaNext, s, noise)
 	case KindCPS:
-		return CPSStepWithStd(x, v, sigma, sigmaNext, s, noise)
+		return CPSStep(x, v, sigma, sigmaNext, s, noise)
 	default:
 		panicf("rl: unknown sampler kind %q, want %q or %q", kind, KindSDE, KindCPS)
 		return StepOut{}

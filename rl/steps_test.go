@@ -59,13 +59,13 @@ var (
 const logSqrt2Pi = 0.91893853320467274
 
 func TestEulerStep(t *testing.T) {
-	// x + v·(σ'−σ) with σ=0.5, σ'=0.25: x − 0.25v = [[0.875, 2.25], [−1.5, 0.5]].
-	// Per-sample σ = [0.5, 0], σ' = [0.25, 0]: sample 1 is a padding step and stays x.
-	out := runGraph(t, func(x, v, s, sn, ps, psn *graph.Node) (*graph.Node, *graph.Node) {
-		return EulerStep(x, v, s, sn), EulerStep(x, v, ps, psn)
-	}, stepX, stepV, float32(0.5), float32(0.25), []float32{0.5, 0}, []float32{0.25, 0})
-	checkVec(t, "euler", out[0], []float64{0.875, 2.25, -1.5, 0.5})
-	checkVec(t, "euler per-sample", out[1], []float64{0.875, 2.25, -1, 0.5})
+	// x + v·(σ'−σ) with σ=0.5, σ'=0.25: x − 0.25v = [[0.875, 2.25], [−1.5, 0.5]]; dt = 0 (a
+	// path that has ended, riding along in its batch) leaves x as it is.
+	x := []float32{1, 2, -1, 0.5}
+	eulerStep(x, []float32{0.5, -1, 2, 0}, 0.25-0.5)
+	checkVec(t, "euler", x, []float64{0.875, 2.25, -1.5, 0.5})
+	eulerStep(x, []float32{0.5, -1, 2, 0}, 0)
+	checkVec(t, "euler dt = 0", x, []float64{0.875, 2.25, -1.5, 0.5})
 }
 
 func TestSDESteps(t *testing.T) {
@@ -75,7 +75,7 @@ func TestSDESteps(t *testing.T) {
 	//   next = mean + 0.25ε = [[1.046875, 1.65625], [−1.375, 0.46875]]
 	//   logp = −mean(ε²)/2 − log 0.25 − c = [−1.25 + 1.386294361 − c, −0.0625 + 1.386294361 − c]
 	out := runGraph(t, func(x, v, n, s, sn, sd *graph.Node) (*graph.Node, *graph.Node, *graph.Node, *graph.Node, *graph.Node) {
-		o := CalibratedSDEStep(x, v, s, sn, sd, n)
+		o := SDEStep(x, v, s, sn, sd, n)
 		return o.Next, o.Mean, o.S, o.Std, o.LogProb
 	}, stepX, stepV, stepNoise, float32(0.5), float32(0.25), float32(0.5))
 	checkVec(t, "calibrated next", out[0], []float64{1.046875, 1.65625, -1.375, 0.46875})
@@ -90,10 +90,13 @@ func TestSDESteps(t *testing.T) {
 	//   mean = [[0.75, 2], [−1.375, 0.4375]], std = 1·sqrt(0.25) = 0.5
 	//   next = mean + 0.5ε = [[1.25, 1], [−1.125, 0.4375]]
 	//   logp = −mean(ε²)/2 − log 0.5 − c
-	out = runGraph(t, func(x, v, n, s, sn, s1 *graph.Node) (*graph.Node, *graph.Node, *graph.Node, *graph.Node, *graph.Node) {
-		o := FlowSDEStep(x, v, s, sn, s1, n, 0.5)
+	first := Schedule{Sigmas: []float32{1, 0.75, 0}, Timesteps: []float32{1000, 750}}
+	s1 := first.SDEStd(0, 0.5)
+	checkVec(t, "σ=1 SDEStd", []float32{s1}, []float64{1})
+	out = runGraph(t, func(x, v, n, s, sn, sd *graph.Node) (*graph.Node, *graph.Node, *graph.Node, *graph.Node, *graph.Node) {
+		o := SDEStep(x, v, s, sn, sd, n)
 		return o.Next, o.Mean, o.S, o.Std, o.LogProb
-	}, stepX, stepV, stepNoise, float32(1), float32(0.75), float32(0.75))
+	}, stepX, stepV, stepNoise, float32(1), float32(0.75), s1)
 	checkVec(t, "σ=1 next", out[0], []float64{1.25, 1, -1.125, 0.4375})
 	checkVec(t, "σ=1 mean", out[1], []float64{0.75, 2, -1.375, 0.4375})
 	checkVec(t, "σ=1 s", out[2], []float64{1})
@@ -102,12 +105,12 @@ func TestSDESteps(t *testing.T) {
 	checkVec(t, "σ=1 logp", out[4], lpB)
 
 	// Per-sample parameters: sample 0 takes the calibrated case, sample 1 the σ=1 case
-	// (FlowSDEStd with σ = [0.5, 1], σ_1 = 0.75, a = 0.5 gives s = [0.5·sqrt(1), 1] = [0.5, 1]).
-	out = runGraph(t, func(x, v, n, s, sn, s1 *graph.Node) (*graph.Node, *graph.Node, *graph.Node, *graph.Node) {
-		o := FlowSDEStep(x, v, s, sn, s1, n, 0.5)
+	// (σ = [0.5, 1], σ' = [0.25, 0.75], s = [0.5, 1]).
+	out = runGraph(t, func(x, v, n, s, sn, sd *graph.Node) (*graph.Node, *graph.Node, *graph.Node, *graph.Node) {
+		o := SDEStep(x, v, s, sn, sd, n)
 		recomputed, _ := TransitionLogProb(KindSDE, x, v, s, sn, o.S, o.Next)
 		return o.Mean, o.S, o.LogProb, recomputed
-	}, stepX, stepV, stepNoise, []float32{0.5, 1}, []float32{0.25, 0.75}, float32(0.75))
+	}, stepX, stepV, stepNoise, []float32{0.5, 1}, []float32{0.25, 0.75}, []float32{0.5, 1})
 	checkVec(t, "per-sample mean", out[0], []float64{0.796875, 2.15625, -1.375, 0.4375})
 	checkVec(t, "per-sample s", out[1], []float64{0.5, 1})
 	checkVec(t, "per-sample logp", out[2], []float64{lpA[0], lpB[1]})
@@ -121,7 +124,7 @@ func TestCPSStep(t *testing.T) {
 	//   next = mean + 0.375ε = [[1.171875, 1.15625], [−1, 0.4375]]
 	//   logp = −0.375²·mean(ε²) = [−0.140625·2.5, −0.140625·0.125] = [−0.3515625, −0.017578125]
 	out := runGraph(t, func(x, v, n, s, sn, sd *graph.Node) (*graph.Node, *graph.Node, *graph.Node, *graph.Node, *graph.Node) {
-		o := CPSStepWithStd(x, v, s, sn, sd, n)
+		o := CPSStep(x, v, s, sn, sd, n)
 		recomputed, _ := TransitionLogProb(KindCPS, x, v, s, sn, sd, o.Next)
 		return o.Next, o.Mean, o.Std, o.LogProb, recomputed
 	}, stepX, stepV, stepNoise, float32(0.75), float32(0.625), float32(0.375))
@@ -131,11 +134,9 @@ func TestCPSStep(t *testing.T) {
 	checkVec(t, "cps logp", out[3], []float64{-0.3515625, -0.017578125})
 	checkVec(t, "cps recomputed logp", out[4], []float64{-0.3515625, -0.017578125})
 
-	// CPSStep derives s = σ'·sin(aπ/2): a = 1/3 → sin(π/6) = 1/2 → s = 0.3125.
-	out = runGraph(t, func(x, v, n, s, sn *graph.Node) *graph.Node {
-		return CPSStep(x, v, s, sn, n, 1.0/3).S
-	}, stepX, stepV, stepNoise, float32(0.75), float32(0.625))
-	checkVec(t, "cps s from a", out[0], []float64{0.3125})
+	// Schedule.CPSStd derives s = σ'·sin(aπ/2): a = 1/3 → sin(π/6) = 1/2 → s = 0.3125.
+	cps := Schedule{Sigmas: []float32{0.75, 0.625, 0}, Timesteps: []float32{750, 625}}
+	checkVec(t, "cps s from a", []float32{cps.CPSStd(0, 1.0/3)}, []float64{0.3125})
 }
 
 // TestStepMoments draws 20000 transitions from one state and compares the sample mean and
@@ -162,20 +163,21 @@ func TestStepMoments(t *testing.T) {
 	xt := tensors.FromFlatDataAndDimensions(x, n, 1)
 	vt := tensors.FromFlatDataAndDimensions(v, n, 1)
 	nt := tensors.FromFlatDataAndDimensions(noise, n, 1)
+	sched := Schedule{Sigmas: []float32{0.6, 0.4}, Timesteps: []float32{600}}
 	tests := []struct {
-		name            string
-		fn              any
+		kind            Kind
+		a               float64
 		wantMean, wantV float64
 	}{
-		{"sde", func(x, v, n, s, sn, s1 *graph.Node) *graph.Node {
-			return FlowSDEStep(x, v, s, sn, s1, n, 0.7).Next
-		}, 0.43755, 0.147},
-		{"cps", func(x, v, n, s, sn, s1 *graph.Node) *graph.Node {
-			return CPSStep(x, v, s, sn, n, 0.8).Next
-		}, 0.434472136, 0.144721360},
+		{KindSDE, 0.7, 0.43755, 0.147},
+		{KindCPS, 0.8, 0.434472136, 0.144721360},
 	}
 	for _, tc := range tests {
-		next := runGraph(t, tc.fn, xt, vt, nt, float32(0.6), float32(0.4), float32(0.4))[0]
+		fn := func(x, v, n, s, sn, sd *graph.Node) *graph.Node {
+			return StochasticStep(tc.kind, x, v, s, sn, sd, n).Next
+		}
+		sd := StepStd(tc.kind, sched, 0, tc.a, nil)
+		next := runGraph(t, fn, xt, vt, nt, float32(0.6), float32(0.4), sd)[0]
 		var sum, sum2 float64
 		for _, y := range next {
 			sum += float64(y)
@@ -186,10 +188,10 @@ func TestStepMoments(t *testing.T) {
 		}
 		variance := sum2 / (n - 1)
 		if tol := 4 * math.Sqrt(tc.wantV/n); math.Abs(mean-tc.wantMean) > tol {
-			t.Errorf("%s: sample mean %.5f, want %.5f ± %.5f", tc.name, mean, tc.wantMean, tol)
+			t.Errorf("%s: sample mean %.5f, want %.5f ± %.5f", tc.kind, mean, tc.wantMean, tol)
 		}
 		if tol := 4 * tc.wantV * math.Sqrt(2.0/n); math.Abs(variance-tc.wantV) > tol {
-			t.Errorf("%s: sample variance %.5f, want %.5f ± %.5f", tc.name, variance, tc.wantV, tol)
+			t.Errorf("%s: sample variance %.5f, want %.5f ± %.5f", tc.kind, variance, tc.wantV, tol)
 		}
 	}
 }

@@ -143,19 +143,15 @@ func ToyVelocity(hidden int) Velocity {
 }
 
 // toyReward is R(x) = sigmoid(x·e1).
-func toyReward(l Latent) float64 { return 1 / (1 + math.Exp(-float64(l.Data[0]))) }
+func toyReward(x []float32) float64 { return 1 / (1 + math.Exp(-float64(x[0]))) }
 
-type toyScorer struct{}
-
-func (toyScorer) Score(ctx context.Context, latents []Latent, _ []int) ([]float64, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
+// toyRewards scores latents with toyReward.
+func toyRewards(latents [][]float32) []float64 {
 	out := make([]float64, len(latents))
 	for i, l := range latents {
 		out[i] = toyReward(l)
 	}
-	return out, nil
+	return out
 }
 
 // pretrainToy trains the velocity by flow matching on the two-mode mixture and returns the last
@@ -201,29 +197,41 @@ func pretrainToy(ctx context.Context, backend backends.Backend, mctx *mlctx.Cont
 	return loss, nil
 }
 
-// evalToy returns the mean reward of n ODE samples from fixed noise.
-func evalToy(ctx context.Context, s *Sampler, sched Schedule, seed uint64) (float64, error) {
-	lat, err := s.SampleODE(ctx, Conditioning{}, sched, seed)
+// evalToy returns the mean reward of n ODE samples from fixed noise (images 0 … n−1 of the
+// ODE noise stream of seed).
+func evalToy(ctx context.Context, flow Flow, sched Schedule, seed uint64, n int) (float64, error) {
+	ids := make([]int, n)
+	for i := range ids {
+		ids[i] = i
+	}
+	lat, err := flow.SampleODE(ctx, Conditioning{}, sched, int64(seed), ids, 2)
 	if err != nil {
 		return 0, err
 	}
 	var sum float64
-	for _, l := range lat {
-		sum += toyReward(l)
+	for _, r := range toyRewards(lat) {
+		sum += r
 	}
-	return sum / float64(len(lat)), nil
+	return sum / float64(n), nil
 }
 
-// trainToy runs GRPO from the weights in mctx with sparse or dense advantages.
+// toyFlow is the toy velocity with the weights of mctx as a Flow (no guidance).
+func toyFlow(backend backends.Backend, mctx *mlctx.Context, vel Velocity) (Flow, error) {
+	eng, err := NewGraphEngine(backend, mctx, vel, []int{2}, true)
+	return Flow{Engine: eng}, err
+}
+
+// trainToy runs GRPO from the weights in mctx with sparse or dense advantages: the same calls
+// the pipeline makes (Sampler.Rollout, Method.Targets, Method.Rewards, Method.Advantages,
+// Trainer), with the toy reward in place of decoding and reward models.
 func trainToy(ctx context.Context, backend backends.Backend, mctx *mlctx.Context, vel Velocity, sched Schedule, cfg ToyConfig, dense bool) (ToyCurve, error) {
 	start := time.Now()
-	sampler, err := NewSampler(backend, mctx, vel, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: cfg.NoiseLevel,
-		GroupSize: cfg.GroupSize, LatentShape: []int{2}})
+	flow, err := toyFlow(backend, mctx, vel)
 	if err != nil {
 		return ToyCurve{}, err
 	}
-	evalSampler, err := NewSampler(backend, mctx, vel, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: cfg.NoiseLevel,
-		GroupSize: cfg.EvalSamples, LatentShape: []int{2}})
+	sampler, err := NewSampler(backend, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: cfg.NoiseLevel,
+		GroupSize: cfg.GroupSize, LatentShape: []int{2}})
 	if err != nil {
 		return ToyCurve{}, err
 	}
@@ -233,12 +241,14 @@ func trainToy(ctx context.Context, backend backends.Backend, mctx *mlctx.Context
 		return ToyCurve{}, err
 	}
 	trained := int(math.Floor(float64(cfg.Steps) * 0.99))
-	advCfg := AdvantageConfig{Std: StdGlobal, Clip: 5}
-	prompts := make([]int, cfg.GroupSize)
+	method := Method{Dense: dense, Trained: trained, Advantage: AdvantageConfig{Std: StdGlobal, Clip: 5}}
+	if err := method.Validate(sched.Steps()); err != nil {
+		return ToyCurve{}, err
+	}
 	evalSeed := cfg.Seed ^ 0x5eed
 	var curve ToyCurve
 	record := func(epoch int) error {
-		r, err := evalToy(ctx, evalSampler, sched, evalSeed)
+		r, err := evalToy(ctx, flow, sched, evalSeed, cfg.EvalSamples)
 		if err != nil {
 			return fmt.Errorf("evaluate after %d epochs: %w", epoch, err)
 		}
@@ -250,35 +260,24 @@ func trainToy(ctx context.Context, backend backends.Backend, mctx *mlctx.Context
 		return curve, err
 	}
 	for epoch := range cfg.Epochs {
-		tr, err := sampler.Rollout(ctx, Conditioning{}, cfg.Seed*1_000_003+uint64(epoch))
+		fail := func(err error) (ToyCurve, error) { return curve, fmt.Errorf("epoch %d: %w", epoch, err) }
+		tr, err := sampler.Rollout(ctx, flow, Conditioning{}, cfg.Seed*1_000_003+uint64(epoch))
 		if err != nil {
-			return curve, fmt.Errorf("epoch %d: %w", epoch, err)
+			return fail(err)
 		}
-		final, err := toyScorer{}.Score(ctx, tr.Final(), nil)
+		targets, err := method.Targets(ctx, flow, Conditioning{}, tr)
 		if err != nil {
-			return curve, fmt.Errorf("epoch %d: %w", epoch, err)
+			return fail(err)
 		}
-		var mean float64
-		for _, r := range final {
-			mean += r
+		rw, err := method.Rewards([]Scored{{Traj: tr, Slots: targets.Slots, Scores: toyRewards(targets.Latents), Groups: []int{0}}})
+		if err != nil {
+			return fail(err)
 		}
-		curve.Train = append(curve.Train, mean/float64(len(final)))
-		var adv [][]float64
-		if dense {
-			d, err := ComputeDenseRewards(ctx, sampler, Conditioning{}, tr, toyScorer{}, nil,
-				DenseConfig{Steps: trained, Batch: (min(trained, cfg.Steps-1) + 1) * cfg.GroupSize})
-			if err != nil {
-				return curve, fmt.Errorf("epoch %d: %w", epoch, err)
-			}
-			adv, err = DenseAdvantages(d.Delta, prompts, trained, advCfg)
-			if err != nil {
-				return curve, fmt.Errorf("epoch %d: %w", epoch, err)
-			}
-		} else {
-			adv, err = SparseAdvantages(final, prompts, trained, advCfg)
-			if err != nil {
-				return curve, fmt.Errorf("epoch %d: %w", epoch, err)
-			}
+		mean, _ := MeanStd(rw.Final())
+		curve.Train = append(curve.Train, mean)
+		adv, err := method.Advantages(rw)
+		if err != nil {
+			return fail(err)
 		}
 		kept, _ := DropZeroAdvantages(adv)
 		if len(kept) > 0 {
@@ -288,11 +287,11 @@ func trainToy(ctx context.Context, backend backends.Backend, mctx *mlctx.Context
 					a[j] = adv[i][k]
 				}
 				if _, err := trainer.Accumulate(ctx, Conditioning{}, tr, k, kept, a, 1/float64(trained)); err != nil {
-					return curve, fmt.Errorf("epoch %d: %w", epoch, err)
+					return fail(err)
 				}
 			}
 			if _, err := trainer.Apply(ctx); err != nil {
-				return curve, fmt.Errorf("epoch %d: %w", epoch, err)
+				return fail(err)
 			}
 		}
 		if (epoch+1)%cfg.EvalEvery == 0 || epoch+1 == cfg.Epochs {
@@ -328,12 +327,11 @@ func RunToy(ctx context.Context, cfg ToyConfig) (res ToyResult, err error) {
 	if res.PretrainLoss, err = pretrainToy(ctx, backend, base, vel, cfg); err != nil {
 		return res, fmt.Errorf("run toy: %w", err)
 	}
-	evalSampler, err := NewSampler(backend, base, vel, sched, SamplerConfig{Kind: KindSDE, NoiseLevel: cfg.NoiseLevel,
-		GroupSize: cfg.EvalSamples, LatentShape: []int{2}})
+	baseFlow, err := toyFlow(backend, base, vel)
 	if err != nil {
 		return res, fmt.Errorf("run toy: %w", err)
 	}
-	if res.BaseReward, err = evalToy(ctx, evalSampler, sched, cfg.Seed^0x5eed); err != nil {
+	if res.BaseReward, err = evalToy(ctx, baseFlow, sched, cfg.Seed^0x5eed, cfg.EvalSamples); err != nil {
 		return res, fmt.Errorf("run toy: evaluate base: %w", err)
 	}
 	for _, dense := range []bool{false, true} {

@@ -13,6 +13,7 @@ import (
 	"github.com/densegrpo/densegrpo/models/frozen/frozentest"
 	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/pipeline"
+	"github.com/densegrpo/densegrpo/rl"
 )
 
 // writeFixture writes the frozentest pipeline (tiny MMDiT, text encoder, VAE, brightness
@@ -45,7 +46,7 @@ func writeFixture(t *testing.T, zero bool) frozentest.Files {
 // reward is the mean pixel, so it is the mean of sigmoid over the first 96 noise values.
 func zeroBrightness(seed int64, i int) float64 {
 	var s float64
-	for _, v := range pipeline.InitialNoise(seed, i, 128)[:96] {
+	for _, v := range rl.InitialNoise(seed, i, 128)[:96] {
 		s += 1 / (1 + math.Exp(-float64(v)))
 	}
 	return s / 96

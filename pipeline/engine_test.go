@@ -9,17 +9,15 @@ import (
 	"strings"
 	"testing"
 
-	. "github.com/gomlx/gomlx/pkg/core/graph"
-	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
-
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/rl"
 )
 
 // TestInferenceEnginesAgree: with non-zero adapters, with and without classifier-free
-// guidance, the ONNX engine integrates the same ODE paths as the GoMLX sampler (paths of
-// different lengths in batches that mix them) and rolls out the same trajectories (states and
-// log-probabilities), to float32 rounding.
+// guidance, the ONNX engine and the GoMLX engine give the same ODE paths (paths of different
+// lengths in batches that mix them), the same rollouts (states and log-probabilities) and the
+// same KL-reference velocities, to float32 rounding. Guidance, the Euler loop and the step are
+// rl's for both, so what this compares is the engines.
 func TestInferenceEnginesAgree(t *testing.T) {
 	for _, guidance := range []string{"1", "3.5"} {
 		t.Run("guidance "+guidance, func(t *testing.T) {
@@ -52,12 +50,27 @@ func TestInferenceEnginesAgree(t *testing.T) {
 				t.Fatal(err)
 			}
 			latent := f.VAE.LatentShape()
-			sampler, err := rl.NewSampler(policy.Backend, policy.Ctx, policy.Velocity, sched, rl.SamplerConfig{
-				Kind: rl.KindSDE, NoiseLevel: 0.7, Guidance: Guidance(cfg), GroupSize: 1, LatentShape: latent,
-			})
-			if err != nil {
-				t.Fatal(err)
+			flows := map[Engine][2]rl.Flow{} // [policy, KL reference]
+			for _, e := range Engines {
+				c := cfg
+				c.Pipeline.InferenceEngine = e
+				set := &engineSet{cfg: c, policy: policy, latent: latent}
+				pol, closePol, err := set.flow(true)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer closePol()
+				ref, closeRef, err := set.flow(false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer closeRef()
+				flows[e] = [2]rl.Flow{pol, ref}
 			}
+			if _, ok := flows[cfg.Pipeline.InferenceEngine][0].Engine.(*onnxEngine); !ok {
+				t.Fatalf("default pipeline.inference_engine gave %T, want the ONNX engine", flows[cfg.Pipeline.InferenceEngine][0].Engine)
+			}
+			onnx, gomlx := flows[EngineONNX], flows[EngineGoMLX]
 			cond, err := policy.Condition(ctx, f.TextEncoder, []string{`a sign "AB"`, `"XYZ" on a wall`}, Guidance(cfg))
 			if err != nil {
 				t.Fatal(err)
@@ -65,21 +78,13 @@ func TestInferenceEnginesAgree(t *testing.T) {
 			size := latent[0] * latent[1] * latent[2]
 			var paths []rl.ODEPath
 			for i, from := range []int{0, 2, 0, 5, 3} { // 6, 4, 6, 1 and 3 Euler steps
-				paths = append(paths, rl.ODEPath{Prompt: i % 2, X: InitialNoise(9, i, size), Sigmas: sched.Sigmas[from:]})
+				paths = append(paths, rl.ODEPath{Prompt: i % 2, X: rl.InitialNoise(9, i, size), Sigmas: sched.Sigmas[from:]})
 			}
-			want, err := sampler.IntegrateODE(ctx, cond, paths, 2)
+			want, err := gomlx[0].IntegrateODE(ctx, cond, paths, 2)
 			if err != nil {
 				t.Fatal(err)
 			}
-			inf, err := newInference(cfg, policy, sampler, latent)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer inf.close()
-			if _, ok := inf.ode.(*onnxPolicy); !ok || inf.velocity == nil {
-				t.Fatalf("default pipeline.inference_engine gave %T, want the ONNX engine", inf.ode)
-			}
-			got, err := inf.ode.IntegrateODE(ctx, cond, paths, 2)
+			got, err := onnx[0].IntegrateODE(ctx, cond, paths, 2)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -96,17 +101,17 @@ func TestInferenceEnginesAgree(t *testing.T) {
 			}
 			t.Logf("ODE: max |ONNX − GoMLX| = %.2g over %d paths", maxDiff, len(paths))
 
-			rsampler, err := rl.NewSampler(policy.Backend, policy.Ctx, policy.Velocity, sched, rl.SamplerConfig{
-				Kind: rl.KindCPS, NoiseLevel: 0.8, Guidance: Guidance(cfg), GroupSize: 3, LatentShape: latent,
+			sampler, err := rl.NewSampler(policy.Backend, sched, rl.SamplerConfig{
+				Kind: rl.KindCPS, NoiseLevel: 0.8, GroupSize: 3, LatentShape: latent,
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
-			want2, err := rsampler.Rollout(ctx, cond, 5)
+			want2, err := sampler.Rollout(ctx, gomlx[0], cond, 5)
 			if err != nil {
 				t.Fatal(err)
 			}
-			got2, err := rsampler.RolloutWith(ctx, cond, 5, inf.velocity)
+			got2, err := sampler.Rollout(ctx, onnx[0], cond, 5)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -118,40 +123,33 @@ func TestInferenceEnginesAgree(t *testing.T) {
 			t.Logf("rollout: max |ONNX − GoMLX| = %.2g over %d steps", maxDiff, len(want2.LogProb))
 
 			// The KL reference exported from the base weights is the model without adapters.
-			base, err := policy.Model.BaseTensors(policy.Ctx)
-			if err != nil {
+			steps := sched.Steps()
+			if err := want2.AddReference(ctx, gomlx[1], cond, steps); err != nil {
 				t.Fatal(err)
 			}
-			ref, err := newONNXPolicy(cfg, policy, latent, base)
-			if err != nil {
+			if err := got2.AddReference(ctx, onnx[1], cond, steps); err != nil {
 				t.Fatal(err)
 			}
-			defer ref.sess.Close()
-			baseVel := func(ctx *mlctx.Context, x, ts *Node, cond []*Node, _ bool) *Node {
-				return policy.Velocity(ctx, x, ts, cond, false)
-			}
-			bsampler, err := rl.NewSampler(policy.Backend, policy.Ctx, baseVel, sched, rl.SamplerConfig{
-				Kind: rl.KindCPS, NoiseLevel: 0.8, Guidance: Guidance(cfg), GroupSize: 3, LatentShape: latent,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			want3, err := bsampler.Rollout(ctx, cond, 5)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for k := range want3.V {
-				v, err := ref.Velocity(ctx, cond, want3.X[k], sched.Sigmas[k], want3.Prompts)
+			for k := range steps {
+				v, err := onnx[1].Velocity(ctx, cond, want2.X[k], repeat(sched.Sigmas[k], want2.Len()), want2.Prompts)
 				if err != nil {
 					t.Fatal(err)
 				}
-				checkEngines(t, fmt.Sprintf("reference velocity step %d", k), v, want3.V[k])
-				if k == 0 && slices.Equal(v, got2.V[0]) {
+				checkEngines(t, fmt.Sprintf("reference velocity step %d", k), v, want2.VRef[k])
+				if k == 0 && slices.Equal(v, want2.V[0]) {
 					t.Fatal("the reference velocity equals the adapted one: the test's adapters do nothing")
 				}
 			}
 		})
 	}
+}
+
+func repeat(v float32, n int) []float32 {
+	out := make([]float32, n)
+	for i := range out {
+		out[i] = v
+	}
+	return out
 }
 
 // checkEngines fails unless got (ONNX) matches want (GoMLX) to 1e-4 relative (absolute below 1),
