@@ -116,7 +116,7 @@ func Bench(ctx context.Context, cfgPath string, sets []string, opts BenchOptions
 			if cpuOK {
 				res.CPU[i] = append(res.CPU[i], (cpu1 - cpu0).Seconds())
 			}
-			for s, v := range line["stage_seconds"].(map[string]float64) {
+			for s, v := range line.Train.StageSeconds {
 				res.Stages[i][s] += v
 			}
 			fmt.Fprintf(log, "%-20s epoch %d %.1fs\n", variants[i].Name, round, wall)

@@ -2,14 +2,13 @@ package pipeline
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
 
 	"github.com/gomlx/gomlx/backends"
 
-	"github.com/densegrpo/densegrpo/internal/atomicfile"
+	"github.com/densegrpo/densegrpo/pipeline/runfiles"
 	"github.com/densegrpo/densegrpo/rl"
 )
 
@@ -81,15 +80,11 @@ func Calibrate(ctx context.Context, cfg Config, opts CalibrateOptions) (rl.Calib
 	if err != nil {
 		return rl.Calibration{}, err
 	}
-	f := psiFile{Sigmas: sched.Sigmas, Start: sched.InitialPsi(cfg.Sampler.NoiseLevel), Psi: res.Psi, NoiseLevel: cfg.Sampler.NoiseLevel}
+	f := runfiles.Psi{Sigmas: sched.Sigmas, Start: sched.InitialPsi(cfg.Sampler.NoiseLevel), Psi: res.Psi, NoiseLevel: cfg.Sampler.NoiseLevel}
 	for i, r := range res.Rounds {
-		f.Iterations = append(f.Iterations, psiIteration{Iteration: i + 1, Psi: r.Psi, Pos: r.Positive, Neg: r.Negative})
+		f.Iterations = append(f.Iterations, runfiles.PsiIteration{Iteration: i + 1, Psi: r.Psi, Pos: r.Positive, Neg: r.Negative})
 	}
-	data, err := json.MarshalIndent(f, "", "  ")
-	if err != nil {
-		return rl.Calibration{}, err
-	}
-	if err := atomicfile.WriteBytes(opts.Out, data); err != nil {
+	if err := runfiles.WritePsi(opts.Out, &f); err != nil {
 		return rl.Calibration{}, err
 	}
 	writePsiTable(log, f)
@@ -97,7 +92,7 @@ func Calibrate(ctx context.Context, cfg Config, opts CalibrateOptions) (rl.Calib
 }
 
 // writePsiTable prints ψ per step with the sign counts of the last round.
-func writePsiTable(w io.Writer, f psiFile) {
+func writePsiTable(w io.Writer, f runfiles.Psi) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "k\tσ_k\tψ start\tψ\t#ΔR>0\t#ΔR<0\t")
 	last := f.Iterations[len(f.Iterations)-1]

@@ -166,7 +166,7 @@ func TestShippedPsiFitsTinyOCR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for k, s := range psi {
+	for k, s := range psi.Psi {
 		if !(s > 0) {
 			t.Errorf("ψ(%d) = %v, want > 0", k, s)
 		}

@@ -7,11 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -22,6 +20,7 @@ import (
 	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/pipeline/progress"
 	"github.com/densegrpo/densegrpo/pipeline/report"
+	"github.com/densegrpo/densegrpo/pipeline/runfiles"
 )
 
 // RunOptions are the choices of Run that are not in the config.
@@ -33,7 +32,7 @@ type RunOptions struct {
 	// Backend, if not nil, replaces the config's GoMLX backend (tests share one).
 	Backend backends.Backend
 	// OnEpoch, if set, is called with each epoch's metrics line once it is written.
-	OnEpoch func(epoch int, line map[string]any)
+	OnEpoch func(epoch int, line runfiles.Line)
 	// Now, if set, replaces time.Now for the time budget (tests drive it).
 	Now func() time.Time
 }
@@ -107,7 +106,15 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 	}
 	defer t.close()
 
-	metrics, err := openMetrics(filepath.Join(dir, "metrics.jsonl"))
+	if t.psi != nil && !opts.Resume {
+		// The ψ the rollouts use, beside the metrics, for the report to draw.
+		if err := runfiles.WritePsi(filepath.Join(dir, runfiles.PsiFile), t.psi); err != nil {
+			return res, err
+		}
+	}
+	// A new run starts the metrics afresh: a directory without a checkpoint (prepareRunDir)
+	// may still hold the lines of a run that failed before its first one.
+	metrics, err := openMetrics(filepath.Join(dir, runfiles.MetricsFile), !opts.Resume)
 	if err != nil {
 		return res, err
 	}
@@ -135,7 +142,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 		}
 		res.EvalBefore = &before
 		fmt.Fprintf(log, "eval before training: %s\n", before.Summary())
-		if err := metrics.Write(evalLine(0, before)); err != nil {
+		if err := metrics.Write(runfiles.Line{Eval: evalRecord(before)}); err != nil {
 			return res, err
 		}
 		if err := t.writeSamples(dir, 0, before); err != nil {
@@ -143,7 +150,9 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 		}
 	}
 	if res.EvalBefore == nil {
-		res.EvalBefore = metrics.BaseEval()
+		if res.EvalBefore, err = metrics.BaseEval(); err != nil {
+			return res, err
+		}
 	}
 
 	budget := cfg.TimeBudgetDuration()
@@ -195,7 +204,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 			return res, fmt.Errorf("epoch %d: %w", epoch, err)
 		}
 		t.elapsed = spent().Seconds()
-		line["elapsed_seconds"] = t.elapsed
+		line.Train.ElapsedSeconds = t.elapsed
 		last := (cfg.Run.Epochs > 0 && epoch >= cfg.Run.Epochs) || (budget > 0 && spent() >= budget)
 		if last || (cfg.Eval.Every > 0 && epoch%cfg.Eval.Every == 0) {
 			after, err := t.evaluateEMA(ctx, log)
@@ -205,9 +214,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 			if err != nil {
 				return res, fmt.Errorf("epoch %d: %w", epoch, err)
 			}
-			for k, v := range evalLine(epoch, after) {
-				line[k] = v
-			}
+			line.Eval = evalRecord(after)
 			if last {
 				res.EvalAfter = &after
 				if err := t.writeSamples(dir, epoch, after); err != nil {
@@ -236,9 +243,10 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 			opts.OnEpoch(epoch, line)
 		}
 		bar.Add(1)
-		bar.SetSuffix(fmt.Sprintf("epoch %d reward %.3f", epoch, line["reward_mean"]))
+		tr := line.Train
+		bar.SetSuffix(fmt.Sprintf("epoch %d reward %.3f", epoch, tr.RewardMean))
 		fmt.Fprintf(log, "epoch %d: reward %.4f ± %.4f, loss %.3g, kl %.3g, %.1f samples/s, %.1fs\n", epoch,
-			line["reward_mean"], line["reward_std"], line["loss"], line["kl"], line["samples_per_second"], line["wall_seconds"])
+			tr.RewardMean, tr.RewardStd, tr.Loss, tr.KL, tr.SamplesPerSecond, tr.WallSeconds)
 		if err := ctx.Err(); err != nil {
 			return interrupted(err)
 		}
@@ -359,27 +367,29 @@ func LoadRunConfig(dir string, sets []string) (Config, error) {
 	return Load(filepath.Join(dir, "config.toml"), sets)
 }
 
-// metricsFile appends one JSON object per line, fsynced, so a killed run loses at most the
-// line being written.
+// metricsFile appends one line (runfiles.Line) per epoch, fsynced, so a killed run loses at
+// most the line being written.
 type metricsFile struct {
 	path string
 	f    *os.File
+	// files rewrites the file (TruncateAfter); tests make it fail.
+	files atomicfile.Writer
 }
 
-func openMetrics(path string) (*metricsFile, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o644)
+// openMetrics opens path for appending, emptied first when fresh.
+func openMetrics(path string, fresh bool) (*metricsFile, error) {
+	flags := os.O_CREATE | os.O_RDWR | os.O_APPEND
+	if fresh {
+		flags |= os.O_TRUNC
+	}
+	f, err := os.OpenFile(path, flags, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open metrics: %w", err)
 	}
 	return &metricsFile{path: path, f: f}, nil
 }
 
-func (m *metricsFile) Write(line map[string]any) error {
-	for k, v := range line {
-		if x, ok := v.(float64); ok && (math.IsNaN(x) || math.IsInf(x, 0)) {
-			line[k] = nil // JSON has no NaN; null says "not a number" in the log
-		}
-	}
+func (m *metricsFile) Write(line runfiles.Line) error {
 	data, err := json.Marshal(line)
 	if err != nil {
 		return fmt.Errorf("write metrics %s: %w", m.path, err)
@@ -393,92 +403,69 @@ func (m *metricsFile) Write(line map[string]any) error {
 	return nil
 }
 
-// lines returns the decoded lines; a torn last line (a killed run) is dropped.
-func (m *metricsFile) lines() ([]map[string]any, error) {
-	data, err := os.ReadFile(m.path)
-	if err != nil {
-		return nil, fmt.Errorf("read metrics %s: %w", m.path, err)
-	}
-	var out []map[string]any
-	for i, raw := range strings.Split(string(data), "\n") {
-		if strings.TrimSpace(raw) == "" {
-			continue
-		}
-		var line map[string]any
-		if err := json.Unmarshal([]byte(raw), &line); err != nil {
-			if i == strings.Count(string(data), "\n") { // the unterminated last line
-				break
-			}
-			return nil, fmt.Errorf("read metrics %s:%d: %w", m.path, i+1, err)
-		}
-		out = append(out, line)
-	}
-	return out, nil
-}
-
 // TruncateAfter keeps the lines of epochs <= epoch: a resumed run rewrites what came after its
-// checkpoint, so its log equals an uninterrupted run's.
+// checkpoint, so its log equals an uninterrupted run's. The kept lines are rewritten
+// atomically; whether or not that succeeds, the file is then open for appending again.
 func (m *metricsFile) TruncateAfter(epoch int) error {
-	lines, err := m.lines()
+	lines, err := runfiles.ReadMetrics(m.path)
 	if err != nil {
 		return err
 	}
 	var buf bytes.Buffer
 	for _, l := range lines {
-		if e, _ := l["epoch"].(float64); int(e) <= epoch {
-			data, _ := json.Marshal(l)
-			buf.Write(append(data, '\n'))
+		if l.Epoch > epoch {
+			continue
 		}
+		data, err := json.Marshal(l)
+		if err != nil {
+			return fmt.Errorf("rewrite metrics %s: epoch %d: %w", m.path, l.Epoch, err)
+		}
+		buf.Write(append(data, '\n'))
 	}
-	m.f.Close()
-	if err := atomicfile.WriteBytes(m.path, buf.Bytes()); err != nil {
-		return err
+	var errs []error
+	if err := m.files.WriteBytes(m.path, buf.Bytes()); err != nil {
+		errs = append(errs, fmt.Errorf("rewrite metrics: %w", err))
 	}
+	// A rename may have replaced the file under m.f: append to the one at the path now.
 	f, err := os.OpenFile(m.path, os.O_RDWR|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("reopen metrics: %w", err)
+		return errors.Join(append(errs, fmt.Errorf("reopen metrics: %w", err))...)
 	}
+	old := m.f
 	m.f = f
-	return nil
+	if err := old.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close replaced metrics file %s: %w", m.path, err))
+	}
+	return errors.Join(errs...)
 }
 
-// BaseEval returns the evaluation of the base model logged at epoch 0, if any.
-func (m *metricsFile) BaseEval() *EvalResult {
-	lines, err := m.lines()
+// BaseEval returns the evaluation of the base model logged at epoch 0, nil if there is none; a
+// metrics file that cannot be read is an error.
+func (m *metricsFile) BaseEval() (*EvalResult, error) {
+	lines, err := runfiles.ReadMetrics(m.path)
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("base evaluation: %w", err)
 	}
 	for _, l := range lines {
-		if e, _ := l["epoch"].(float64); e == 0 {
-			if v, ok := l["eval_reward_mean"].(float64); ok {
-				n, _ := l["eval_n"].(float64)
-				r := &EvalResult{N: int(n), RewardMean: v}
-				if totals, ok := l["eval_totals"].([]any); ok {
-					for _, t := range totals {
-						f, _ := t.(float64)
-						r.Totals = append(r.Totals, f)
-					}
-				}
-				return r
-			}
+		if l.Epoch == 0 && l.Eval != nil {
+			return &EvalResult{N: l.Eval.N, RewardMean: l.Eval.RewardMean, Totals: l.Eval.Totals}, nil
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 func (m *metricsFile) Close() error { return m.f.Close() }
 
-func evalLine(epoch int, r EvalResult) map[string]any {
-	// The per-prompt totals let a resumed run compare its final evaluation with the base one
-	// prompt by prompt.
-	line := map[string]any{"epoch": epoch, "eval_reward_mean": r.RewardMean, "eval_n": r.N, "eval_totals": r.Totals}
-	for name, v := range r.Rewards {
-		line["eval/"+name] = v
+// evalRecord is an evaluation as a metrics line records it. The per-prompt totals let a resumed
+// run compare its final evaluation with the base one prompt by prompt.
+func evalRecord(r EvalResult) *runfiles.Eval {
+	e := &runfiles.Eval{RewardMean: r.RewardMean, N: r.N, Totals: r.Totals, Rewards: map[string]float64{}}
+	for _, m := range []map[string]float64{r.Rewards, r.Extra} {
+		for name, v := range m {
+			e.Rewards[name] = v
+		}
 	}
-	for name, v := range r.Extra {
-		line["eval/"+name] = v
-	}
-	return line
+	return e
 }
 
 // newRNG returns the run's generator of prompt order and rollout seeds.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/densegrpo/densegrpo/exporters/onnx"
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
+	"github.com/densegrpo/densegrpo/pipeline/runfiles"
 )
 
 // smallRun is the fixture shrunk to seconds: 2 prompts × 2 images, 3 steps (2 trained),
@@ -168,7 +169,7 @@ func TestRunTimeBudgetEndsWithFinalEval(t *testing.T) {
 			clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 			res, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t),
 				Now: func() time.Time { return clock },
-				OnEpoch: func(epoch int, _ map[string]any) {
+				OnEpoch: func(epoch int, _ runfiles.Line) {
 					if epoch == tc.jumpAfter {
 						clock = clock.Add(2 * time.Hour)
 					}
@@ -203,7 +204,7 @@ func TestRunInterruptCheckpointsAndResumes(t *testing.T) {
 	cfg, _ := fixture(t, sets...)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	b, err := Run(ctx, cfg, RunOptions{Backend: nntest.Backend(t), OnEpoch: func(epoch int, _ map[string]any) {
+	b, err := Run(ctx, cfg, RunOptions{Backend: nntest.Backend(t), OnEpoch: func(epoch int, _ runfiles.Line) {
 		if epoch == 1 {
 			cancel()
 		}
@@ -321,12 +322,46 @@ func TestCalibrateThenTrainWithPsi(t *testing.T) {
 		t.Errorf("no ψ table printed:\n%s", log.String())
 	}
 	trainCfg, _ := fixture(t, append(append([]string{}, smallRun...), "run.epochs=1", "sampler.psi="+out)...)
-	if _, err := Run(context.Background(), trainCfg, RunOptions{Backend: nntest.Backend(t)}); err != nil {
+	res, err := Run(context.Background(), trainCfg, RunOptions{Backend: nntest.Backend(t)})
+	if err != nil {
 		t.Fatalf("training with the calibrated ψ: %v", err)
+	}
+	// The run keeps the ψ it trained with, and its report draws it.
+	kept, err := runfiles.ReadPsi(filepath.Join(res.Dir, runfiles.PsiFile))
+	if err != nil || !slices.Equal(kept.Psi, cal.Psi) {
+		t.Errorf("run directory ψ %v (err %v), want the calibrated %v", kept, err, cal.Psi)
+	}
+	if page, err := os.ReadFile(res.Report); err != nil || !strings.Contains(string(page), "ψ(k): start vs calibrated") {
+		t.Errorf("report (err %v) does not draw the calibrated ψ", err)
 	}
 	bad, _ := fixture(t, append(append([]string{}, smallRun...), "sampler.steps=4", "sampler.psi="+out)...)
 	if _, err := Run(context.Background(), bad, RunOptions{Backend: nntest.Backend(t)}); err == nil || !strings.Contains(err.Error(), "want 4 (sampler.steps)") {
 		t.Errorf("ψ of 3 steps for a 4-step schedule: error %v, want a length mismatch", err)
+	}
+}
+
+// A run that failed before its first checkpoint leaves its metrics lines but nothing to
+// resume; running again in that directory starts afresh, with one epoch-0 line, not a second.
+func TestRunAfterFailedRunStartsFresh(t *testing.T) {
+	cfg, _ := fixture(t, append(append([]string{}, smallRun...), "run.epochs=1")...)
+	dir := RunDir(cfg)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	failed := `{"epoch":0,"eval_n":2,"eval_reward_mean":0.5,"eval_totals":[0.5,0.5]}` + "\n"
+	if err := os.WriteFile(filepath.Join(dir, runfiles.MetricsFile), []byte(failed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var epochs []float64
+	for _, l := range readMetrics(t, res.Dir) {
+		epochs = append(epochs, l["epoch"].(float64))
+	}
+	if !slices.Equal(epochs, []float64{0, 1}) {
+		t.Errorf("metrics epochs %v, want [0 1]", epochs)
 	}
 }
 

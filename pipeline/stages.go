@@ -10,16 +10,17 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/densegrpo/densegrpo/models/nn"
+	"github.com/densegrpo/densegrpo/pipeline/runfiles"
 )
 
-// Stage names, as they appear in metrics (`stage_seconds`) and errors.
+// Stage names, as they appear in metrics (`stage_seconds`, spelled in package runfiles) and
+// errors.
 const (
-	StageRollout   = "rollout"
-	StageLookahead = "lookahead"
-	StageDecode    = "decode"
-	StageScore     = "score"
-	StageTrain     = "train"
-	StageEval      = "eval"
+	StageRollout   = runfiles.StageRollout
+	StageLookahead = runfiles.StageLookahead
+	StageDecode    = runfiles.StageDecode
+	StageScore     = runfiles.StageScore
+	StageTrain     = runfiles.StageTrain
 )
 
 // stageFuncs are the per-minibatch stages of one epoch's data collection. Each works on the

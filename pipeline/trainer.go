@@ -7,12 +7,12 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/safetensors"
+	"github.com/densegrpo/densegrpo/pipeline/runfiles"
 	"github.com/densegrpo/densegrpo/rewards"
 	"github.com/densegrpo/densegrpo/rl"
 )
@@ -33,6 +33,8 @@ type trainer struct {
 	elapsed float64
 	// lastRollout is the newest epoch's first minibatch, for sample grids.
 	lastRollout *epochBatch
+	// psi is the calibrated ψ the rollouts use (sampler.psi), nil without.
+	psi *runfiles.Psi
 }
 
 func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen) (*trainer, error) {
@@ -48,9 +50,13 @@ func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen)
 	if err != nil {
 		return nil, err
 	}
+	var psiValues []float32
+	if psi != nil {
+		psiValues = psi.Psi
+	}
 	latent := frozen.VAE.LatentShape()
 	sampler, err := rl.NewSampler(policy.Backend, sched, rl.SamplerConfig{
-		Kind: cfg.Sampler.Kind, NoiseLevel: cfg.Sampler.NoiseLevel, Psi: psi,
+		Kind: cfg.Sampler.Kind, NoiseLevel: cfg.Sampler.NoiseLevel, Psi: psiValues,
 		GroupSize: cfg.Sampler.GroupSize, SameNoise: cfg.Sampler.SameNoise, LatentShape: latent,
 	})
 	if err != nil {
@@ -88,39 +94,19 @@ func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen)
 	src, rng := newRNG(cfg.Run.Seed)
 	return &trainer{
 		cfg: cfg, policy: policy, frozen: frozen, grpo: grpo, prompts: prompts, rngSrc: src, rng: rng,
-		ema: nn.NewEMA(cfg.GRPO.EMADecayMax, lora), col: col,
+		ema: nn.NewEMA(cfg.GRPO.EMADecayMax, lora), col: col, psi: psi,
 	}, nil
 }
 
-// psiFile is psi.json, written by `pipeline calibrate` and drawn by the report.
-type psiFile struct {
-	Sigmas     []float32      `json:"sigmas"`
-	Start      []float32      `json:"start"`
-	Psi        []float32      `json:"psi"`
-	NoiseLevel float64        `json:"noise_level"`
-	Iterations []psiIteration `json:"iterations"`
-}
-
-type psiIteration struct {
-	Iteration int       `json:"iteration"`
-	Psi       []float32 `json:"psi"`
-	Pos       []int     `json:"pos"`
-	Neg       []int     `json:"neg"`
-}
-
 // loadPsi reads sampler.psi, checking it was calibrated for this schedule.
-func loadPsi(cfg Config, sched rl.Schedule) ([]float32, error) {
+func loadPsi(cfg Config, sched rl.Schedule) (*runfiles.Psi, error) {
 	if cfg.Sampler.Psi == "" {
 		return nil, nil
 	}
 	path := cfg.Resolve(cfg.Sampler.Psi)
-	data, err := os.ReadFile(path)
+	f, err := runfiles.ReadPsi(path)
 	if err != nil {
 		return nil, fmt.Errorf("sampler.psi: %w", err)
-	}
-	var f psiFile
-	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("sampler.psi: decode %s: %w", path, err)
 	}
 	if len(f.Psi) != sched.Steps() {
 		return nil, fmt.Errorf("sampler.psi: %s has %d values, want %d (sampler.steps)", path, len(f.Psi), sched.Steps())
@@ -130,7 +116,7 @@ func loadPsi(cfg Config, sched rl.Schedule) ([]float32, error) {
 			return nil, fmt.Errorf("sampler.psi: %s was calibrated for another schedule (σ_%d = %v, this run has %v)", path, k, s, sched.Sigmas[k])
 		}
 	}
-	return f.Psi, nil
+	return f, nil
 }
 
 // evaluate runs the configured evaluation with the current adapters.
@@ -214,17 +200,17 @@ func (t *trainer) close() { t.col.close() }
 
 // runEpoch collects one epoch of rollouts, computes advantages and updates the policy. It
 // returns the epoch's metrics line.
-func (t *trainer) runEpoch(ctx context.Context) (map[string]any, error) {
+func (t *trainer) runEpoch(ctx context.Context) (runfiles.Line, error) {
 	start := time.Now()
 	col, err := t.collect(ctx)
 	if err != nil {
-		return nil, err
+		return runfiles.Line{}, err
 	}
 	batches, rw, timer := col.batches, col.rewards, col.timer
 	final := rw.Final()
 	adv, err := t.col.method.Advantages(rw.Rewards)
 	if err != nil {
-		return nil, fmt.Errorf("advantages: %w", err)
+		return runfiles.Line{}, fmt.Errorf("advantages: %w", err)
 	}
 
 	trainStart := time.Now()
@@ -233,7 +219,7 @@ func (t *trainer) runEpoch(ctx context.Context) (map[string]any, error) {
 	timer.busy[StageTrain] += time.Since(trainStart).Seconds()
 	timer.mu.Unlock()
 	if err != nil {
-		return nil, &StageError{Stage: StageTrain, Err: err}
+		return runfiles.Line{}, &StageError{Stage: StageTrain, Err: err}
 	}
 	t.epoch++
 	t.samples += len(final)
@@ -241,28 +227,26 @@ func (t *trainer) runEpoch(ctx context.Context) (map[string]any, error) {
 
 	mean, std := rl.MeanStd(final)
 	wall := time.Since(start).Seconds()
-	line := map[string]any{
-		"epoch": t.epoch, "samples": t.samples, "reward_mean": mean, "reward_std": std,
-		"loss": stats.Loss, "policy_loss": stats.Policy, "kl": stats.KL, "approx_kl": stats.ApproxKL,
-		"clip_frac": stats.ClipFrac, "ratio_mean": stats.RatioMean, "grad_norm": stats.GradNorm,
-		"updates": stats.Updates, "dropped": dropped,
-		"stage_seconds": timer.snapshot(), "collect_wall_seconds": col.wall,
-		"wall_seconds": wall, "samples_per_second": float64(len(final)) / wall,
+	tr := &runfiles.Train{
+		Samples: t.samples, RewardMean: mean, RewardStd: std, Rewards: map[string]float64{},
+		Loss: stats.Loss, PolicyLoss: stats.Policy, KL: stats.KL, ApproxKL: stats.ApproxKL,
+		ClipFrac: stats.ClipFrac, RatioMean: stats.RatioMean, GradNorm: stats.GradNorm,
+		Updates: stats.Updates, Dropped: dropped,
+		StageSeconds: timer.snapshot(), CollectWallSeconds: col.wall,
+		WallSeconds: wall, SamplesPerSecond: float64(len(final)) / wall,
 	}
 	for name, vs := range rw.ByName {
-		m, _ := rl.MeanStd(vs)
-		line["reward/"+name] = m
+		tr.Rewards[name], _ = rl.MeanStd(vs)
 	}
 	if t.col.method.Dense {
-		pos, dm, ds := rl.DeltaStats(rw.Delta)
-		line["dense_pos_frac"], line["dense_delta_mean"], line["dense_delta_std"] = pos, dm, ds
+		tr.DensePosFrac, tr.DenseDeltaMean, tr.DenseDeltaStd = rl.DeltaStats(rw.Delta)
 	}
-	for _, k := range []string{"loss", "kl", "policy_loss"} {
-		if v := line[k].(float64); math.IsNaN(v) || math.IsInf(v, 0) {
-			return nil, fmt.Errorf("%s is %v after epoch %d: stopping (the last good checkpoint is kept)", k, v, t.epoch)
+	for k, v := range map[string]float64{runfiles.KeyLoss: tr.Loss, runfiles.KeyKL: tr.KL, runfiles.KeyPolicyLoss: tr.PolicyLoss} {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return runfiles.Line{}, fmt.Errorf("%s is %v after epoch %d: stopping (the last good checkpoint is kept)", k, v, t.epoch)
 		}
 	}
-	return line, nil
+	return runfiles.Line{Epoch: t.epoch, Train: tr}, nil
 }
 
 // updateStats are the diagnostics of an epoch's updates: means over the trained samples and

@@ -13,6 +13,8 @@ import (
 	"golang.org/x/image/font"
 	"golang.org/x/image/font/basicfont"
 	"golang.org/x/image/math/fixed"
+
+	"github.com/densegrpo/densegrpo/pipeline/runfiles"
 )
 
 // PNG size of WriteCurvesPNG.
@@ -27,13 +29,13 @@ const (
 // the metric; the error lists the metrics that are there.
 func WriteCurvesPNG(runDirs []string, out string, metric string) error {
 	if metric == "" {
-		metric = "reward_mean"
+		metric = runfiles.KeyRewardMean
 	}
 	runs, err := loadRuns(runDirs)
 	if err != nil {
 		return err
 	}
-	c := curveChart(runs, metric, "epoch")
+	c := curveChart(runs, metric, runfiles.KeyEpoch)
 	if c.empty() {
 		return fmt.Errorf("write curves %s: metric %q not found in any run (have %s)", out, metric, strings.Join(scalarKeys(runs), ", "))
 	}

@@ -24,6 +24,7 @@ import (
 	"strings"
 
 	"github.com/densegrpo/densegrpo/internal/atomicfile"
+	"github.com/densegrpo/densegrpo/pipeline/runfiles"
 )
 
 // Chart sizes in the page.
@@ -94,8 +95,8 @@ func curveChart(runs []*Run, metric, xKey string) *lineChart {
 		stdKey = base + "_std"
 	}
 	title := metric
-	c := &lineChart{xLabel: xKey, integerX: xKey == "epoch"}
-	if xKey == "samples" {
+	c := &lineChart{xLabel: xKey, integerX: xKey == runfiles.KeyEpoch}
+	if xKey == runfiles.KeySamples {
 		c.xLabel = "samples (trajectories trained on)"
 	}
 	banded := false
@@ -109,7 +110,7 @@ func curveChart(runs []*Run, metric, xKey string) *lineChart {
 				continue
 			}
 			x := float64(e.Epoch)
-			if xKey != "epoch" {
+			if xKey != runfiles.KeyEpoch {
 				if x, ok = e.Value(xKey); !ok {
 					continue
 				}
@@ -215,21 +216,21 @@ func summarySection(p *page, runs []*Run) error {
 		if len(r.Epochs) > 0 {
 			lastEpoch = fmt.Sprint(r.Epochs[len(r.Epochs)-1].Epoch)
 		}
-		samples, _, okS := last(r, "samples")
-		reward, _, okR := last(r, "reward_mean")
+		samples, _, okS := last(r, runfiles.KeySamples)
+		reward, _, okR := last(r, runfiles.KeyRewardMean)
 		eval := "–"
-		if e0, ep0, ok := first(r, "eval_reward_mean"); ok {
-			e1, ep1, _ := last(r, "eval_reward_mean")
+		if e0, ep0, ok := first(r, runfiles.KeyEvalRewardMean); ok {
+			e1, ep1, _ := last(r, runfiles.KeyEvalRewardMean)
 			eval = fmt.Sprintf("%s (epoch %d) → %s (epoch %d)", fmtValue(e0), ep0, fmtValue(e1), ep1)
 		}
 		best, bestOK := math.Inf(-1), false
 		for _, e := range r.Epochs {
-			if v, ok := e.Value("eval_reward_mean"); ok && v > best {
+			if v, ok := e.Value(runfiles.KeyEvalRewardMean); ok && v > best {
 				best, bestOK = v, true
 			}
 		}
 		elapsed := "–"
-		if v, _, ok := last(r, "elapsed_seconds"); ok {
+		if v, _, ok := last(r, runfiles.KeyElapsedSeconds); ok {
 			elapsed = fmtDuration(v)
 		}
 		dense := r.Dense
@@ -276,53 +277,53 @@ func componentCharts(p *page, runs []*Run, prefix string) {
 	}
 	p.f("<h3>Per reward kind</h3>\n<div class=\"grid\">")
 	for _, k := range keys {
-		p.f("%s\n", curveChart(runs, k, "epoch").svg(smallW, smallH))
+		p.f("%s\n", curveChart(runs, k, runfiles.KeyEpoch).svg(smallW, smallH))
 	}
 	p.f("</div>\n")
 }
 
 func rewardSection(p *page, runs []*Run) error {
 	p.f("<h2 id=\"rewards\">Training reward</h2>\n")
-	c := curveChart(runs, "reward_mean", "epoch")
+	c := curveChart(runs, runfiles.KeyRewardMean, runfiles.KeyEpoch)
 	if c.empty() {
 		p.note("no run logs reward_mean")
 		return nil
 	}
 	p.f("%s\n", c.svg(wideW, wideH))
-	if s := curveChart(runs, "reward_mean", "samples"); !s.empty() {
+	if s := curveChart(runs, runfiles.KeyRewardMean, runfiles.KeySamples); !s.empty() {
 		p.f("%s\n", s.svg(wideW, wideH))
 	} else {
 		p.note("no run logs samples: reward against samples omitted")
 	}
-	componentCharts(p, runs, "reward/")
+	componentCharts(p, runs, runfiles.RewardPrefix)
 	return nil
 }
 
 func evalSection(p *page, runs []*Run) error {
 	p.f("<h2 id=\"eval\">Evaluation</h2>\n")
-	c := curveChart(runs, "eval_reward_mean", "epoch")
+	c := curveChart(runs, runfiles.KeyEvalRewardMean, runfiles.KeyEpoch)
 	if c.empty() {
 		p.note("no run logs eval_reward_mean: evaluation omitted")
 		return nil
 	}
 	p.f("%s\n", c.svg(wideW, wideH))
 	for _, r := range runs {
-		if _, _, ok := last(r, "eval_reward_mean"); !ok {
+		if _, _, ok := last(r, runfiles.KeyEvalRewardMean); !ok {
 			p.note("%s: no evaluation logged", r.Name)
 		}
 	}
-	componentCharts(p, runs, "eval/")
+	componentCharts(p, runs, runfiles.EvalPrefix)
 	return nil
 }
 
 // optimKeys are the small multiples of the optimisation section, in order.
-var optimKeys = []string{"loss", "policy_loss", "kl", "approx_kl", "clip_frac", "grad_norm", "dropped"}
+var optimKeys = []string{runfiles.KeyLoss, runfiles.KeyPolicyLoss, runfiles.KeyKL, runfiles.KeyApproxKL, runfiles.KeyClipFrac, runfiles.KeyGradNorm, runfiles.KeyDropped}
 
 func optimSection(p *page, runs []*Run) error {
 	p.f("<h2 id=\"optim\">Optimisation</h2>\n<div class=\"grid\">")
 	var missing []string
 	for _, k := range optimKeys {
-		c := curveChart(runs, k, "epoch")
+		c := curveChart(runs, k, runfiles.KeyEpoch)
 		if c.empty() {
 			missing = append(missing, k)
 			continue
@@ -385,8 +386,8 @@ func denseSection(p *page, runs []*Run) error {
 	p.f("<h2 id=\"dense\">Dense rewards per step</h2>\n")
 	p.f("<p class=\"note\">Step k is the transition x_k → x_{k+1}; ΔR_k = R_{k+1} − R_k is its step reward. pos_frac is the fraction of trajectories with ΔR_k &gt; 0.</p>\n")
 	for i, r := range runs {
-		latest, ep, mean, n := stepStats(r, "dense_pos_frac")
-		latestD, epD, meanD, nD := stepStats(r, "dense_delta_mean")
+		latest, ep, mean, n := stepStats(r, runfiles.KeyDensePosFrac)
+		latestD, epD, meanD, nD := stepStats(r, runfiles.KeyDenseDeltaMean)
 		if n == 0 && nD == 0 {
 			p.note("%s: no per-step dense statistics (dense rewards off or not logged)", r.Label())
 			continue
@@ -394,7 +395,7 @@ func denseSection(p *page, runs []*Run) error {
 		p.f("<h3>%s%s</h3>\n<div class=\"grid\">", swatch(runColor(i)), esc(r.Label()))
 		col := runColor(i)
 		if n > 0 {
-			c := &barChart{title: "dense_pos_frac per step", xLabel: "step k", categories: stepLabels(max(len(latest), len(mean))),
+			c := &barChart{title: runfiles.KeyDensePosFrac + " per step", xLabel: "step k", categories: stepLabels(max(len(latest), len(mean))),
 				series: []barSeries{
 					{label: fmt.Sprintf("epoch %d", ep), color: col, values: latest},
 					{label: fmt.Sprintf("mean of %d epochs", n), color: lighten(col, 0.55), values: mean},
@@ -405,14 +406,14 @@ func denseSection(p *page, runs []*Run) error {
 			var std []float64
 			for _, e := range r.Epochs {
 				if e.Epoch == epD {
-					std = e.Vectors["dense_delta_std"]
+					std = e.Vectors[runfiles.KeyDenseDeltaStd]
 				}
 			}
 			label := fmt.Sprintf("epoch %d", epD)
 			if std != nil {
 				label += " (± std)"
 			}
-			c := &barChart{title: "dense_delta_mean per step", xLabel: "step k", categories: stepLabels(max(len(latestD), len(meanD))),
+			c := &barChart{title: runfiles.KeyDenseDeltaMean + " per step", xLabel: "step k", categories: stepLabels(max(len(latestD), len(meanD))),
 				series: []barSeries{
 					{label: label, color: col, values: latestD, err: std},
 					{label: fmt.Sprintf("mean of %d epochs", nD), color: lighten(col, 0.55), values: meanD},
@@ -447,10 +448,10 @@ func psiSection(p *page, runs []*Run) error {
 		p.f("<h3>%s%s</h3>\n<div class=\"grid\">", swatch(col), esc(r.Label()))
 		c := &lineChart{title: "ψ(k): start vs calibrated", xLabel: "step k", integerX: true}
 		if len(ps.Start) > 0 {
-			c.series = append(c.series, indexSeries("start a·sqrt(σ/(1−σ))", colGreyLine, true, ps.Start))
+			c.series = append(c.series, indexSeries("start a·sqrt(σ/(1−σ))", colGreyLine, true, f64s(ps.Start)))
 		}
 		if len(ps.Psi) > 0 {
-			c.series = append(c.series, indexSeries("calibrated", col, false, ps.Psi))
+			c.series = append(c.series, indexSeries("calibrated", col, false, f64s(ps.Psi)))
 		}
 		if !c.empty() {
 			p.f("%s\n", c.svg(smallW, smallH))
@@ -463,7 +464,7 @@ func psiSection(p *page, runs []*Run) error {
 				if len(pick) > 1 {
 					f = 0.8 * (1 - float64(j)/float64(len(pick)-1))
 				}
-				h.series = append(h.series, indexSeries(fmt.Sprintf("it %d", its[idx].Iteration), lighten(col, f), false, its[idx].Psi))
+				h.series = append(h.series, indexSeries(fmt.Sprintf("it %d", its[idx].Iteration), lighten(col, f), false, f64s(its[idx].Psi)))
 			}
 			p.f("%s\n", h.svg(smallW, smallH))
 		}
@@ -484,11 +485,20 @@ func psiSection(p *page, runs []*Run) error {
 			for _, v := range it.Neg {
 				sumNeg += v
 			}
-			p.f("<tr><td>%d</td><td>%s</td><td>%d</td><td>%d</td><td>%d</td></tr>\n", it.Iteration, fmtValue(meanOf(it.Psi)), sumPos, sumNeg, worst)
+			p.f("<tr><td>%d</td><td>%s</td><td>%d</td><td>%d</td><td>%d</td></tr>\n", it.Iteration, fmtValue(meanOf(f64s(it.Psi))), sumPos, sumNeg, worst)
 		}
 		p.f("</table>\n")
 	}
 	return nil
+}
+
+// f64s widens psi.json's float32 values for drawing.
+func f64s(v []float32) []float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = float64(x)
+	}
+	return out
 }
 
 // thin picks at most k of n indices, evenly spaced, always the first and the last.
@@ -525,9 +535,6 @@ func meanOf(v []float64) float64 {
 	return s / float64(len(v))
 }
 
-// stageOrder is the pipeline's stage order; other stages follow sorted by name.
-var stageOrder = []string{"rollout", "lookahead", "decode", "score", "train"}
-
 // stageNames lists the stages the runs log, pipeline order first.
 func stageNames(runs ...*Run) []string {
 	seen := map[string]bool{}
@@ -539,7 +546,7 @@ func stageNames(runs ...*Run) []string {
 		}
 	}
 	var names []string
-	for _, s := range stageOrder {
+	for _, s := range runfiles.Stages { // pipeline order; other stages follow sorted by name
 		if seen[s] {
 			names = append(names, s)
 			delete(seen, s)
@@ -566,8 +573,8 @@ func timingSection(p *page, runs []*Run) error {
 			p.note("%s: no stage_seconds logged", r.Label())
 			continue
 		}
-		c := &barChart{title: "stage seconds per epoch (stacked) and wall_seconds", xLabel: "epoch", stacked: true}
-		wall := &series{label: "wall_seconds", color: colText}
+		c := &barChart{title: "stage seconds per epoch (stacked) and " + runfiles.KeyWallSeconds, xLabel: "epoch", stacked: true}
+		wall := &series{label: runfiles.KeyWallSeconds, color: colText}
 		var rows []Epoch
 		for _, e := range r.Epochs {
 			if len(e.Stages) > 0 {
@@ -585,7 +592,7 @@ func timingSection(p *page, runs []*Run) error {
 		}
 		for k, e := range rows {
 			c.categories = append(c.categories, fmt.Sprint(e.Epoch))
-			if v, ok := e.Value("wall_seconds"); ok {
+			if v, ok := e.Value(runfiles.KeyWallSeconds); ok {
 				wall.x, wall.y = append(wall.x, float64(k)), append(wall.y, v)
 			}
 		}
@@ -608,8 +615,8 @@ func timingSection(p *page, runs []*Run) error {
 		p.f("</table>\n")
 	}
 	p.f("<div class=\"grid\">")
-	for _, k := range []string{"wall_seconds", "samples_per_second"} {
-		if c := curveChart(runs, k, "epoch"); !c.empty() {
+	for _, k := range []string{runfiles.KeyWallSeconds, runfiles.KeySamplesPerSecond} {
+		if c := curveChart(runs, k, runfiles.KeyEpoch); !c.empty() {
 			p.f("%s\n", c.svg(smallW, smallH))
 		}
 	}
