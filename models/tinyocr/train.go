@@ -14,36 +14,11 @@ import (
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/gomlx/gomlx/pkg/ml/train/optimizers"
 
-	"github.com/densegrpo/densegrpo/datasets/ocrtiny"
 	"github.com/densegrpo/densegrpo/models/nn"
 )
 
 // ImageSource returns training batch number step: n images as float32 NCHW [n,3,32,128] in [0,1].
 type ImageSource func(step, n int) ([]float32, error)
-
-// RenderedImages is the ImageSource of random tiny-ocr renderings: item i of step s shows a
-// string of ocrtiny.MinTargetLen..MaxTargetLen characters of ocrtiny.Alphabet drawn with a
-// generator seeded by (seed, s, i), rendered with render seed derived the same way; the same
-// arguments always give the same batch.
-func RenderedImages(seed uint64) ImageSource {
-	return func(step, n int) ([]float32, error) {
-		texts := make([]string, n)
-		seeds := make([]uint64, n)
-		for i := range n {
-			r := rand.New(rand.NewPCG(seed, uint64(step)<<20|uint64(i)))
-			b := make([]byte, ocrtiny.MinTargetLen+r.IntN(ocrtiny.MaxTargetLen-ocrtiny.MinTargetLen+1))
-			for j := range b {
-				b[j] = ocrtiny.Alphabet[r.IntN(len(ocrtiny.Alphabet))]
-			}
-			texts[i], seeds[i] = string(b), r.Uint64()
-		}
-		hwc, err := ocrtiny.RenderBatch(texts, seeds)
-		if err != nil {
-			return nil, err
-		}
-		return HWCToCHW(hwc, n, ImageHeight, ImageWidth, ImageChannels), nil
-	}
-}
 
 // HWCToCHW reorders n images [h,w,c] into [c,h,w] each.
 func HWCToCHW(pix []float32, n, h, w, c int) []float32 {

@@ -7,15 +7,15 @@ import (
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
-
-	"github.com/densegrpo/densegrpo/datasets/ocrtiny"
 )
 
 // Image and latent geometry of the tiny VAE: 32×128×3 pixels ↔ 4×8×32 latent (downsample 4).
+// The tiny-ocr renderer (datasets/ocrtiny) draws images of this size; a test of package
+// pretrain, which feeds one to the other, checks that they agree.
 const (
-	ImageHeight    = ocrtiny.Height
-	ImageWidth     = ocrtiny.Width
-	ImageChannels  = ocrtiny.Channels
+	ImageHeight    = 32
+	ImageWidth     = 128
+	ImageChannels  = 3
 	LatentChannels = 4
 	Downsample     = 4
 	LatentHeight   = ImageHeight / Downsample

@@ -158,6 +158,35 @@ func TestLearningRate(t *testing.T) {
 	}
 }
 
+// blockImages is an ImageSource of dark blocks on light paper, like ink strokes (the renderings
+// of tiny-ocr strings live in package pretrain, which models/ does not import): image i of
+// step s has 2–5 blocks drawn by a generator seeded with (seed, s, i).
+func blockImages(seed uint64) ImageSource {
+	return func(step, n int) ([]float32, error) {
+		const h, w = ImageHeight, ImageWidth
+		out := make([]float32, n*ImageChannels*h*w)
+		for i := range n {
+			r := rand.New(rand.NewPCG(seed, uint64(step)<<20|uint64(i)))
+			img := out[i*ImageChannels*h*w : (i+1)*ImageChannels*h*w]
+			for j := range img {
+				img[j] = 0.9
+			}
+			for range 2 + r.IntN(4) {
+				x0, y0 := r.IntN(w-8), r.IntN(h-8)
+				bw, bh := 2+r.IntN(12), 4+r.IntN(min(20, h-y0-4))
+				for c := range ImageChannels {
+					for y := y0; y < min(h, y0+bh); y++ {
+						for x := x0; x < min(w, x0+bw); x++ {
+							img[(c*h+y)*w+x] = 0.1
+						}
+					}
+				}
+			}
+		}
+		return out, nil
+	}
+}
+
 // The variables the graph creates are exactly VAEParamShapes, and a short training run lowers
 // the loss, saves, reloads and decodes to the same images as the trained context.
 func TestTrainSaveLoadVAE(t *testing.T) {
@@ -165,7 +194,7 @@ func TestTrainSaveLoadVAE(t *testing.T) {
 	cfg := VAEConfig{Hidden: 8, EncoderBlocks: 1, DecoderBlocks: 1}
 	mctx := mlctx.New()
 	var losses []float32
-	res, err := TrainVAE(t.Context(), backend, mctx, RenderedImages(3), VAETrainOptions{
+	res, err := TrainVAE(t.Context(), backend, mctx, blockImages(3), VAETrainOptions{
 		Config: cfg, Steps: 30, BatchSize: 2, LR: 1e-2, LogEvery: 1,
 		Log: func(step int, loss, rec float32, _ time.Duration) { losses = append(losses, loss) },
 	})
@@ -215,7 +244,7 @@ func TestTrainSaveLoadVAE(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer direct.Close()
-	images, _ := RenderedImages(9)(0, 2)
+	images, _ := blockImages(9)(0, 2)
 	z1, err := loaded.Encode(images, 2)
 	if err != nil {
 		t.Fatal(err)

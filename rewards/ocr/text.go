@@ -133,10 +133,13 @@ func EditDistance(a, b []rune) int {
 	return prev[len(b)]
 }
 
-// Score is Flow-GRPO's OCR reward of the text read from an image against the target: both
-// lower-cased without spaces; 1 if the target occurs in the read text, else
-// 1 − min(edit distance, len(target))/len(target). An empty target occurs in every text and
-// scores 1 (where Flow-GRPO would divide by zero).
+// Score is Flow-GRPO's OCR reward of the text read from an image against the target, and the
+// project's only OCR score (the reward, the dataset's legibility test and the VAE's
+// reconstruction check all use it): both lower-cased without spaces (' '); 1 if the target
+// occurs in the read text, else 1 − min(edit distance, len(target))/len(target). An empty
+// target occurs in every text and scores 1 (where Flow-GRPO would divide by zero). As in the
+// paper, nothing else is normalised: a full-width "Ｋ" the recogniser's Chinese dictionary may
+// emit does not match "K".
 func Score(read, target string) float64 {
 	r, t := normalise(read), normalise(target)
 	if len(t) == 0 || strings.Contains(string(r), string(t)) {

@@ -1,19 +1,19 @@
 // Package ocrread checks the legibility of tiny-ocr images with the PP-OCRv4 recogniser (the
 // same third-party model the OCR reward runs): it resizes an image to the recogniser's
-// 48-pixel height, runs it through ONNX Runtime and greedy-decodes the CTC output. It is the
-// measuring stick of the dataset and of the tiny VAE's reconstructions, not the reward itself.
+// 48-pixel height, runs it through ONNX Runtime and greedy-decodes the CTC output with the
+// reward's dictionary and decoder (rewards/ocr). It is the measuring stick of the dataset and
+// of the tiny VAE's reconstructions, not the reward itself; what it reads is scored with the
+// reward's own Flow-GRPO score, ocr.Score.
 package ocrread
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"image"
 	"image/color"
-	"os"
-	"strings"
 
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/rewards/ocr"
 )
 
 // InputHeight is the recogniser's fixed input height.
@@ -24,8 +24,7 @@ type Reader struct {
 	session *onnxrt.Session
 	input   string
 	output  string
-	// charset[i] is the text of CTC class i; class 0 is the blank.
-	charset []string
+	dict    ocr.Dict
 }
 
 // Open loads the recogniser and its keys file from the setup cache (.cache/ocr).
@@ -43,7 +42,7 @@ func Open(cfg onnxrt.Config) (*Reader, error) {
 
 // OpenFiles loads the recogniser model and keys file from explicit paths.
 func OpenFiles(model, keys string, cfg onnxrt.Config) (*Reader, error) {
-	charset, err := readKeys(keys)
+	dict, err := ocr.LoadDict(keys)
 	if err != nil {
 		return nil, err
 	}
@@ -56,30 +55,11 @@ func OpenFiles(model, keys string, cfg onnxrt.Config) (*Reader, error) {
 		return nil, fmt.Errorf("open OCR recogniser %s: got %d inputs and %d outputs, want 1 and 1", model, len(s.Inputs()), len(s.Outputs()))
 	}
 	out := s.Outputs()[0]
-	if n := out.Dims[len(out.Dims)-1]; n != int64(len(charset)) {
+	if n := out.Dims[len(out.Dims)-1]; n != int64(dict.Classes()) {
 		s.Close()
-		return nil, fmt.Errorf("open OCR recogniser %s: output %q has %d classes, keys file %s gives %d", model, out.Name, n, keys, len(charset))
+		return nil, fmt.Errorf("open OCR recogniser %s: output %q has %d classes, keys file %s gives %d", model, out.Name, n, keys, dict.Classes())
 	}
-	return &Reader{session: s, input: s.Inputs()[0].Name, output: out.Name, charset: charset}, nil
-}
-
-// readKeys builds the CTC class table as PaddleOCR does: blank, one class per line of the
-// keys file, then a space.
-func readKeys(path string) ([]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("read OCR keys: %w", err)
-	}
-	defer f.Close()
-	charset := []string{""}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		charset = append(charset, strings.TrimRight(sc.Text(), "\r\n"))
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read OCR keys %s: %w", path, err)
-	}
-	return append(charset, " "), nil
+	return &Reader{session: s, input: s.Inputs()[0].Name, output: out.Name, dict: dict}, nil
 }
 
 // Close releases the session.
@@ -117,29 +97,9 @@ func (r *Reader) Read(ctx context.Context, imgs []image.Image) ([]string, error)
 	steps, classes := int(probs.Shape[1]), int(probs.Shape[2])
 	texts := make([]string, n)
 	for i := range n {
-		texts[i] = r.decode(probs.Float32[i*steps*classes:(i+1)*steps*classes], steps, classes)
+		texts[i], _ = r.dict.DecodeCTC(probs.Float32[i*steps*classes:(i+1)*steps*classes], steps, classes)
 	}
 	return texts, nil
-}
-
-// decode is greedy CTC: argmax per step, merge repeats, drop blanks.
-func (r *Reader) decode(p []float32, steps, classes int) string {
-	var sb strings.Builder
-	prev := -1
-	for t := range steps {
-		row := p[t*classes : (t+1)*classes]
-		best := 0
-		for c := 1; c < classes; c++ {
-			if row[c] > row[best] {
-				best = c
-			}
-		}
-		if best != 0 && best != prev {
-			sb.WriteString(r.charset[best])
-		}
-		prev = best
-	}
-	return sb.String()
 }
 
 // Preprocess writes img resized (bilinear) to InputHeight×w into dst laid out [3,48,stride]
@@ -187,57 +147,4 @@ func floor(v float64) float64 {
 		return i - 1
 	}
 	return i
-}
-
-// Normalize maps full-width ASCII forms (U+FF01..U+FF5E, which the Chinese recogniser
-// sometimes emits for Latin letters and digits) to ASCII and drops white space, including the
-// ideographic space U+3000.
-func Normalize(s string) string {
-	var sb strings.Builder
-	for _, r := range s {
-		switch {
-		case r >= 0xFF01 && r <= 0xFF5E:
-			sb.WriteRune(r - 0xFF01 + '!')
-		case r == ' ' || r == '\t' || r == 0x3000:
-		default:
-			sb.WriteRune(r)
-		}
-	}
-	return sb.String()
-}
-
-// Score is the Flow-GRPO OCR reward of a read text for target, after Normalize: 1 if target
-// occurs in read, else 1 − min(edit distance, len(target))/len(target).
-func Score(read, target string) float64 {
-	if target == "" {
-		return 0
-	}
-	read = Normalize(read)
-	if strings.Contains(read, target) {
-		return 1
-	}
-	d := min(EditDistance(read, target), len([]rune(target)))
-	return 1 - float64(d)/float64(len([]rune(target)))
-}
-
-// EditDistance is the Levenshtein distance between a and b, counted in runes.
-func EditDistance(a, b string) int {
-	ra, rb := []rune(a), []rune(b)
-	prev := make([]int, len(rb)+1)
-	cur := make([]int, len(rb)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(ra); i++ {
-		cur[0] = i
-		for j := 1; j <= len(rb); j++ {
-			cost := 1
-			if ra[i-1] == rb[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(rb)]
 }

@@ -3,57 +3,19 @@ package ocrread
 import (
 	"context"
 	"image"
-	"math"
 	"strings"
 	"testing"
 
 	"github.com/densegrpo/densegrpo/datasets/ocrtiny"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/rewards/ocr"
 )
 
-func TestEditDistance(t *testing.T) {
-	tests := []struct {
-		a, b string
-		want int
-	}{
-		{"", "", 0}, {"ABC", "", 3}, {"", "AB", 2},
-		{"K4RT", "K4RT", 0},
-		{"K4RT", "K4R", 1},  // one deletion
-		{"K4RT", "X4RT", 1}, // one substitution
-		{"KART", "K4RT", 1},
-		{"ABCD", "BADC", 3}, // no transpositions in Levenshtein: 3 edits
-		{"東AB", "AB", 1},    // counted in runes, not bytes
-	}
-	for _, tt := range tests {
-		if got := EditDistance(tt.a, tt.b); got != tt.want {
-			t.Errorf("EditDistance(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
-		}
-	}
-}
-
-func TestScore(t *testing.T) {
-	tests := []struct {
-		read, target string
-		want         float64
-	}{
-		{"K4RT", "K4RT", 1},
-		{"\u3000K4RT號", "K4RT", 1}, // contained
-		{"K4 RT", "K4RT", 1},       // spaces removed
-		{"Ｋ４RT", "K4RT", 1},        // full-width forms mapped to ASCII
-		{"K4R", "K4RT", 0.75},      // 1 − 1/4
-		{"", "K4RT", 0},            // distance 4 = len
-		{"XXXXXXXX", "AB", 0},      // distance capped at len
-		{"AB", "", 0},
-	}
-	for _, tt := range tests {
-		if got := Score(tt.read, tt.target); math.Abs(got-tt.want) > 1e-12 {
-			t.Errorf("Score(%q, %q) = %g, want %g", tt.read, tt.target, got, tt.want)
-		}
-	}
-}
-
 // The rendered test targets must be legible to PP-OCRv4: this is what makes the OCR reward of
-// a perfect generator close to 1. Measured: mean score 0.99+ on the first 100 test targets.
+// a perfect generator close to 1. Scored as the reward scores (ocr.Score, Flow-GRPO's
+// definition); measured on the first 100 test targets: mean 0.9817, 96/100 read exactly — the
+// four misses are full-width digits and letters (２, Ｚ) and a Cyrillic З in ideographic spaces,
+// which the recogniser's Chinese dictionary emits and the paper's score does not normalise.
 func TestRenderedTestTargetsAreLegible(t *testing.T) {
 	r, err := Open(onnxrt.Config{IntraOpThreads: 1})
 	if err != nil {
@@ -82,16 +44,17 @@ func TestRenderedTestTargetsAreLegible(t *testing.T) {
 	sum, contained := 0.0, 0
 	var misses []string
 	for i, s := range texts {
-		sum += Score(s, prompts[i].Target)
-		if strings.Contains(Normalize(s), prompts[i].Target) {
+		score := ocr.Score(s, prompts[i].Target)
+		sum += score
+		if score == 1 {
 			contained++
 		} else {
 			misses = append(misses, prompts[i].Target+"→"+s)
 		}
 	}
 	t.Logf("mean score %.4f, %d/%d contained; misses %q", sum/n, contained, n, misses)
-	if sum/n < 0.98 || contained < 92 {
-		t.Errorf("mean score %.4f, %d/%d contained; want >= 0.98 and >= 92", sum/n, contained, n)
+	if sum/n < 0.97 || contained < 92 {
+		t.Errorf("mean score %.4f, %d/%d contained; want >= 0.97 and >= 92", sum/n, contained, n)
 	}
 }
 

@@ -1,17 +1,20 @@
-package tinyocr
+package pretrain
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/densegrpo/densegrpo/datasets/ocrtiny"
 	"github.com/densegrpo/densegrpo/datasets/ocrtiny/ocrread"
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/models/tinyocr"
 )
 
-// CommittedVAE is the repository path of the trained VAE weights, relative to this package.
-const committedVAE = "weights/vae.safetensors"
+// committedVAE is the repository path of the trained VAE weights, relative to this package.
+const committedVAE = "../../models/tinyocr/weights/vae.safetensors"
 
 // The committed VAE must reconstruct the first 20 test-split strings legibly: PP-OCRv4 reads
 // the reconstructions about as well as the originals. Measured at commit time: see
@@ -24,7 +27,7 @@ func TestCommittedVAEReconstructsReadableText(t *testing.T) {
 	if st.Size() > 3<<20 {
 		t.Errorf("%s is %d bytes, want < 3 MiB", committedVAE, st.Size())
 	}
-	vae, err := LoadVAE(nntest.Backend(t), filepath.FromSlash(committedVAE))
+	vae, err := tinyocr.LoadVAE(nntest.Backend(t), filepath.FromSlash(committedVAE))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,5 +53,32 @@ func TestCommittedVAEReconstructsReadableText(t *testing.T) {
 	if rep.ReconContained < 15 || rep.ReconScore < 0.9 || rep.PSNR < 20.5 {
 		t.Errorf("reconstructions: %d/20 read, mean score %.3f, PSNR %.2f dB; want >= 15, >= 0.9, >= 20.5 dB",
 			rep.ReconContained, rep.ReconScore, rep.PSNR)
+	}
+}
+
+// The renderer draws images of the size the VAE takes (the two packages state it each).
+func TestRenderedImagesFitTheVAE(t *testing.T) {
+	if ocrtiny.Height != tinyocr.ImageHeight || ocrtiny.Width != tinyocr.ImageWidth || ocrtiny.Channels != tinyocr.ImageChannels {
+		t.Fatalf("renderer %d×%d×%d, VAE %d×%d×%d", ocrtiny.Height, ocrtiny.Width, ocrtiny.Channels,
+			tinyocr.ImageHeight, tinyocr.ImageWidth, tinyocr.ImageChannels)
+	}
+	x, err := RenderedImages(1)(0, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(x) != 2*tinyocr.ImageChannels*tinyocr.ImageHeight*tinyocr.ImageWidth {
+		t.Errorf("2 rendered images: %d values", len(x))
+	}
+}
+
+// Reads are scored as the OCR reward scores them (Flow-GRPO's definition): case and spaces do
+// not count, a read containing the target is exact, an empty target is in every read. (The
+// reconstruction check had its own, case-sensitive score that gave an empty target 0.)
+func TestScoreReadsIsTheReward(t *testing.T) {
+	reads := []string{"k4rt", "X K4 RT", "K4R", "anything"}
+	targets := []string{"K4RT", "K4RT", "K4RT", ""}
+	exact, mean := scoreReads(reads, targets)
+	if want := (1 + 1 + 0.75 + 1) / 4.0; exact != 3 || math.Abs(mean-want) > 1e-12 {
+		t.Errorf("scoreReads: %d exact, mean %v; want 3 and %v", exact, mean, want)
 	}
 }

@@ -1,7 +1,7 @@
 // Command trainvae trains the tiny-ocr VAE on rendered images, fits its latent scaling, writes
 // the weights (safetensors) and checks reconstructions of test strings with PP-OCRv4:
 //
-//	go run ./models/tinyocr/trainvae -out models/tinyocr/weights/vae.safetensors
+//	go run ./pipeline/pretrain/trainvae -out models/tinyocr/weights/vae.safetensors
 package main
 
 import (
@@ -20,6 +20,7 @@ import (
 	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/models/tinyocr"
+	"github.com/densegrpo/densegrpo/pipeline/pretrain"
 )
 
 func main() {
@@ -67,7 +68,7 @@ func run(ctx context.Context, o tinyocr.VAETrainOptions, seed uint64, initPath, 
 		}
 		fmt.Println("starting from", initPath)
 	}
-	res, err := tinyocr.TrainVAE(ctx, backend, mctx, tinyocr.RenderedImages(seed), o)
+	res, err := tinyocr.TrainVAE(ctx, backend, mctx, pretrain.RenderedImages(seed), o)
 	if err != nil {
 		return err
 	}
@@ -75,7 +76,7 @@ func run(ctx context.Context, o tinyocr.VAETrainOptions, seed uint64, initPath, 
 		res.Steps, res.Elapsed.Round(time.Second), res.FinalLoss, res.FinalRec, tinyocr.VAEParamShapes(o.Config).NumParams())
 
 	const fitN = 256
-	scaling, err := tinyocr.FitVAEScaling(backend, mctx, o.Config, tinyocr.RenderedImages(seed+1), fitN)
+	scaling, err := tinyocr.FitVAEScaling(backend, mctx, o.Config, pretrain.RenderedImages(seed+1), fitN)
 	if err != nil {
 		return err
 	}
@@ -101,7 +102,7 @@ func run(ctx context.Context, o tinyocr.VAETrainOptions, seed uint64, initPath, 
 		return err
 	}
 	defer reader.Close()
-	rep, err := tinyocr.CheckReconstructions(ctx, vae, reader, check)
+	rep, err := pretrain.CheckReconstructions(ctx, vae, reader, check)
 	if err != nil {
 		return err
 	}
