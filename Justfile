@@ -160,7 +160,8 @@ interop *FLAGS: venv
     .venv/bin/python -m exporters.sd3.interop --committed testdata/sd3-tiny --go-lora "$tmp/go_lora.safetensors" {{FLAGS}}
     .venv/bin/python -m pytest -q exporters/sd3
 
-# gofmt + go vet.
+# gofmt + go vet + go.mod/go.sum as `go mod tidy` leaves them (direct requirements marked direct).
 lint:
     @test -z "$(gofmt -l .)" || (gofmt -l . && echo "gofmt: the files above need formatting" && exit 1)
     go vet ./...
+    @go mod tidy -diff || (echo "go.mod/go.sum: run go mod tidy" && exit 1)

@@ -13,7 +13,7 @@ import (
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 
 	exptinyocr "github.com/densegrpo/densegrpo/exporters/tinyocr"
-	"github.com/densegrpo/densegrpo/models/frozen/frozentest"
+	"github.com/densegrpo/densegrpo/internal/frozentest"
 	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
 	"github.com/densegrpo/densegrpo/models/onnxrt"

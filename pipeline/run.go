@@ -18,6 +18,7 @@ import (
 
 	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/densegrpo/densegrpo/models/nn"
+	"github.com/densegrpo/densegrpo/pipeline/checkpoint"
 	"github.com/densegrpo/densegrpo/pipeline/progress"
 	"github.com/densegrpo/densegrpo/pipeline/report"
 	"github.com/densegrpo/densegrpo/pipeline/runfiles"
@@ -79,7 +80,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 	}
 	dir := RunDir(cfg)
 	res.Dir = dir
-	ckpt := NewCheckpointer(filepath.Join(dir, "checkpoints"), cfg.Run.KeepCheckpoints)
+	ckpt := checkpoint.New(filepath.Join(dir, "checkpoints"), cfg.Run.KeepCheckpoints)
 	if err := prepareRunDir(cfg, dir, opts.Resume, ckpt); err != nil {
 		return res, err
 	}
@@ -266,7 +267,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 
 // prepareRunDir creates the run directory (or checks it for --resume), saves the resolved
 // config, and fails early when the directory is not writable or the disk is nearly full.
-func prepareRunDir(cfg Config, dir string, resume bool, ckpt *Checkpointer) error {
+func prepareRunDir(cfg Config, dir string, resume bool, ckpt *checkpoint.Checkpointer) error {
 	if resume {
 		if _, err := os.Stat(dir); err != nil {
 			return fmt.Errorf("resume: run directory %s: %w", dir, err)

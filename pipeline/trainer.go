@@ -12,6 +12,7 @@ import (
 
 	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/safetensors"
+	"github.com/densegrpo/densegrpo/pipeline/checkpoint"
 	"github.com/densegrpo/densegrpo/pipeline/runfiles"
 	"github.com/densegrpo/densegrpo/rewards"
 	"github.com/densegrpo/densegrpo/rl"
@@ -343,30 +344,30 @@ func (t *trainer) update(ctx context.Context, batches []*epochBatch, adv [][]flo
 }
 
 // checkpoint captures everything a resumed run needs.
-func (t *trainer) checkpoint() (Checkpoint, error) {
+func (t *trainer) checkpoint() (checkpoint.Checkpoint, error) {
 	lora, err := t.policy.Model.LoRATensors(t.policy.Ctx)
 	if err != nil {
-		return Checkpoint{}, err
+		return checkpoint.Checkpoint{}, err
 	}
 	floats, ints, err := trainerVariables(t.policy.Ctx, t.policy.Model)
 	if err != nil {
-		return Checkpoint{}, err
+		return checkpoint.Checkpoint{}, err
 	}
 	rng, err := t.rngSrc.MarshalBinary()
 	if err != nil {
-		return Checkpoint{}, fmt.Errorf("save RNG state: %w", err)
+		return checkpoint.Checkpoint{}, fmt.Errorf("save RNG state: %w", err)
 	}
 	state, err := json.Marshal(trainState{RNG: rng, Samples: t.samples, Elapsed: t.elapsed, EMAUpdates: t.ema.Updates, Ints: ints})
 	if err != nil {
-		return Checkpoint{}, err
+		return checkpoint.Checkpoint{}, err
 	}
-	return Checkpoint{Epoch: t.epoch, State: state, Tensors: map[string]map[string]safetensors.Tensor{
+	return checkpoint.Checkpoint{Epoch: t.epoch, State: state, Tensors: map[string]map[string]safetensors.Tensor{
 		groupLoRA: lora, groupEMA: safetensors.Clone(t.ema.Values), groupTrainer: floats,
 	}}, nil
 }
 
 // restore puts a checkpoint back: adapters, EMA, optimizer state, RNG, counters.
-func (t *trainer) restore(ck Checkpoint) error {
+func (t *trainer) restore(ck checkpoint.Checkpoint) error {
 	var st trainState
 	if err := json.Unmarshal(ck.State, &st); err != nil {
 		return fmt.Errorf("decode state: %w", err)

@@ -1,7 +1,6 @@
 package rewards
 
 import (
-	"fmt"
 	"image"
 	"image/color"
 	"image/draw"
@@ -17,17 +16,10 @@ import (
 
 	"github.com/densegrpo/densegrpo/exporters/onnx"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/models/onnxrt/onnxrttest"
 )
 
-// TestMain loads ONNX Runtime once. CPU ONNX Runtime tests never skip: without the library
-// the package's tests fail, saying how to install it.
-func TestMain(m *testing.M) {
-	if err := onnxrt.Init(onnxrt.Config{}); err != nil {
-		fmt.Fprintf(os.Stderr, "rewards tests need ONNX Runtime and the PP-OCRv4 files: %v\nrun scripts/setup.sh (or `just setup`)\n", err)
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { onnxrttest.Main(m, "rewards (and the PP-OCRv4 files)") }
 
 // cached returns a file of the setup cache (e.g. "ocr/ppocr_keys_v1.txt"), failing the test
 // when setup has not run.

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/densegrpo/densegrpo/models/frozen/frozentest"
+	"github.com/densegrpo/densegrpo/internal/frozentest"
 	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/pipeline"
 )

@@ -10,7 +10,7 @@ import (
 
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 
-	"github.com/densegrpo/densegrpo/models/frozen/frozentest"
+	"github.com/densegrpo/densegrpo/internal/frozentest"
 	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/pipeline"
 	"github.com/densegrpo/densegrpo/rl"

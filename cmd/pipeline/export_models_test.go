@@ -15,6 +15,7 @@ import (
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/models/tinyocr"
+	"github.com/densegrpo/densegrpo/pipeline"
 )
 
 const exportConfig = `[run]
@@ -49,7 +50,7 @@ func writeTinyOCRWeights(t *testing.T, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := safetensors.Write(filepath.Join(wdir, textEncoderWeightsFile), ts, nil); err != nil {
+	if err := safetensors.Write(filepath.Join(wdir, pipeline.TextEncoderWeightsFile), ts, nil); err != nil {
 		t.Fatal(err)
 	}
 	w, err := tinyocr.InitVAE(backend, tinyocr.DefaultVAEConfig(), tinyocr.VAEScaling{ScalingFactor: 2, ShiftFactor: 0.1}, 1)
@@ -60,7 +61,7 @@ func writeTinyOCRWeights(t *testing.T, dir string) {
 	if err := tinyocr.ImportVariables(mctx, w.Tensors, tinyocr.VAEParamShapes(w.Config)); err != nil {
 		t.Fatal(err)
 	}
-	if err := tinyocr.SaveVAE(filepath.Join(wdir, vaeWeightsFile), mctx, w.Config, w.Scaling); err != nil {
+	if err := tinyocr.SaveVAE(filepath.Join(wdir, pipeline.VAEWeightsFile), mctx, w.Config, w.Scaling); err != nil {
 		t.Fatal(err)
 	}
 }

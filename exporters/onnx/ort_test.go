@@ -4,22 +4,14 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/models/onnxrt/onnxrttest"
 )
 
-// TestMain loads ONNX Runtime once: from $ONNXRUNTIME_LIB, else .cache/onnxruntime/cpu/ in the
-// working directory or a parent. CPU ONNX Runtime tests never skip: without it they fail.
-func TestMain(m *testing.M) {
-	if err := onnxrt.Init(onnxrt.Config{}); err != nil {
-		fmt.Fprintf(os.Stderr, "exporters/onnx tests need ONNX Runtime: %v\nrun scripts/setup.sh (or set ONNXRUNTIME_LIB)\n", err)
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { onnxrttest.Main(m, "exporters/onnx") }
 
 // runModel writes m with WriteFile, opens it in ONNX Runtime and runs it on inputs.
 func runModel(t *testing.T, m *Model, inputs map[string]onnxrt.Tensor) map[string]onnxrt.Tensor {

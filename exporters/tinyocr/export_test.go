@@ -6,7 +6,6 @@ import (
 	"maps"
 	"math"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,18 +13,12 @@ import (
 
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/models/onnxrt/onnxrttest"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	model "github.com/densegrpo/densegrpo/models/tinyocr"
 )
 
-// TestMain loads ONNX Runtime once; CPU ONNX Runtime tests never skip.
-func TestMain(m *testing.M) {
-	if err := onnxrt.Init(onnxrt.Config{}); err != nil {
-		fmt.Fprintf(os.Stderr, "exporters/tinyocr tests need ONNX Runtime: %v\n", err)
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { onnxrttest.Main(m, "exporters/tinyocr") }
 
 // perturb adds N(0, 0.1²) noise to every tensor so that no weight is at its special initial
 // value (zero biases, unit norms, zero residual convs) and every path of the graph matters.

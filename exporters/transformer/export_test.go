@@ -2,10 +2,8 @@ package transformer
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,17 +16,11 @@ import (
 	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/models/onnxrt/onnxrttest"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 )
 
-// TestMain loads ONNX Runtime once; CPU ONNX Runtime tests never skip.
-func TestMain(m *testing.M) {
-	if err := onnxrt.Init(onnxrt.Config{}); err != nil {
-		fmt.Fprintf(os.Stderr, "exporters/transformer tests need ONNX Runtime: %v\n", err)
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { onnxrttest.Main(m, "exporters/transformer") }
 
 func gaussian(r *rand.Rand, n int, std float64) []float32 {
 	out := make([]float32, n)

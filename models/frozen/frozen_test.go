@@ -4,27 +4,21 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/densegrpo/densegrpo/exporters/onnx"
+	"github.com/densegrpo/densegrpo/internal/frozentest"
 	. "github.com/densegrpo/densegrpo/models/frozen"
-	"github.com/densegrpo/densegrpo/models/frozen/frozentest"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/models/onnxrt/onnxrttest"
 	"github.com/densegrpo/densegrpo/rewards/preprocess"
 )
 
 // CPU ONNX Runtime tests never skip: without the library they fail.
-func TestMain(m *testing.M) {
-	if err := onnxrt.Init(onnxrt.Config{}); err != nil {
-		fmt.Fprintf(os.Stderr, "models/frozen tests need ONNX Runtime: %v\nrun scripts/setup.sh (or set ONNXRUNTIME_LIB)\n", err)
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { onnxrttest.Main(m, "models/frozen") }
 
 var rt = onnxrt.Config{IntraOpThreads: 1}
 

@@ -28,7 +28,7 @@ import (
 	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/models/tinyocr"
-	"github.com/densegrpo/densegrpo/pipeline"
+	"github.com/densegrpo/densegrpo/pipeline/checkpoint"
 	"github.com/densegrpo/densegrpo/pipeline/progress"
 )
 
@@ -117,7 +117,7 @@ type trainer struct {
 	lrVar        *mlctx.Variable
 	vae          *tinyocr.VAE
 	data         *dataSource
-	ckpt         *pipeline.Checkpointer
+	ckpt         *checkpoint.Checkpointer
 	// ema averages the model weights when train.ema_decay > 0, else nil.
 	ema *nn.EMA
 }
@@ -178,7 +178,7 @@ func newTrainer(cfg Config, opts Options) (*trainer, error) {
 	}
 	t := &trainer{
 		cfg: cfg, opts: opts, backend: backend, model: model, te: te, vae: vae, mctx: mlctx.New(),
-		ckpt: pipeline.NewCheckpointer(filepath.Join(cfg.Output.Dir, CheckpointDir), cfg.Output.KeepCheckpoints),
+		ckpt: checkpoint.New(filepath.Join(cfg.Output.Dir, CheckpointDir), cfg.Output.KeepCheckpoints),
 		data: &dataSource{
 			prompts: prompts, seed: cfg.Train.Seed, size: cfg.Train.BatchSize,
 			dropout: cfg.Data.CaptionDropout, sigma: cfg.Sigma, encode: vae.Encode,
@@ -418,7 +418,7 @@ func (t *trainer) start() (trainState, error) {
 
 // restore loads the checkpoint ck, read from ckDir, into the trainer's variables and weight
 // average and returns its training state.
-func (t *trainer) restore(ck pipeline.Checkpoint, ckDir string) (trainState, error) {
+func (t *trainer) restore(ck checkpoint.Checkpoint, ckDir string) (trainState, error) {
 	var state trainState
 	if err := json.Unmarshal(ck.State, &state); err != nil {
 		return state, fmt.Errorf("pretrain: checkpoint %s: decode state: %w", ckDir, err)
@@ -450,7 +450,7 @@ func (t *trainer) restore(ck pipeline.Checkpoint, ckDir string) (trainState, err
 // run does.
 func Export(cfg Config, ckDir string, opts Options) (res Result, err error) {
 	res.LastLoss = float32(math.NaN())
-	ck, err := pipeline.LoadCheckpoint(ckDir)
+	ck, err := checkpoint.Load(ckDir)
 	if err != nil {
 		return res, fmt.Errorf("pretrain: export: %w", err)
 	}
@@ -750,7 +750,7 @@ func (t *trainer) saveCheckpoint(state trainState) (string, error) {
 	if t.ema != nil {
 		groups[emaGroup] = t.ema.Values
 	}
-	dir, err := t.ckpt.Save(pipeline.Checkpoint{Epoch: state.Step, State: raw, Tensors: groups})
+	dir, err := t.ckpt.Save(checkpoint.Checkpoint{Epoch: state.Step, State: raw, Tensors: groups})
 	if err != nil {
 		return "", fmt.Errorf("pretrain: %w", err)
 	}

@@ -1,4 +1,7 @@
-package pipeline
+// Package checkpoint writes and reads the atomic checkpoint directories of training runs
+// (`pipeline run` and `pipeline pretrain`): named groups of tensors, one safetensors file each,
+// and a JSON state, under epoch-N/, written through epoch-N.tmp/ and a rename.
+package checkpoint
 
 import (
 	"encoding/json"
@@ -36,8 +39,8 @@ type Checkpointer struct {
 	writeTensors func(path string, tensors map[string]safetensors.Tensor, metadata map[string]string) error
 }
 
-// NewCheckpointer returns a checkpointer for dir keeping the newest keep checkpoints.
-func NewCheckpointer(dir string, keep int) *Checkpointer {
+// New returns a checkpointer for dir keeping the newest keep checkpoints.
+func New(dir string, keep int) *Checkpointer {
 	return &Checkpointer{Dir: dir, Keep: keep, writeTensors: safetensors.Write}
 }
 
@@ -154,12 +157,12 @@ func (c *Checkpointer) Latest() (ck Checkpoint, dir string, ok bool, err error) 
 		return Checkpoint{}, "", false, err
 	}
 	dir = filepath.Join(c.Dir, checkpointName(epochs[len(epochs)-1]))
-	ck, err = LoadCheckpoint(dir)
+	ck, err = Load(dir)
 	return ck, dir, err == nil, err
 }
 
-// LoadCheckpoint reads a checkpoint directory written by Save.
-func LoadCheckpoint(dir string) (Checkpoint, error) {
+// Load reads a checkpoint directory written by Save.
+func Load(dir string) (Checkpoint, error) {
 	data, err := os.ReadFile(filepath.Join(dir, stateFile))
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("load checkpoint %s: %w", dir, err)

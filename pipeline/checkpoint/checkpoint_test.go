@@ -1,4 +1,4 @@
-package pipeline
+package checkpoint
 
 import (
 	"encoding/json"
@@ -24,7 +24,7 @@ func testCheckpoint(epoch int) Checkpoint {
 }
 
 func TestCheckpointRoundTripAndPrune(t *testing.T) {
-	c := NewCheckpointer(filepath.Join(t.TempDir(), "checkpoints"), 2)
+	c := New(filepath.Join(t.TempDir(), "checkpoints"), 2)
 	for epoch := 1; epoch <= 3; epoch++ {
 		if _, err := c.Save(testCheckpoint(epoch)); err != nil {
 			t.Fatal(err)
@@ -54,7 +54,7 @@ func TestCheckpointRoundTripAndPrune(t *testing.T) {
 // directory under a final name.
 func TestCheckpointFailedWriteKeepsPrevious(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "checkpoints")
-	c := NewCheckpointer(dir, 3)
+	c := New(dir, 3)
 	if _, err := c.Save(testCheckpoint(1)); err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestCheckpointFailedWriteKeepsPrevious(t *testing.T) {
 // A crash between writing and renaming leaves a .tmp directory, which is not a checkpoint.
 func TestCheckpointIgnoresUnfinished(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "checkpoints")
-	c := NewCheckpointer(dir, 3)
+	c := New(dir, 3)
 	if _, err := c.Save(testCheckpoint(4)); err != nil {
 		t.Fatal(err)
 	}
