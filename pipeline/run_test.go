@@ -255,9 +255,11 @@ func TestRunStopsOnNaNReward(t *testing.T) {
 	cfg, files := fixture(t, smallRun...)
 	writeNaNReward(t, files.Reward)
 	_, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)})
-	// The base-model evaluation meets the NaN first; the rewards layer names the reward.
-	if err == nil || !strings.Contains(err.Error(), `reward "bright"`) || !strings.Contains(err.Error(), "NaN") {
-		t.Fatalf("error %v, want it to name the reward that gave NaN", err)
+	// The base-model evaluation meets the NaN first; the rewards layer names the reward, its
+	// model file and the output.
+	if err == nil || !strings.Contains(err.Error(), `reward "bright"`) || !strings.Contains(err.Error(), "NaN") ||
+		!strings.Contains(err.Error(), files.Reward) || !strings.Contains(err.Error(), `output "score"`) {
+		t.Fatalf("error %v, want it to name the reward that gave NaN, its model %s and output \"score\"", err, files.Reward)
 	}
 }
 

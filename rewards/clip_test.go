@@ -3,6 +3,7 @@ package rewards
 import (
 	"context"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/densegrpo/densegrpo/exporters/onnx"
@@ -117,5 +118,36 @@ func TestCosine(t *testing.T) {
 		if got := Cosine(tt.a, tt.b); math.Abs(got-tt.want) > 1e-12 {
 			t.Errorf("Cosine(%v, %v) = %v, want %v", tt.a, tt.b, got, tt.want)
 		}
+	}
+}
+
+// A panic in a tower's ONNX Runtime call (here a nil session) is an error naming the reward,
+// as in every other scoring goroutine, not a crash of the process: the two towers run in
+// goroutines of their own, which errgroup does not recover.
+func TestCLIPTowerPanicIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	vocab, merges := clipFiles(t, dir)
+	gi, gt := onnx.NewGraph("image_tower"), onnx.NewGraph("text_tower")
+	imageTower(gi)
+	textTower(gt)
+	c := Config{Name: "pickscore", Kind: "clip-score", BatchSize: 2}
+	c.Image.Size = []int{1, 1}
+	c.Text = TextConfig{Tokenizer: "clip-bpe", Vocab: vocab, Merges: merges, MaxLength: 4}
+	c.ImageModel, c.TextModel = writeModel(t, dir, gi), writeModel(t, dir, gt)
+	set, err := Open(context.Background(), []Config{c}, dir, onnxrt.Config{IntraOpThreads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	sc := set.rewards[0].scorer.(*clipScorer)
+	for _, p := range []*pool{sc.image, sc.text} {
+		real := <-p.free
+		p.free <- nil // the next run of this tower dereferences a nil session
+		_, err := set.Score(context.Background(), []Image{{W: 1, H: 1, Pix: []float32{0.6, 0.8, 0}}}, []Prompt{{Text: "hi"}})
+		if err == nil || !strings.Contains(err.Error(), `score reward "pickscore"`) || !strings.Contains(err.Error(), "panic") {
+			t.Errorf("%s tower: got %v, want an error naming the reward and the panic", p.path, err)
+		}
+		<-p.free
+		p.free <- real
 	}
 }

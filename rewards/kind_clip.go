@@ -163,8 +163,18 @@ func (s *clipScorer) Score(ctx context.Context, b *Batch) ([]float64, map[string
 		txtRes = imgRes
 	} else {
 		g, gctx := errgroup.WithContext(ctx)
-		g.Go(func() (err error) { imgRes, err = s.image.run(gctx, imgIn, imgOuts...); return err })
-		g.Go(func() (err error) { txtRes, err = s.text.run(gctx, txtIn, txtOuts...); return err })
+		// errgroup does not recover panics: each goroutine turns its own into an error, as the
+		// scoring goroutines of Set.Score do.
+		g.Go(func() (err error) {
+			defer recoverTo(&err, s.cfg.Name)
+			imgRes, err = s.image.run(gctx, imgIn, imgOuts...)
+			return err
+		})
+		g.Go(func() (err error) {
+			defer recoverTo(&err, s.cfg.Name)
+			txtRes, err = s.text.run(gctx, txtIn, txtOuts...)
+			return err
+		})
 		err = g.Wait()
 	}
 	if err != nil {
@@ -188,7 +198,10 @@ func (s *clipScorer) Score(ctx context.Context, b *Batch) ([]float64, map[string
 	for i := range vals {
 		vals[i] = *o.Scale*logitScale*Cosine(ie.Float32[i*d:(i+1)*d], te.Float32[i*d:(i+1)*d]) + o.Offset
 	}
-	return vals, nil, finite(vals)
+	if err := finite(vals); err != nil {
+		return nil, nil, fmt.Errorf("models %s (output %q), %s (output %q): %w", s.image.path, o.ImageEmbeds, s.text.path, o.TextEmbeds, err)
+	}
+	return vals, nil, nil
 }
 
 // Cosine is a·b / (|a|·|b|), accumulated in float64; 0 when either vector is zero.

@@ -261,7 +261,10 @@ func (s *scalarScorer) Score(ctx context.Context, b *Batch) ([]float64, map[stri
 	for i := range vals {
 		vals[i] = *s.cfg.Output.Scale*float64(raw.Float32[i*cols+s.cfg.Output.Index]) + s.cfg.Output.Offset
 	}
-	return vals, nil, finite(vals)
+	if err := finite(vals); err != nil {
+		return nil, nil, fmt.Errorf("model %s: output %q: %w", s.m.where(), s.output, err)
+	}
+	return vals, nil, nil
 }
 
 func (s *scalarScorer) Close() error { return s.m.close() }

@@ -41,7 +41,11 @@ func usageError(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
 }
 
-func main() {
+// main only exits: os.Exit skips deferred calls, so everything that defers runs in run.
+func main() { os.Exit(run()) }
+
+// run installs the signal handling, runs the command line and returns the exit code.
+func run() int {
 	// GoMLX would otherwise try to download an XLA plugin when none is installed; this
 	// project selects backends explicitly and never downloads at run time.
 	if os.Getenv("GOMLX_NO_AUTO_INSTALL") == "" {
@@ -49,7 +53,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(runMain(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	return runMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
 }
 
 func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {

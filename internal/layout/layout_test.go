@@ -3,7 +3,12 @@ package layout
 import (
 	"bytes"
 	"encoding/json"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -74,5 +79,60 @@ func TestDependencyRules(t *testing.T) {
 				t.Errorf("%s imports %s: rl and rewards are siblings", name, rel(imp))
 			}
 		}
+	}
+}
+
+// TestNoExitPastDefer: os.Exit skips deferred calls, so no function of the module may both
+// defer and call os.Exit (cmd/pipeline's main deferred the signal handler's stop, then exited).
+func TestNoExitPastDefer(t *testing.T) {
+	var files []string
+	err := filepath.WalkDir("../..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && path != "../.." && strings.HasPrefix(d.Name(), ".") {
+			return filepath.SkipDir // .cache, .venv, .git
+		}
+		if !d.IsDir() && strings.HasSuffix(path, ".go") && !strings.HasSuffix(path, "_test.go") {
+			files = append(files, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range files {
+		f, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, decl := range f.Decls {
+			fn, ok := decl.(*ast.FuncDecl)
+			if !ok || fn.Body == nil {
+				continue
+			}
+			defers, exits := false, false
+			ast.Inspect(fn.Body, func(n ast.Node) bool {
+				switch n := n.(type) {
+				case *ast.FuncLit:
+					return false // a closure's defers are its own
+				case *ast.DeferStmt:
+					defers = true
+				case *ast.CallExpr:
+					if sel, ok := n.Fun.(*ast.SelectorExpr); ok && sel.Sel.Name == "Exit" {
+						if id, ok := sel.X.(*ast.Ident); ok && id.Name == "os" {
+							exits = true
+						}
+					}
+				}
+				return true
+			})
+			if defers && exits {
+				t.Errorf("%s: func %s defers and calls os.Exit, which skips the deferred calls", strings.TrimPrefix(path, "../../"), fn.Name.Name)
+			}
+		}
+	}
+	if len(files) < 100 {
+		t.Fatalf("checked %d files, want the whole module", len(files))
 	}
 }

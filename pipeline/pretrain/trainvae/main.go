@@ -38,9 +38,11 @@ func main() {
 	flag.IntVar(&o.Config.EncoderBlocks, "enc-blocks", o.Config.EncoderBlocks, "encoder residual blocks")
 	flag.IntVar(&o.Config.DecoderBlocks, "dec-blocks", o.Config.DecoderBlocks, "decoder residual blocks")
 	flag.Parse()
+	// os.Exit skips deferred calls, so the signal handler is stopped before it.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if err := run(ctx, o, *seed, *initPath, *out, *grid, *check); err != nil {
+	err := run(ctx, o, *seed, *initPath, *out, *grid, *check)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "trainvae:", err)
 		os.Exit(1)
 	}
