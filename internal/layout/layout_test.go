@@ -136,3 +136,39 @@ func TestNoExitPastDefer(t *testing.T) {
 		t.Fatalf("checked %d files, want the whole module", len(files))
 	}
 }
+
+// TestOneONNXRuntimeTestMain: packages whose tests run ONNX Runtime share onnxrttest.Main
+// instead of a copy of it (there were six).
+func TestOneONNXRuntimeTestMain(t *testing.T) {
+	err := filepath.WalkDir("../..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && path != "../.." && strings.HasPrefix(d.Name(), ".") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		f, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
+		if err != nil {
+			return err
+		}
+		for _, decl := range f.Decls {
+			if fn, ok := decl.(*ast.FuncDecl); ok && fn.Name.Name == "TestMain" && fn.Body != nil {
+				ast.Inspect(fn.Body, func(n ast.Node) bool {
+					if sel, ok := n.(*ast.SelectorExpr); ok && sel.Sel.Name == "Init" {
+						if id, ok := sel.X.(*ast.Ident); ok && id.Name == "onnxrt" {
+							t.Errorf("%s: TestMain initialises ONNX Runtime itself; use onnxrttest.Main", strings.TrimPrefix(path, "../../"))
+						}
+					}
+					return true
+				})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

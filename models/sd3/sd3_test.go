@@ -12,6 +12,7 @@ import (
 
 	"github.com/densegrpo/densegrpo/models/frozen"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/models/onnxrt/onnxrttest"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/models/sd3"
 )
@@ -28,13 +29,7 @@ const (
 )
 
 // CPU ONNX Runtime tests never skip: without the library they fail.
-func TestMain(m *testing.M) {
-	if err := onnxrt.Init(onnxrt.Config{}); err != nil {
-		fmt.Fprintf(os.Stderr, "models/sd3 tests need ONNX Runtime: %v\nrun scripts/setup.sh (or set ONNXRUNTIME_LIB)\n", err)
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { onnxrttest.Main(m, "models/sd3") }
 
 var rt = onnxrt.Config{IntraOpThreads: 1}
 
