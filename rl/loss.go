@@ -6,6 +6,8 @@ import (
 
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
+
+	"github.com/densegrpo/densegrpo/internal/choice"
 )
 
 // LossConfig configures the GRPO objective of one trained step.
@@ -23,7 +25,7 @@ type LossConfig struct {
 func (c LossConfig) Validate() error {
 	switch {
 	case !c.Kind.Valid():
-		return fmt.Errorf("loss config: field kind: got %q, want %q or %q", c.Kind, KindSDE, KindCPS)
+		return fmt.Errorf("loss config: field kind: got %q, want %s", c.Kind, choice.Want(Kinds))
 	case !(c.ClipRange > 0):
 		return fmt.Errorf("loss config: field clip_range: got %v, want > 0", c.ClipRange)
 	case c.Beta < 0:

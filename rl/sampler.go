@@ -130,9 +130,6 @@ func NewSampler(backend backends.Backend, sched Schedule, cfg SamplerConfig) (*S
 // Schedule returns the rollout schedule.
 func (s *Sampler) Schedule() Schedule { return s.sched }
 
-// Config returns the sampler's configuration.
-func (s *Sampler) Config() SamplerConfig { return s.cfg }
-
 // SetPsi replaces the calibrated noise schedule ψ (nil: back to a·sqrt(σ/(1−σ))) without
 // recompiling: the noise level is an input of the step graph. Calibration changes ψ every round.
 func (s *Sampler) SetPsi(psi []float32) error {
