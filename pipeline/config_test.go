@@ -151,10 +151,11 @@ func TestShippedConfigsLoad(t *testing.T) {
 	}
 }
 
-// The ψ that `just demo` trains with must fit the schedule of configs/tiny-ocr.toml (it is what
-// `pipeline calibrate --config configs/tiny-ocr.toml` writes).
+// The committed ψ must fit the schedule of configs/tiny-ocr.toml (it is what `pipeline calibrate
+// --config configs/tiny-ocr.toml --set sampler.kind=sde` writes), so that the Flow-SDE recipe is
+// the documented overrides away.
 func TestShippedPsiFitsTinyOCR(t *testing.T) {
-	cfg, err := Load("../configs/tiny-ocr.toml", []string{"sampler.psi=tiny-ocr-psi.json"})
+	cfg, err := Load("../configs/tiny-ocr.toml", []string{"sampler.kind=sde", "sampler.psi=tiny-ocr-psi.json"})
 	if err != nil {
 		t.Fatal(err)
 	}
