@@ -12,7 +12,6 @@ import (
 	exptinyocr "github.com/densegrpo/densegrpo/exporters/tinyocr"
 	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
-	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/models/tinyocr"
 )
 
@@ -55,7 +54,7 @@ func ExportModels(ctx context.Context, cfg Config, opts ExportOptions) error {
 
 	te := cfg.Resolve(cfg.TextEncoder.Model)
 	if err := exportFrom(out, te, teWeights, "text encoder", func() ([]byte, error) {
-		ts, _, err := safetensors.Read(teWeights)
+		ts, _, err := tinyocr.ReadTextEncoder(teWeights, tinyocr.TextEncoderPrefix)
 		if err != nil {
 			return nil, err
 		}

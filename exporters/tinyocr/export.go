@@ -210,7 +210,7 @@ func VAEDecoderModel(w *model.VAEWeights) (*onnx.Model, error) {
 // WriteTextEncoder writes text_encoder.onnx to path from the text encoder tensors (prefix
 // models/tinyocr.TextEncoderPrefix) of the safetensors file weights.
 func WriteTextEncoder(path, weights string) error {
-	ts, _, err := safetensors.Read(weights)
+	ts, _, err := model.ReadTextEncoder(weights, model.TextEncoderPrefix)
 	if err != nil {
 		return fmt.Errorf("export text encoder: %w", err)
 	}

@@ -242,7 +242,7 @@ func (m *Model) Load(ctx *mlctx.Context, path string) error {
 	defer f.Close()
 	params := m.Config.Params()
 	rename := func(name string) string { return name }
-	if err := checkHeader(f, params, rename, []string{posEmbedKey}); err != nil {
+	if err := f.Check(wants(params, rename), posEmbedKey); err != nil {
 		return fmt.Errorf("load mmdit %s: %w", path, err)
 	}
 	if _, ok := f.Info(posEmbedKey); ok {
@@ -290,7 +290,7 @@ func (m *Model) LoadLoRA(ctx *mlctx.Context, path string) error {
 	}
 	rename := func(name string) string { return prefix + name }
 	params := m.LoRA.Params(m.Config)
-	if err := checkHeader(f, params, rename, nil); err != nil {
+	if err := f.Check(wants(params, rename)); err != nil {
 		return fmt.Errorf("load lora %s: %w", path, err)
 	}
 	if a, ok := f.Metadata()["lora_alpha"]; ok {
@@ -311,43 +311,13 @@ func (m *Model) LoadLoRA(ctx *mlctx.Context, path string) error {
 	return nil
 }
 
-// checkHeader verifies that the file holds exactly params (file name =
-// rename(key)) with their shapes, allowing the extra names in ignore.
-func checkHeader(f *safetensors.File, params []Param, rename func(string) string, ignore []string) error {
-	want := make(map[string]bool, len(params))
-	var missing []string
-	for _, p := range params {
-		name := rename(p.Key)
-		want[name] = true
-		info, ok := f.Info(name)
-		if !ok {
-			missing = append(missing, fmt.Sprintf("missing tensor %q (want %v)", name, p.Shape))
-			continue
-		}
-		if !slices.Equal(info.Shape, p.Shape) {
-			return fmt.Errorf("tensor %q: file has shape %v, model wants %v", name, info.Shape, p.Shape)
-		}
+// wants lists params as the tensors a file must hold (file name = rename(key)).
+func wants(params []Param, rename func(string) string) []safetensors.Want {
+	out := make([]safetensors.Want, len(params))
+	for i, p := range params {
+		out[i] = safetensors.Want{Name: rename(p.Key), Shape: p.Shape}
 	}
-	if len(missing) == 1 {
-		return fmt.Errorf("%s", missing[0])
-	}
-	if len(missing) > 1 {
-		return fmt.Errorf("%s and %d more missing tensors", missing[0], len(missing)-1)
-	}
-	var unexpected []string
-	for _, name := range f.Names() {
-		if !want[name] && !slices.Contains(ignore, name) {
-			unexpected = append(unexpected, name)
-		}
-	}
-	if len(unexpected) > 0 {
-		shown := unexpected
-		if len(shown) > 5 {
-			shown = shown[:5]
-		}
-		return fmt.Errorf("%d tensors not declared by the model config, e.g. %q", len(unexpected), shown)
-	}
-	return nil
+	return out
 }
 
 // checkPosEmbed compares diffusers' stored position-embedding buffer

@@ -4,13 +4,18 @@
 // {"dtype", "shape", "data_offsets"} (plus an optional string map under
 // "__metadata__"), then the raw little-endian tensor bytes.
 //
+// Files come from strangers (adapters and checkpoints downloaded from the
+// internet), so reading is in two steps: Open validates the header as the
+// reference implementation does (header.go) without touching tensor data, the
+// caller checks names and shapes against its model (File.Check), and only then
+// are the tensors it asked for read, one at a time (File.Tensor, ReadWanted).
+//
 // The project keeps every tensor as float32 in memory: Write stores F32, Read
 // accepts F32, F64, F16 and BF16 and converts to float32. Writes are atomic
 // (temp file in the same directory, fsync, rename, fsync of the directory).
 package safetensors
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -51,11 +56,8 @@ type Info struct {
 // metadataKey is the reserved header key holding the free-form string map.
 const metadataKey = "__metadata__"
 
-// maxHeaderLen bounds the JSON header; real checkpoints have headers of a few
-// hundred kilobytes, so anything larger is corruption, not data.
-const maxHeaderLen = 100 << 20
-
-// dtypeSize maps the dtypes Read can decode to their byte size.
+// dtypeSize maps the dtypes Tensor can decode to their byte size; the header may declare any
+// dtype of the reference (see header.go), but only these become float32.
 var dtypeSize = map[string]int{"F32": 4, "F64": 8, "F16": 2, "BF16": 2}
 
 type headerEntry struct {
@@ -73,82 +75,42 @@ func numElements(shape []int) int {
 }
 
 // ReadHeader returns the tensor descriptions and metadata of a file without
-// reading tensor data. It validates offsets against the file size.
+// reading tensor data. The header is validated as Open validates it.
 func ReadHeader(path string) (map[string]Info, map[string]string, error) {
-	f, err := os.Open(path)
+	f, err := Open(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open safetensors %q: %w", path, err)
+		return nil, nil, err
 	}
 	defer f.Close()
-	infos, meta, _, err := readHeader(f, path)
-	return infos, meta, err
+	return f.infos, f.meta, nil
 }
 
-// readHeader parses and validates the header; it returns the offset of the
-// data section in the file.
-func readHeader(f *os.File, path string) (map[string]Info, map[string]string, int64, error) {
-	st, err := f.Stat()
-	if err != nil {
-		return nil, nil, 0, fmt.Errorf("stat safetensors %q: %w", path, err)
-	}
-	size := st.Size()
+// readHeader reads and validates the header of a file of size bytes (see header.go); it
+// returns the offset of the data section. Memory: the header bytes (at most maxHeaderLen) and
+// what they declare, never tensor data.
+func readHeader(r io.ReaderAt, size int64) (map[string]Info, map[string]string, int64, error) {
 	var lenBuf [8]byte
-	if _, err := io.ReadFull(f, lenBuf[:]); err != nil {
-		return nil, nil, 0, fmt.Errorf("read safetensors %q: header length: file has %d bytes, want at least 8", path, size)
+	if size < 8 {
+		return nil, nil, 0, fmt.Errorf("header length: file has %d bytes, want at least 8", size)
+	}
+	if _, err := r.ReadAt(lenBuf[:], 0); err != nil {
+		return nil, nil, 0, fmt.Errorf("header length: %w", err)
 	}
 	hlen := binary.LittleEndian.Uint64(lenBuf[:])
-	if hlen > maxHeaderLen || int64(hlen) > size-8 {
-		return nil, nil, 0, fmt.Errorf("read safetensors %q: header length %d exceeds file size %d (truncated or not a safetensors file)", path, hlen, size)
+	if hlen > maxHeaderLen {
+		return nil, nil, 0, fmt.Errorf("header length %d exceeds the limit of %d bytes (huggingface/safetensors' MAX_HEADER_SIZE)", hlen, maxHeaderLen)
+	}
+	if int64(hlen) > size-8 {
+		return nil, nil, 0, fmt.Errorf("header length %d exceeds file size %d (truncated or not a safetensors file)", hlen, size)
 	}
 	hdr := make([]byte, hlen)
-	if _, err := io.ReadFull(f, hdr); err != nil {
-		return nil, nil, 0, fmt.Errorf("read safetensors %q: header: %w", path, err)
-	}
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(hdr, &raw); err != nil {
-		return nil, nil, 0, fmt.Errorf("read safetensors %q: parse JSON header: %w", path, err)
+	if _, err := r.ReadAt(hdr, 8); err != nil {
+		return nil, nil, 0, fmt.Errorf("header: %w", err)
 	}
 	dataStart := int64(8 + hlen)
-	dataLen := size - dataStart
-	infos := make(map[string]Info, len(raw))
-	var meta map[string]string
-	for name, msg := range raw {
-		if name == metadataKey {
-			if err := json.Unmarshal(msg, &meta); err != nil {
-				return nil, nil, 0, fmt.Errorf("read safetensors %q: %s: want a map of strings: %w", path, metadataKey, err)
-			}
-			continue
-		}
-		var e headerEntry
-		dec := json.NewDecoder(bytes.NewReader(msg))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&e); err != nil {
-			return nil, nil, 0, fmt.Errorf("read safetensors %q: tensor %q: bad header entry: %w", path, name, err)
-		}
-		if len(e.DataOffsets) != 2 {
-			return nil, nil, 0, fmt.Errorf("read safetensors %q: tensor %q: data_offsets has %d values, want 2", path, name, len(e.DataOffsets))
-		}
-		for _, d := range e.Shape {
-			if d < 0 {
-				return nil, nil, 0, fmt.Errorf("read safetensors %q: tensor %q: negative dimension in shape %v", path, name, e.Shape)
-			}
-		}
-		begin, end := e.DataOffsets[0], e.DataOffsets[1]
-		if begin < 0 || end < begin || end > dataLen {
-			return nil, nil, 0, fmt.Errorf("read safetensors %q: tensor %q: data_offsets [%d %d] outside data section of %d bytes (truncated file?)", path, name, begin, end, dataLen)
-		}
-		if sz, ok := dtypeSize[e.DType]; ok {
-			if want := int64(numElements(e.Shape)) * int64(sz); end-begin != want {
-				return nil, nil, 0, fmt.Errorf("read safetensors %q: tensor %q: %s%v needs %d bytes, data_offsets span %d", path, name, e.DType, e.Shape, want, end-begin)
-			}
-		}
-		if e.Shape == nil {
-			e.Shape = []int{}
-		}
-		infos[name] = Info{DType: e.DType, Shape: e.Shape, Begin: begin, End: end}
-	}
-	if meta == nil {
-		meta = map[string]string{}
+	infos, meta, err := parseHeader(hdr, size-dataStart)
+	if err != nil {
+		return nil, nil, 0, err
 	}
 	return infos, meta, dataStart, nil
 }
@@ -156,29 +118,45 @@ func readHeader(f *os.File, path string) (map[string]Info, map[string]string, in
 // File is an open safetensors file whose tensors are read one at a time, so a
 // multi-gigabyte checkpoint need not be held in memory at once.
 type File struct {
-	f         *os.File
+	r         io.ReaderAt
+	closer    io.Closer
 	path      string
 	infos     map[string]Info
 	meta      map[string]string
 	dataStart int64
 }
 
-// Open opens a safetensors file and validates its header.
+// Open opens a safetensors file and validates its header; no tensor data is read.
 func Open(path string) (*File, error) {
-	f, err := os.Open(path)
+	osf, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open safetensors %q: %w", path, err)
 	}
-	infos, meta, dataStart, err := readHeader(f, path)
+	st, err := osf.Stat()
 	if err != nil {
-		f.Close()
+		osf.Close()
+		return nil, fmt.Errorf("stat safetensors %q: %w", path, err)
+	}
+	f, err := newFile(osf, st.Size(), path)
+	if err != nil {
+		osf.Close()
 		return nil, err
 	}
-	return &File{f: f, path: path, infos: infos, meta: meta, dataStart: dataStart}, nil
+	f.closer = osf
+	return f, nil
+}
+
+// newFile validates the header of the size bytes of r; path names them in errors.
+func newFile(r io.ReaderAt, size int64, path string) (*File, error) {
+	infos, meta, dataStart, err := readHeader(r, size)
+	if err != nil {
+		return nil, fmt.Errorf("read safetensors %q: %w", path, err)
+	}
+	return &File{r: r, closer: io.NopCloser(nil), path: path, infos: infos, meta: meta, dataStart: dataStart}, nil
 }
 
 // Close closes the file.
-func (f *File) Close() error { return f.f.Close() }
+func (f *File) Close() error { return f.closer.Close() }
 
 // Path returns the file's path.
 func (f *File) Path() string { return f.path }
@@ -195,30 +173,53 @@ func (f *File) Info(name string) (Info, bool) {
 // Metadata returns the file's metadata (empty map if none).
 func (f *File) Metadata() map[string]string { return f.meta }
 
-// Tensor reads one tensor as float32.
+// Tensor reads one tensor as float32. It reads only that tensor's bytes, in chunks, so the
+// memory it costs is the float32 result.
 func (f *File) Tensor(name string) (Tensor, error) {
 	info, ok := f.infos[name]
 	if !ok {
 		return Tensor{}, fmt.Errorf("read safetensors %q: no tensor %q", f.path, name)
 	}
-	if _, ok := dtypeSize[info.DType]; !ok {
+	size, ok := dtypeSize[info.DType]
+	if !ok {
 		return Tensor{}, fmt.Errorf("read safetensors %q: tensor %q: unsupported dtype %q (want F32, F64, F16 or BF16)", f.path, name, info.DType)
 	}
-	buf := make([]byte, info.End-info.Begin)
-	if _, err := f.f.ReadAt(buf, f.dataStart+info.Begin); err != nil {
-		return Tensor{}, fmt.Errorf("read safetensors %q: tensor %q: %w", f.path, name, err)
+	// The header check made End−Begin = size·elements and placed it inside the file.
+	out := make([]float32, (info.End-info.Begin)/int64(size))
+	buf := make([]byte, min(int64(readChunk), info.End-info.Begin))
+	for done := 0; done < len(out); {
+		n := min(len(out)-done, len(buf)/size)
+		b := buf[:n*size]
+		if _, err := f.r.ReadAt(b, f.dataStart+info.Begin+int64(done*size)); err != nil {
+			return Tensor{}, fmt.Errorf("read safetensors %q: tensor %q: %w", f.path, name, err)
+		}
+		decode(info.DType, b, out[done:done+n])
+		done += n
 	}
-	return Tensor{Shape: append([]int{}, info.Shape...), Data: decode(info.DType, buf)}, nil
+	return Tensor{Shape: append([]int{}, info.Shape...), Data: out}, nil
 }
 
+// readChunk is the size of one read of tensor bytes: large enough that reads cost no more
+// than one whole-tensor read, small enough not to count beside the result.
+const readChunk = 1 << 20
+
 // Read loads every tensor of the file as float32, with the file's metadata
-// (empty map if none). Supported dtypes: F32, F64, F16, BF16.
+// (empty map if none). Supported dtypes: F32, F64, F16, BF16; a file with any
+// other is refused before a tensor is read. Read is for files whose every
+// tensor the caller needs whatever they are; a loader that knows its model's
+// tensors uses ReadWanted (or Open and File.Check), which refuses a file that
+// does not fit before reading it.
 func Read(path string) (map[string]Tensor, map[string]string, error) {
 	f, err := Open(path)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer f.Close()
+	for _, name := range f.Names() {
+		if dt := f.infos[name].DType; dtypeSize[dt] == 0 {
+			return nil, nil, fmt.Errorf("read safetensors %q: tensor %q: unsupported dtype %q (want F32, F64, F16 or BF16)", path, name, dt)
+		}
+	}
 	out := make(map[string]Tensor, len(f.infos))
 	for _, name := range f.Names() {
 		t, err := f.Tensor(name)
@@ -230,35 +231,28 @@ func Read(path string) (map[string]Tensor, map[string]string, error) {
 	return out, f.meta, nil
 }
 
-// decode converts little-endian bytes of a supported dtype to float32.
-func decode(dtype string, b []byte) []float32 {
+// decode converts little-endian bytes of a supported dtype into out (len(b)/size values).
+func decode(dtype string, b []byte, out []float32) {
 	switch dtype {
 	case "F32":
-		out := make([]float32, len(b)/4)
 		for i := range out {
 			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
 		}
-		return out
 	case "F64":
-		out := make([]float32, len(b)/8)
 		for i := range out {
 			out[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:])))
 		}
-		return out
 	case "F16":
-		out := make([]float32, len(b)/2)
 		for i := range out {
 			out[i] = F16ToFloat32(binary.LittleEndian.Uint16(b[2*i:]))
 		}
-		return out
 	case "BF16":
-		out := make([]float32, len(b)/2)
 		for i := range out {
 			out[i] = BF16ToFloat32(binary.LittleEndian.Uint16(b[2*i:]))
 		}
-		return out
+	default:
+		panic("safetensors: decode called with unsupported dtype " + dtype)
 	}
-	panic("safetensors: decode called with unsupported dtype " + dtype)
 }
 
 // BF16ToFloat32 widens a bfloat16 bit pattern: bfloat16 is the top half of a

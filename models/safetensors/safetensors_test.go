@@ -223,7 +223,7 @@ func TestReadErrors(t *testing.T) {
 	tiny := filepath.Join(t.TempDir(), "tiny.safetensors")
 	os.WriteFile(tiny, []byte{1, 2, 3}, 0o644)
 	hugeLen := filepath.Join(t.TempDir(), "huge.safetensors")
-	os.WriteFile(hugeLen, append(binary.LittleEndian.AppendUint64(nil, 1<<40), '{', '}'), 0o644)
+	os.WriteFile(hugeLen, append(binary.LittleEndian.AppendUint64(nil, 1000), '{', '}'), 0o644)
 
 	cases := []struct {
 		name  string
@@ -234,9 +234,9 @@ func TestReadErrors(t *testing.T) {
 		{"shorter than length", tiny, []string{tiny, "want at least 8"}},
 		{"header length beyond file", hugeLen, []string{hugeLen, "exceeds file size"}},
 		{"bad json", rawFile(t, `{"a":`, nil), []string{"parse JSON header"}},
+		{"unsupported dtype after a good tensor", rawFile(t, `{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"q":{"dtype":"I64","shape":[1],"data_offsets":[4,12]}}`, make([]byte, 12)), []string{`"q"`, `unsupported dtype "I64"`}},
 		{"offsets count", rawFile(t, `{"a":{"dtype":"F32","shape":[1],"data_offsets":[0]}}`, make([]byte, 4)), []string{`"a"`, "data_offsets has 1 values"}},
 		{"size mismatch", rawFile(t, `{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}`, make([]byte, 4)), []string{`"a"`, "needs 8 bytes", "span 4"}},
-		{"unknown field", rawFile(t, `{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":1}}`, make([]byte, 4)), []string{`"a"`, "bad header entry"}},
 		{"unsupported dtype", rawFile(t, `{"q":{"dtype":"I8","shape":[4],"data_offsets":[0,4]}}`, make([]byte, 4)), []string{`"q"`, `unsupported dtype "I8"`}},
 		{"bad metadata", rawFile(t, `{"__metadata__":{"a":1}}`, nil), []string{"__metadata__"}},
 		{"missing file", filepath.Join(t.TempDir(), "nope.safetensors"), []string{"nope.safetensors", "no such file"}},

@@ -25,37 +25,76 @@ func TextEncoderTensors(ts map[string]safetensors.Tensor, prefix string) (map[st
 			sub[k] = t
 		}
 	}
-	shape := func(key string, rank int) ([]int, error) {
-		t, ok := sub[prefix+"."+key]
-		if !ok {
-			return nil, fmt.Errorf("missing tensor %q", prefix+"."+key)
-		}
-		if len(t.Shape) != rank {
-			return nil, fmt.Errorf("tensor %q: shape %v, want rank %d", prefix+"."+key, t.Shape, rank)
-		}
-		return t.Shape, nil
-	}
-	var cfg TextEncoderConfig
-	emb, err := shape("token_embedding.weight", 2)
+	cfg, err := textEncoderConfig(prefix, func(key string) ([]int, bool) {
+		t, ok := sub[key]
+		return t.Shape, ok
+	})
 	if err != nil {
-		return nil, cfg, err
-	}
-	fc1, err := shape("block.fc1.weight", 2)
-	if err != nil {
-		return nil, cfg, err
-	}
-	pp, err := shape("pooled_proj.weight", 2)
-	if err != nil {
-		return nil, cfg, err
-	}
-	cfg = TextEncoderConfig{Dim: emb[1], Hidden: fc1[0], PooledDim: pp[0]}
-	if err := cfg.Validate(); err != nil {
 		return nil, cfg, err
 	}
 	if err := CheckTensors(sub, TextEncoderParamShapes(cfg, prefix)); err != nil {
 		return nil, cfg, err
 	}
 	return sub, cfg, nil
+}
+
+// ReadTextEncoder reads the text encoder under prefix+"." from a safetensors file: the
+// configuration comes from the header's shapes, every tensor under the prefix is checked
+// against it, and only then are those tensors read (others in the file are left unread).
+func ReadTextEncoder(path, prefix string) (map[string]safetensors.Tensor, TextEncoderConfig, error) {
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return nil, TextEncoderConfig{}, fmt.Errorf("read text encoder: %w", err)
+	}
+	defer f.Close()
+	cfg, err := textEncoderConfig(prefix, func(key string) ([]int, bool) {
+		info, ok := f.Info(key)
+		return info.Shape, ok
+	})
+	if err != nil {
+		return nil, cfg, fmt.Errorf("read text encoder %s: %w", path, err)
+	}
+	var others []string
+	for _, name := range f.Names() {
+		if !strings.HasPrefix(name, prefix+".") {
+			others = append(others, name)
+		}
+	}
+	ts, err := ReadTensors(f, TextEncoderParamShapes(cfg, prefix), others...)
+	if err != nil {
+		return nil, cfg, fmt.Errorf("read text encoder %s: %w", path, err)
+	}
+	return ts, cfg, nil
+}
+
+// textEncoderConfig derives the text encoder's configuration from the shapes of three of its
+// tensors, looked up by shapeOf.
+func textEncoderConfig(prefix string, shapeOf func(key string) ([]int, bool)) (TextEncoderConfig, error) {
+	shape := func(key string, rank int) ([]int, error) {
+		s, ok := shapeOf(prefix + "." + key)
+		if !ok {
+			return nil, fmt.Errorf("missing tensor %q", prefix+"."+key)
+		}
+		if len(s) != rank {
+			return nil, fmt.Errorf("tensor %q: shape %v, want rank %d", prefix+"."+key, s, rank)
+		}
+		return s, nil
+	}
+	var cfg TextEncoderConfig
+	emb, err := shape("token_embedding.weight", 2)
+	if err != nil {
+		return cfg, err
+	}
+	fc1, err := shape("block.fc1.weight", 2)
+	if err != nil {
+		return cfg, err
+	}
+	pp, err := shape("pooled_proj.weight", 2)
+	if err != nil {
+		return cfg, err
+	}
+	cfg = TextEncoderConfig{Dim: emb[1], Hidden: fc1[0], PooledDim: pp[0]}
+	return cfg, cfg.Validate()
 }
 
 // TextEncoder runs frozen text encoder weights on a GoMLX backend (the reference the ONNX

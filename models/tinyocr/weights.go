@@ -116,6 +116,29 @@ func ImportVariables(mctx *mlctx.Context, ts map[string]safetensors.Tensor, want
 	return nil
 }
 
+// ReadTensors reads the tensors of want from f after checking from its header that they are
+// all there with their shapes and that the file holds nothing else but the names in extra
+// (left unread): a file that does not fit costs no more than its header.
+func ReadTensors(f *safetensors.File, want ParamShapes, extra ...string) (map[string]safetensors.Tensor, error) {
+	keys := slices.Sorted(maps.Keys(want))
+	wants := make([]safetensors.Want, len(keys))
+	for i, k := range keys {
+		wants[i] = safetensors.Want{Name: k, Shape: want[k]}
+	}
+	if err := f.Check(wants, extra...); err != nil {
+		return nil, err
+	}
+	out := make(map[string]safetensors.Tensor, len(keys))
+	for _, k := range keys {
+		t, err := f.Tensor(k)
+		if err != nil {
+			return nil, err
+		}
+		out[k] = t
+	}
+	return out, nil
+}
+
 // CheckTensors reports the first difference between ts and want: a missing tensor, a shape
 // mismatch, a tensor whose data length does not match its shape, or unexpected tensors.
 func CheckTensors(ts map[string]safetensors.Tensor, want ParamShapes) error {
@@ -196,12 +219,15 @@ type VAEWeights struct {
 	Tensors map[string]safetensors.Tensor
 }
 
-// ReadVAE reads and validates a VAE weight file written by SaveVAE.
+// ReadVAE reads and validates a VAE weight file written by SaveVAE: the metadata and the
+// header's names and shapes are checked before any tensor is read.
 func ReadVAE(path string) (*VAEWeights, error) {
-	ts, meta, err := safetensors.Read(path)
+	f, err := safetensors.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read VAE: %w", err)
 	}
+	defer f.Close()
+	meta := f.Metadata()
 	if meta[metaFormat] != vaeFormat {
 		return nil, fmt.Errorf("read VAE %s: metadata format %q, want %q", path, meta[metaFormat], vaeFormat)
 	}
@@ -218,7 +244,6 @@ func ReadVAE(path string) (*VAEWeights, error) {
 	w := &VAEWeights{
 		Config:  VAEConfig{Hidden: cj.Hidden, EncoderBlocks: cj.EncoderBlocks, DecoderBlocks: cj.DecoderBlocks},
 		Scaling: VAEScaling{ScalingFactor: cj.ScalingFactor, ShiftFactor: cj.ShiftFactor},
-		Tensors: ts,
 	}
 	if err := w.Config.Validate(); err != nil {
 		return nil, fmt.Errorf("read VAE %s: %w", path, err)
@@ -226,7 +251,7 @@ func ReadVAE(path string) (*VAEWeights, error) {
 	if !(w.Scaling.ScalingFactor > 0) {
 		return nil, fmt.Errorf("read VAE %s: scaling_factor %g, want > 0", path, w.Scaling.ScalingFactor)
 	}
-	if err := CheckTensors(ts, VAEParamShapes(w.Config)); err != nil {
+	if w.Tensors, err = ReadTensors(f, VAEParamShapes(w.Config)); err != nil {
 		return nil, fmt.Errorf("read VAE %s: %w", path, err)
 	}
 	return w, nil
