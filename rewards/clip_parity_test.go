@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/densegrpo/densegrpo/internal/imagefile"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/rewards/preprocess"
 	"github.com/densegrpo/densegrpo/rewards/tokenize"
@@ -44,7 +45,7 @@ func loadCLIPFixture(t *testing.T) (string, clipReference, []Image) {
 	}
 	var ims []Image
 	for _, name := range ref.Images {
-		im, err := preprocess.ReadPNG(filepath.Join(dir, name))
+		im, err := preprocess.ReadImage(filepath.Join(dir, name), imagefile.DefaultLimits)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,19 +13,21 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/densegrpo/densegrpo/internal/imagefile"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/rewards"
 	"github.com/densegrpo/densegrpo/rewards/preprocess"
 )
 
 func init() {
-	register(command{name: "rewards score", summary: "score one PNG against a prompt with the config's [[reward]] blocks", run: runRewardsScore})
+	register(command{name: "rewards score", summary: "score one PNG or JPEG against a prompt with the config's [[reward]] blocks", run: runRewardsScore})
 }
 
 func runRewardsScore(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("rewards score", "", out)
 	configPath := fs.String("config", "", "training TOML whose [[reward]] blocks (and [onnx] table) are used (required)")
-	imagePath := fs.String("image", "", "PNG image to score (required)")
+	imagePath := fs.String("image", "", "PNG or JPEG image to score (required)")
+	maxPixels := fs.Int64("max-pixels", imagefile.DefaultLimits.MaxPixels, "refuse an image whose header declares more pixels (width × height), before decoding it")
 	prompt := fs.String("prompt", "", "the prompt the image was generated from")
 	metadata := fs.String("metadata", "", "prompt metadata as a JSON object (GenEval's tag/include/exclude)")
 	asJSON := fs.Bool("json", false, `print {"rewards":{...},"total":...}`)
@@ -63,7 +65,7 @@ func runRewardsScore(ctx context.Context, args []string, out io.Writer) error {
 			return usageError("--metadata: %v", err)
 		}
 	}
-	im, err := preprocess.ReadPNG(*imagePath)
+	im, err := preprocess.ReadImage(*imagePath, imagefile.Limits{MaxSide: imagefile.DefaultLimits.MaxSide, MaxPixels: *maxPixels})
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"image"
 	"image/color"
 	"image/draw"
+	"image/jpeg"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -88,6 +89,25 @@ func TestRewardsScoreOCR(t *testing.T) {
 	}
 	if got.Rewards["ocr"] != 1 || got.Total != 2 {
 		t.Errorf("got %s, want ocr 1 and total 2 (weight 2)", stdout.String())
+	}
+	// The same image as JPEG reads the same text.
+	buf.Reset()
+	if err := jpeg.Encode(&buf, rgba, &jpeg.Options{Quality: 95}); err != nil {
+		t.Fatal(err)
+	}
+	jpegPath := filepath.Join(dir, "k4rt.jpg")
+	if err := os.WriteFile(jpegPath, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stdout.Reset()
+	if code := runMain(context.Background(), []string{"rewards", "score", "--config", cfg, "--image", jpegPath, "--prompt", `a sign that says "K4RT"`, "--json", "--onnx-library", lib}, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), `"ocr":1`) {
+		t.Errorf("JPEG: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+	// An image declaring more pixels than allowed is refused from its header.
+	stderr.Reset()
+	code = runMain(context.Background(), []string{"rewards", "score", "--config", cfg, "--image", pngPath, "--max-pixels", "7279", "--onnx-library", lib}, &stdout, &stderr)
+	if want := "png declares 130×56 = 7280 pixels, want at most 7279"; code != 1 || !strings.Contains(stderr.String(), want) || !strings.Contains(stderr.String(), pngPath) {
+		t.Errorf("over --max-pixels: exit %d, stderr %q, want %q naming the file", code, stderr.String(), want)
 	}
 	// A missing flag is a usage error (exit 2).
 	stderr.Reset()

@@ -6,9 +6,9 @@ import (
 	"image/color"
 	"image/png"
 	"io"
-	"os"
 
 	"github.com/densegrpo/densegrpo/internal/atomicfile"
+	"github.com/densegrpo/densegrpo/internal/imagefile"
 )
 
 // Pixels returns img as float32 RGB in [0,1], row-major [H,W,3].
@@ -105,16 +105,8 @@ func SavePNG(path string, img image.Image) error {
 	return nil
 }
 
-// LoadPNG reads a PNG image.
+// LoadPNG reads a PNG (or JPEG) image, refusing one whose header declares more than
+// imagefile.DefaultLimits before decoding it.
 func LoadPNG(path string) (image.Image, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("load PNG: %w", err)
-	}
-	defer f.Close()
-	img, err := png.Decode(f)
-	if err != nil {
-		return nil, fmt.Errorf("load PNG %s: %w", path, err)
-	}
-	return img, nil
+	return imagefile.Read(path, imagefile.DefaultLimits)
 }

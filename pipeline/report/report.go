@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"image/color"
-	"image/png"
 	"io"
 	"math"
 	"os"
@@ -24,6 +23,7 @@ import (
 	"strings"
 
 	"github.com/densegrpo/densegrpo/internal/atomicfile"
+	"github.com/densegrpo/densegrpo/internal/imagefile"
 	"github.com/densegrpo/densegrpo/pipeline/runfiles"
 )
 
@@ -631,13 +631,20 @@ func sampleSection(p *page, runs []*Run) error {
 			p.note("%s: no samples/*.png", r.Label())
 			continue
 		}
+		// The header is checked before the file is read whole (it is embedded as it is).
+		cfg, err := imagefile.ReadFileHeader(r.Sample)
+		if err == nil && cfg.Format != "png" {
+			err = fmt.Errorf("%s is a %s file, want PNG", r.Sample, cfg.Format)
+		}
+		if err == nil {
+			err = imagefile.DefaultLimits.Check(cfg)
+		}
+		if err != nil {
+			return fmt.Errorf("sample grid: %w", err)
+		}
 		data, err := os.ReadFile(r.Sample)
 		if err != nil {
 			return fmt.Errorf("read sample grid: %w", err)
-		}
-		cfg, err := png.DecodeConfig(bytes.NewReader(data))
-		if err != nil {
-			return fmt.Errorf("decode sample grid %s: %w", r.Sample, err)
 		}
 		// Small grids are shown at twice their size, pixelated, so that a 64-px sample is legible.
 		w := cfg.Width

@@ -9,9 +9,9 @@ package preprocess
 import (
 	"fmt"
 	"image"
-	"image/png"
 	"math"
-	"os"
+
+	"github.com/densegrpo/densegrpo/internal/imagefile"
 )
 
 // Image is a decoded RGB image: Pix holds H rows of W pixels of 3 float32 values (R, G, B),
@@ -226,16 +226,13 @@ func FromImage(src image.Image) Image {
 	return im
 }
 
-// ReadPNG decodes a PNG file into an Image.
-func ReadPNG(path string) (Image, error) {
-	f, err := os.Open(path)
+// ReadImage decodes a PNG or JPEG file into an Image after checking the size its header
+// declares against lim (see internal/imagefile), so an image that would not fit is refused
+// before any pixel is decoded.
+func ReadImage(path string, lim imagefile.Limits) (Image, error) {
+	src, err := imagefile.Read(path, lim)
 	if err != nil {
-		return Image{}, fmt.Errorf("read image: %w", err)
-	}
-	defer f.Close()
-	src, err := png.Decode(f)
-	if err != nil {
-		return Image{}, fmt.Errorf("decode PNG %s: %w", path, err)
+		return Image{}, err
 	}
 	im := FromImage(src)
 	if err := im.Check(); err != nil {
