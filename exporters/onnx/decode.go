@@ -6,12 +6,21 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
-// ReadFile reads and decodes the ONNX model at path.
+// ReadFile reads and decodes the ONNX model at path. A file beyond protobuf's 2 GiB limit is
+// refused before it is read.
 func ReadFile(path string) (*Model, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("read ONNX model: %w", err)
+	}
+	if st.Size() > maxProtoSize {
+		return nil, fmt.Errorf("read ONNX model %s: %d bytes, want at most %d (protobuf's 2 GiB limit)", path, st.Size(), maxProtoSize)
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read ONNX model: %w", err)
@@ -26,8 +35,15 @@ func ReadFile(path string) (*Model, error) {
 // Unmarshal decodes an ONNX ModelProto within the package's subset. Fields outside it that do
 // not change what the graph computes (doc strings, value_info, annotations) are dropped;
 // those that do (sub-graphs, sparse or external tensors, non-tensor inputs) are errors.
-// Tensor data given as typed lists (float_data, int64_data, ...) is converted to raw bytes.
+// Tensor data given as typed lists (float_data, int64_data, ...) is converted to raw bytes;
+// every tensor must hold exactly the elements its dims declare.
+//
+// The file comes from outside, so what decoding allocates is bounded: at most
+// decodeBudgetFactor times the input (plus 16 MiB) in decoded structures, enough for real
+// models (weights cost their size; a node of a few strings and attributes a few times its
+// encoding) and an error for a file of a million empty nodes.
 func Unmarshal(data []byte) (*Model, error) {
+	d := &decoder{left: decodeBudgetFactor*int64(len(data)) + 16<<20}
 	m := &Model{}
 	sawOpset := false
 	err := walk(data, func(num protowire.Number, typ protowire.Type, v field) error {
@@ -45,12 +61,15 @@ func Unmarshal(data []byte) (*Model, error) {
 		case modelDocString:
 			m.DocString = string(v.b)
 		case modelGraph:
-			g, err := decodeGraph(v.b)
+			g, err := d.graph(v.b)
 			if err != nil {
 				return fmt.Errorf("graph: %w", err)
 			}
 			m.Graph = g
 		case modelOpsetImport:
+			if err := d.spend(32); err != nil {
+				return err
+			}
 			o, err := decodeOpset(v.b)
 			if err != nil {
 				return fmt.Errorf("opset_import: %w", err)
@@ -73,6 +92,9 @@ func Unmarshal(data []byte) (*Model, error) {
 			}); err != nil {
 				return fmt.Errorf("metadata_props: %w", err)
 			}
+			if err := d.spend(32 + int64(len(k)+len(val))); err != nil {
+				return err
+			}
 			if m.Metadata == nil {
 				m.Metadata = map[string]string{}
 			}
@@ -90,6 +112,26 @@ func Unmarshal(data []byte) (*Model, error) {
 		return nil, errors.New("decode ModelProto: no opset_import for the default domain")
 	}
 	return m, nil
+}
+
+// decodeBudgetFactor bounds decoded structures to this many times the size of the input.
+const decodeBudgetFactor = 16
+
+// decoder counts what decoding has allocated against its budget.
+type decoder struct{ left int64 }
+
+// spend takes n bytes from the budget.
+func (d *decoder) spend(n int64) error {
+	d.left -= n
+	if d.left < 0 {
+		return fmt.Errorf("decoded structures exceed %d times the size of the file (a file of many empty messages?)", decodeBudgetFactor)
+	}
+	return nil
+}
+
+// str spends for and returns a copy of b as a string.
+func (d *decoder) str(b []byte) (string, error) {
+	return string(b), d.spend(16 + int64(len(b)))
 }
 
 // field is one decoded field value: u for varint and fixed types, b for length-delimited.
@@ -183,12 +225,12 @@ func decodeOpset(b []byte) (OpsetID, error) {
 	return o, err
 }
 
-func decodeGraph(b []byte) (*Graph, error) {
+func (d *decoder) graph(b []byte) (*Graph, error) {
 	g := &Graph{}
 	err := walk(b, func(num protowire.Number, _ protowire.Type, v field) error {
 		switch num {
 		case graphNode:
-			n, err := decodeNode(v.b)
+			n, err := d.node(v.b)
 			if err != nil {
 				return fmt.Errorf("node %d (%s %q): %w", len(g.Nodes), n.Op, n.Name, err)
 			}
@@ -196,7 +238,7 @@ func decodeGraph(b []byte) (*Graph, error) {
 		case graphName:
 			g.Name = string(v.b)
 		case graphInitializer:
-			t, err := decodeTensor(v.b)
+			t, err := d.tensor(v.b)
 			if err != nil {
 				return fmt.Errorf("initializer %d (%q): %w", len(g.Initializers), t.Name, err)
 			}
@@ -204,7 +246,7 @@ func decodeGraph(b []byte) (*Graph, error) {
 		case 15: // repeated SparseTensorProto sparse_initializer = 15
 			return errors.New("sparse initializers are not supported")
 		case graphInput, graphOutput:
-			vi, err := decodeValueInfo(v.b)
+			vi, err := d.valueInfo(v.b)
 			if err != nil {
 				return fmt.Errorf("value %q: %w", vi.Name, err)
 			}
@@ -219,28 +261,35 @@ func decodeGraph(b []byte) (*Graph, error) {
 	return g, err
 }
 
-func decodeNode(b []byte) (Node, error) {
+func (d *decoder) node(b []byte) (Node, error) {
 	var n Node
+	if err := d.spend(int64(unsafe.Sizeof(n))); err != nil {
+		return n, err
+	}
 	err := walk(b, func(num protowire.Number, _ protowire.Type, v field) error {
+		var err error
+		var s string
 		switch num {
 		case nodeInput:
-			n.Inputs = append(n.Inputs, string(v.b))
+			s, err = d.str(v.b)
+			n.Inputs = append(n.Inputs, s)
 		case nodeOutput:
-			n.Outputs = append(n.Outputs, string(v.b))
+			s, err = d.str(v.b)
+			n.Outputs = append(n.Outputs, s)
 		case nodeName:
-			n.Name = string(v.b)
+			n.Name, err = d.str(v.b)
 		case nodeOpType:
-			n.Op = string(v.b)
+			n.Op, err = d.str(v.b)
 		case nodeDomain:
-			n.Domain = string(v.b)
+			n.Domain, err = d.str(v.b)
 		case nodeAttribute:
-			a, err := decodeAttr(v.b)
+			a, err := d.attr(v.b)
 			if err != nil {
 				return fmt.Errorf("attribute %q: %w", a.Name, err)
 			}
 			n.Attrs = append(n.Attrs, a)
 		}
-		return nil
+		return err
 	})
 	if n.Inputs == nil {
 		n.Inputs = []string{}
@@ -254,13 +303,16 @@ func decodeNode(b []byte) (Node, error) {
 	return n, err
 }
 
-func decodeAttr(b []byte) (Attr, error) {
+func (d *decoder) attr(b []byte) (Attr, error) {
 	var a Attr
+	if err := d.spend(int64(unsafe.Sizeof(a))); err != nil {
+		return a, err
+	}
 	err := walk(b, func(num protowire.Number, typ protowire.Type, v field) error {
 		var err error
 		switch num {
 		case attrName:
-			a.Name = string(v.b)
+			a.Name, err = d.str(v.b)
 		case attrType:
 			a.Type = AttrType(v.u)
 		case attrF:
@@ -268,21 +320,23 @@ func decodeAttr(b []byte) (Attr, error) {
 		case attrI:
 			a.Int = int64(v.u)
 		case attrS:
-			a.String = string(v.b)
+			a.String, err = d.str(v.b)
 		case attrT:
 			var t Tensor
-			t, err = decodeTensor(v.b)
+			t, err = d.tensor(v.b)
 			a.Tensor = &t
 		case attrFloats:
-			err = repeatedScalars(typ, v, protowire.Fixed32Type, func(u uint64) {
+			err = d.repeated(typ, v, protowire.Fixed32Type, 4, func(u uint64) {
 				a.Floats = append(a.Floats, math.Float32frombits(uint32(u)))
 			})
 		case attrInts:
-			err = repeatedScalars(typ, v, protowire.VarintType, func(u uint64) {
+			err = d.repeated(typ, v, protowire.VarintType, 8, func(u uint64) {
 				a.Ints = append(a.Ints, int64(u))
 			})
 		case attrStrings:
-			a.Strings = append(a.Strings, string(v.b))
+			var s string
+			s, err = d.str(v.b)
+			a.Strings = append(a.Strings, s)
 		case 6, 11:
 			err = errors.New("graph attributes (sub-graphs) are not supported")
 		case 10, 15, 22, 23, 14:
@@ -320,23 +374,33 @@ func decodeAttr(b []byte) (Attr, error) {
 	return a, nil
 }
 
-func decodeTensor(b []byte) (Tensor, error) {
+// typedData is one occurrence of a tensor's typed data list (float_data, int64_data, ...).
+type typedData struct {
+	typ protowire.Type
+	f   field
+}
+
+func (d *decoder) tensor(b []byte) (Tensor, error) {
 	t := Tensor{Shape: []int64{}}
+	if err := d.spend(int64(unsafe.Sizeof(t))); err != nil {
+		return t, err
+	}
 	var raw []byte
 	hasRaw := false
-	// Typed data fields, kept as decoded until the data type is known.
-	var u64s []uint64
+	// Typed data fields, decoded once the data type and the element count are known.
+	var typed []typedData
 	typedField := protowire.Number(0)
 	err := walk(b, func(num protowire.Number, typ protowire.Type, v field) error {
+		var err error
 		switch num {
 		case tensorDims:
-			return repeatedScalars(typ, v, protowire.VarintType, func(u uint64) {
+			return d.repeated(typ, v, protowire.VarintType, 8, func(u uint64) {
 				t.Shape = append(t.Shape, int64(u))
 			})
 		case tensorDataType:
 			t.DType = DType(v.u)
 		case tensorName:
-			t.Name = string(v.b)
+			t.Name, err = d.str(v.b)
 		case tensorRawData:
 			raw, hasRaw = v.b, true
 		case tensorFloatData, tensorInt32Data, tensorInt64Data, tensorDoubleData, tensorUint64Data:
@@ -344,14 +408,7 @@ func decodeTensor(b []byte) (Tensor, error) {
 				return fmt.Errorf("data in both fields %d and %d", typedField, num)
 			}
 			typedField = num
-			want := protowire.VarintType
-			switch num {
-			case tensorFloatData:
-				want = protowire.Fixed32Type
-			case tensorDoubleData:
-				want = protowire.Fixed64Type
-			}
-			return repeatedScalars(typ, v, want, func(u uint64) { u64s = append(u64s, u) })
+			typed = append(typed, typedData{typ, v})
 		case 6: // repeated bytes string_data = 6
 			return errors.New("string tensors are not supported")
 		case tensorDataLocation:
@@ -361,7 +418,7 @@ func decodeTensor(b []byte) (Tensor, error) {
 		case 3: // optional Segment segment = 3
 			return errors.New("segmented tensors are not supported")
 		}
-		return nil
+		return err
 	})
 	if err != nil {
 		return t, err
@@ -369,21 +426,39 @@ func decodeTensor(b []byte) (Tensor, error) {
 	if !t.DType.Valid() {
 		return t, fmt.Errorf("unsupported element type %s", t.DType)
 	}
-	if hasRaw {
-		t.Raw = append([]byte{}, raw...)
-	} else {
-		t.Raw, err = typedToRaw(t.DType, typedField, u64s)
+	n, size := int64(1), int64(t.DType.Size())
+	for _, dim := range t.Shape {
+		if dim < 0 {
+			return t, fmt.Errorf("dims %v: negative dimension", t.Shape)
+		}
+		if dim > 0 && n > maxProtoSize/size/dim {
+			return t, fmt.Errorf("dims %v: more elements than a protobuf can hold", t.Shape)
+		}
+		n *= dim
 	}
+	if hasRaw {
+		if int64(len(raw)) != n*size || len(typed) > 0 {
+			return t, fmt.Errorf("%s %v needs %d bytes of raw_data, got %d (and %d typed lists)", t.DType, t.Shape, n*size, len(raw), len(typed))
+		}
+		if err := d.spend(n * size); err != nil {
+			return t, err
+		}
+		t.Raw = append([]byte{}, raw...)
+		return t, nil
+	}
+	t.Raw, err = d.typedToRaw(t.DType, n, typedField, typed)
 	return t, err
 }
 
-// typedToRaw packs the typed-list data of a tensor as raw little-endian bytes, following
-// onnx.proto's rules for which list holds which element type.
-func typedToRaw(dt DType, num protowire.Number, vals []uint64) ([]byte, error) {
-	size := dt.Size()
-	raw := make([]byte, size*len(vals))
-	if len(vals) == 0 {
-		return raw, nil
+// typedToRaw packs the typed-list data of a tensor of n elements as raw little-endian bytes,
+// following onnx.proto's rules for which list holds which element type.
+func (d *decoder) typedToRaw(dt DType, n int64, num protowire.Number, typed []typedData) ([]byte, error) {
+	wantType := protowire.VarintType
+	switch num {
+	case tensorFloatData:
+		wantType = protowire.Fixed32Type
+	case tensorDoubleData:
+		wantType = protowire.Fixed64Type
 	}
 	wantField := map[DType]protowire.Number{
 		Float32: tensorFloatData, Float64: tensorDoubleData,
@@ -393,10 +468,26 @@ func typedToRaw(dt DType, num protowire.Number, vals []uint64) ([]byte, error) {
 		Uint16: tensorInt32Data, Uint8: tensorInt32Data, Bool: tensorInt32Data,
 		Float16: tensorInt32Data, BFloat16: tensorInt32Data,
 	}[dt]
-	if num != wantField {
+	if len(typed) > 0 && num != wantField {
 		return nil, fmt.Errorf("%s data in field %d, want field %d", dt, num, wantField)
 	}
-	for i, v := range vals {
+	count := int64(0)
+	for _, td := range typed {
+		count += countScalars(td.typ, td.f, wantType)
+	}
+	if count != n {
+		return nil, fmt.Errorf("%s tensor of %d elements holds %d values", dt, n, count)
+	}
+	size := dt.Size()
+	if err := d.spend(n * int64(size)); err != nil {
+		return nil, err
+	}
+	raw := make([]byte, n*int64(size))
+	if n == 0 {
+		return raw, nil
+	}
+	i := 0
+	put := func(v uint64) {
 		switch size {
 		case 1:
 			raw[i] = byte(v)
@@ -407,21 +498,61 @@ func typedToRaw(dt DType, num protowire.Number, vals []uint64) ([]byte, error) {
 		case 8:
 			binary.LittleEndian.PutUint64(raw[8*i:], v)
 		}
+		i++
+	}
+	for _, td := range typed {
+		if err := repeatedScalars(td.typ, td.f, wantType, put); err != nil {
+			return nil, err
+		}
 	}
 	return raw, nil
 }
 
-func decodeValueInfo(b []byte) (ValueInfo, error) {
+// countScalars counts the elements of one occurrence of a repeated scalar field without
+// decoding them (a malformed packed list counts what it holds; decoding reports it).
+func countScalars(typ protowire.Type, f field, wantType protowire.Type) int64 {
+	if typ != protowire.BytesType {
+		return 1
+	}
+	switch wantType {
+	case protowire.Fixed32Type:
+		return int64(len(f.b) / 4)
+	case protowire.Fixed64Type:
+		return int64(len(f.b) / 8)
+	}
+	n := int64(0)
+	for _, c := range f.b {
+		if c < 0x80 {
+			n++
+		}
+	}
+	return n
+}
+
+// repeated decodes one occurrence of a repeated scalar field after spending elemSize bytes
+// per element on it.
+func (d *decoder) repeated(typ protowire.Type, f field, wantType protowire.Type, elemSize int64, add func(uint64)) error {
+	if err := d.spend(elemSize * countScalars(typ, f, wantType)); err != nil {
+		return err
+	}
+	return repeatedScalars(typ, f, wantType, add)
+}
+
+func (d *decoder) valueInfo(b []byte) (ValueInfo, error) {
 	vi := ValueInfo{UnknownShape: true}
+	if err := d.spend(int64(unsafe.Sizeof(vi))); err != nil {
+		return vi, err
+	}
 	var typeMsg []byte
 	err := walk(b, func(num protowire.Number, _ protowire.Type, v field) error {
+		var err error
 		switch num {
 		case valueName:
-			vi.Name = string(v.b)
+			vi.Name, err = d.str(v.b)
 		case valueType:
 			typeMsg = v.b
 		}
-		return nil
+		return err
 	})
 	if err != nil {
 		return vi, err
@@ -449,17 +580,22 @@ func decodeValueInfo(b []byte) (ValueInfo, error) {
 				if num != shapeDim {
 					return nil
 				}
-				d := Dim{Value: -1} // neither dim_value nor dim_param: unknown
+				dim := Dim{Value: -1} // neither dim_value nor dim_param: unknown
+				if err := d.spend(int64(unsafe.Sizeof(dim))); err != nil {
+					return err
+				}
 				err := walk(v.b, func(num protowire.Number, _ protowire.Type, f field) error {
+					var err error
 					switch num {
 					case dimValue:
-						d = Dim{Value: int64(f.u)}
+						dim = Dim{Value: int64(f.u)}
 					case dimParam:
-						d = Dim{Param: string(f.b)}
+						dim = Dim{}
+						dim.Param, err = d.str(f.b)
 					}
-					return nil
+					return err
 				})
-				vi.Dims = append(vi.Dims, d)
+				vi.Dims = append(vi.Dims, dim)
 				return err
 			})
 		}

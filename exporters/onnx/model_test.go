@@ -452,7 +452,7 @@ func TestDecodeTypedTensorData(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := decodeTensor(tc.msg)
+			got, err := (&decoder{left: 1 << 20}).tensor(tc.msg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -462,11 +462,11 @@ func TestDecodeTypedTensorData(t *testing.T) {
 		})
 	}
 	// A float32 tensor whose data sits in int64_data is malformed.
-	if _, err := decodeTensor(tensor(Float32, func(b []byte) []byte { return appendVarint(b, tensorInt64Data, 1) })); err == nil ||
+	if _, err := (&decoder{left: 1 << 20}).tensor(tensor(Float32, func(b []byte) []byte { return appendVarint(b, tensorInt64Data, 1) })); err == nil ||
 		!strings.Contains(err.Error(), "float32 data in field 7, want field 4") {
 		t.Errorf("float32 in int64_data: error %v", err)
 	}
-	if _, err := decodeTensor(tensor(Float32, func(b []byte) []byte { return appendVarint(b, tensorDataLocation, 1) })); err == nil ||
+	if _, err := (&decoder{left: 1 << 20}).tensor(tensor(Float32, func(b []byte) []byte { return appendVarint(b, tensorDataLocation, 1) })); err == nil ||
 		!strings.Contains(err.Error(), "external data is not supported") {
 		t.Errorf("external data: error %v", err)
 	}

@@ -34,6 +34,10 @@ type Config struct {
 	IntraOpThreads int `toml:"intra_op_threads"`
 	// InterOpThreads is the number of threads running independent operators. 0: ORT default.
 	InterOpThreads int `toml:"inter_op_threads"`
+	// MaxModelMB bounds, in MiB, the size of a model file plus every external-data file it
+	// names; a larger model is refused before ONNX Runtime reads it. 0 means
+	// DefaultMaxModelMB (4096).
+	MaxModelMB int `toml:"max_model_mb"`
 }
 
 // Validate checks the fields that do not need the library.
@@ -48,6 +52,9 @@ func (c Config) Validate() error {
 	}
 	if c.GPUMemLimitMB < 0 {
 		return fmt.Errorf("onnx.gpu_mem_limit_mb: got %d, want >= 0", c.GPUMemLimitMB)
+	}
+	if c.MaxModelMB < 0 {
+		return fmt.Errorf("onnx.max_model_mb: got %d, want >= 0 (0: %d)", c.MaxModelMB, DefaultMaxModelMB)
 	}
 	if c.IntraOpThreads < 0 || c.InterOpThreads < 0 {
 		return fmt.Errorf("onnx.intra_op_threads/inter_op_threads: got %d/%d, want >= 0",

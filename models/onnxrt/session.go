@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"reflect"
 	"strings"
 
@@ -59,7 +58,7 @@ type Session struct {
 
 // Inspect opens path only to read its declared inputs and outputs.
 func Inspect(path string, cfg Config) (inputs, outputs []TensorInfo, err error) {
-	if err := checkModelFile(path); err != nil {
+	if err := checkModelFile(path, cfg); err != nil {
 		return nil, nil, err
 	}
 	if err := Init(cfg); err != nil {
@@ -74,20 +73,6 @@ func inspect(path string) (inputs, outputs []TensorInfo, err error) {
 		return nil, nil, fmt.Errorf("read ONNX model %s: %w", path, oneLine(err))
 	}
 	return convertInfos(ins), convertInfos(outs), nil
-}
-
-func checkModelFile(path string) error {
-	st, err := os.Stat(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("open ONNX model %s: file does not exist", path)
-		}
-		return fmt.Errorf("open ONNX model %s: %w", path, err)
-	}
-	if st.IsDir() {
-		return fmt.Errorf("open ONNX model %s: is a directory, want an .onnx file", path)
-	}
-	return nil
 }
 
 func convertInfos(in []ort.InputOutputInfo) []TensorInfo {
@@ -146,7 +131,7 @@ func oneLine(err error) error {
 
 // Open loads the model at path for execution with cfg's provider and threads.
 func Open(path string, cfg Config) (*Session, error) {
-	if err := checkModelFile(path); err != nil {
+	if err := checkModelFile(path, cfg); err != nil {
 		return nil, err
 	}
 	return open(path, cfg, func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) { return ort.GetInputOutputInfo(path) },
@@ -158,6 +143,9 @@ func Open(path string, cfg Config) (*Session, error) {
 // OpenBytes loads a model held in memory (e.g. one the program has just built); name stands
 // for its path in errors.
 func OpenBytes(name string, data []byte, cfg Config) (*Session, error) {
+	if err := checkModelBytes(name, data, cfg); err != nil {
+		return nil, err
+	}
 	return open(name, cfg, func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) {
 		return ort.GetInputOutputInfoWithONNXData(data)
 	},
