@@ -34,8 +34,8 @@ type Config struct {
 	IntraOpThreads int `toml:"intra_op_threads"`
 	// InterOpThreads is the number of threads running independent operators. 0: ORT default.
 	InterOpThreads int `toml:"inter_op_threads"`
-	// MaxModelMB bounds, in MiB, the size of a model file plus every external-data file it
-	// names; a larger model is refused before ONNX Runtime reads it. 0 means
+	// MaxModelMB bounds, in MiB, the size of a model file plus the external data its tensors
+	// name; a larger model is refused before ONNX Runtime reads it. 0 means
 	// DefaultMaxModelMB (4096).
 	MaxModelMB int `toml:"max_model_mb"`
 }

@@ -13,8 +13,8 @@ import (
 )
 
 // A model file is checked before ONNX Runtime reads it, so that a file from outside costs
-// nothing but this scan when it is refused: its size (with every external-data file it names)
-// against Config.MaxModelMB, and each external-data location, which must name a regular file
+// nothing but this scan when it is refused: its size plus the external data its tensors name
+// (each tensor's length, or the rest of its file) against Config.MaxModelMB, and each external-data location, which must name a regular file
 // inside the model's folder. ONNX Runtime (1.30 here) refuses escaping locations too, but only
 // after it has parsed the whole graph; this scan reads the protobuf's structure and skips
 // tensor bytes, so its cost does not grow with the weights.
@@ -38,8 +38,8 @@ func (c Config) maxModelBytes() int64 {
 }
 
 // checkModelFile checks the file at path before ONNX Runtime opens it: a regular file of at
-// most 2 GiB whose size plus that of every external-data file it names is within cfg's
-// limit, with every external-data location inside the model's folder.
+// most 2 GiB whose size plus the external data its tensors name is within cfg's limit, with
+// every external-data location inside the model's folder.
 func checkModelFile(path string, cfg Config) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -73,17 +73,12 @@ func checkModelFile(path string, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("open ONNX model %s: %w", path, err)
 	}
-	counted := map[string]bool{}
 	for _, e := range ext {
-		real, size, err := e.resolve(dir, realDir)
+		size, err := e.resolve(dir, realDir)
 		if err != nil {
 			return fmt.Errorf("open ONNX model %s: %w", path, err)
 		}
-		if !counted[real] {
-			counted[real] = true
-			total += size
-		}
-		if total > limit {
+		if total += size; total > limit {
 			return fmt.Errorf("open ONNX model %s: %d MiB with its external data (%s), want at most onnx.max_model_mb = %d", path, total>>20, e.location, limit>>20)
 		}
 	}
@@ -112,11 +107,12 @@ type external struct {
 	offset, length   int64 // length -1: to the end of the file
 }
 
-// resolve finds the file of e under dir (whose symlinks resolve to realDir) and returns its
-// real path and size, refusing a location that leaves the folder or a range past its end.
-func (e external) resolve(dir, realDir string) (string, int64, error) {
-	fail := func(format string, args ...any) (string, int64, error) {
-		return "", 0, fmt.Errorf("tensor %q: external data %q: %s", e.tensor, e.location, fmt.Sprintf(format, args...))
+// resolve finds the file of e under dir (whose symlinks resolve to realDir) and returns the
+// number of bytes ONNX Runtime reads from it (length, or the rest of the file from offset),
+// refusing a location that leaves the folder or a range past its end.
+func (e external) resolve(dir, realDir string) (int64, error) {
+	fail := func(format string, args ...any) (int64, error) {
+		return 0, fmt.Errorf("tensor %q: external data %q: %s", e.tensor, e.location, fmt.Sprintf(format, args...))
 	}
 	if !filepath.IsLocal(e.location) {
 		return fail("want a relative path inside the model's folder")
@@ -138,7 +134,10 @@ func (e external) resolve(dir, realDir string) (string, int64, error) {
 	if e.offset > st.Size() || (e.length >= 0 && e.length > st.Size()-e.offset) {
 		return fail("offset %d length %d past the end of the %d-byte file", e.offset, e.length, st.Size())
 	}
-	return real, st.Size(), nil
+	if e.length < 0 {
+		return st.Size() - e.offset, nil
+	}
+	return e.length, nil
 }
 
 // The kinds of onnx.proto messages the scan walks.

@@ -92,8 +92,15 @@ func TestModelFileRefused(t *testing.T) {
 		{"range past the end", func(dir string) string { return writeExternal(t, dir, "w.bin", 8, 16) },
 			Config{}, "offset 8 length 16 past the end of the 16-byte file"},
 		{"external data over the limit", func(dir string) string {
-			path := writeExternal(t, dir, "w.bin", 0, 16)
+			path := writeExternal(t, dir, "w.bin", 0, -1)                           // no length: the whole file
 			if err := os.Truncate(filepath.Join(dir, "w.bin"), 2<<20); err != nil { // sparse
+				t.Fatal(err)
+			}
+			return path
+		}, Config{MaxModelMB: 1}, "2 MiB with its external data (w.bin), want at most onnx.max_model_mb = 1"},
+		{"declared length over the limit", func(dir string) string {
+			path := writeExternal(t, dir, "w.bin", 1<<20, 2<<20)
+			if err := os.Truncate(filepath.Join(dir, "w.bin"), 4<<20); err != nil { // sparse
 				t.Fatal(err)
 			}
 			return path

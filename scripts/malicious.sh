@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Feeds the hostile files of issue #28 (written by scripts/malicious) to a pipeline binary and
+# prints one markdown table row per case: exit status, the last line the binary printed, peak
+# RSS and wall time from /usr/bin/time -v.
+#   scripts/malicious.sh [BIN] [DIR]     (defaults: bin/pipeline, /tmp/malicious)
+# LIMIT_KB=N caps each run's virtual memory (ulimit -v) — for binaries that would otherwise
+# take the machine's memory on the bombs.
+# Run from the repository root after `just export-models`; DIR holds ~10 GB of sparse files
+# (about 100 MB on disk).
+set -euo pipefail
+bin=${1:-bin/pipeline}
+dir=${2:-/tmp/malicious}
+[ -f "$dir/lora-valid.safetensors" ] || go run ./scripts/malicious "$dir"
+cfg=configs/tiny-ocr.toml
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+sample=(sample --config "$cfg" --prompt K4RT --steps 1 --out "$out/s.png")
+score=(rewards score --config "$cfg" --prompt K4RT)
+export_vae=(export-models --config "$cfg" --set "vae.decoder=$out/vae.onnx" --set "text_encoder.model=$out/te.onnx")
+cases=(
+  "LoRA: valid (rank 8, 134 KB)|${sample[*]} --lora $dir/lora-valid.safetensors"
+  "LoRA: every tensor on the same bytes|${sample[*]} --lora $dir/lora-overlap.safetensors"
+  "LoRA: an adapter named twice (other bytes)|${sample[*]} --lora $dir/lora-duplicate.safetensors"
+  "LoRA: extra tensor [2^31,2^31,4] F32 (count wraps to 0)|${sample[*]} --lora $dir/lora-overflow.safetensors"
+  "LoRA: 99 MB header, one 49.5M-dim shape|${sample[*]} --lora $dir/lora-header-99mb.safetensors"
+  "LoRA: adapters + unrelated 1 GiB tensor (sparse)|${sample[*]} --lora $dir/lora-sparse-1gib.safetensors"
+  "checkpoint: valid (committed, 2.4 MB)|${sample[*]}"
+  "checkpoint: every tensor on the same bytes|${sample[*]} --set model.weights=$dir/checkpoint-overlap.safetensors"
+  "VAE weights: valid (committed)|${export_vae[*]}"
+  "VAE weights: one unrelated 1 GiB tensor (sparse)|${export_vae[*]} --vae-weights $dir/vae-sparse-1gib.safetensors"
+  "image: valid PNG 128×64|${score[*]} --image $dir/image-valid.png"
+  "image: valid JPEG 128×64|${score[*]} --image $dir/image-valid.jpg"
+  "image: 70-byte PNG declaring 100000×100000 RGBA|${score[*]} --image $dir/image-100000x100000.png"
+  "image: 1.2 MB 1-bit PNG bomb, 100000×100000|${score[*]} --image $dir/image-1bit-bomb.png"
+  "image: JPEG declaring 65535×65535|${score[*]} --image $dir/image-65535x65535.jpg"
+  "image: GIF|${score[*]} --image $dir/image.gif"
+  "ONNX: valid, weights in external data|models inspect $dir/onnx/external-valid.onnx"
+  "ONNX: external data ../outside.bin|models inspect $dir/onnx/external-parent.onnx"
+  "ONNX: external data at an absolute path|models inspect $dir/onnx/external-absolute.onnx"
+  "ONNX: external data via a symlink out of the folder|models inspect $dir/onnx/external-symlink.onnx"
+  "ONNX: a 4.5 GiB initializer in external data (sparse)|models inspect $dir/onnx/external-huge.onnx"
+  "ONNX: 3 GiB .onnx file (sparse)|models inspect $dir/onnx/sparse-3gib.onnx"
+)
+echo "| case | exit | last line printed | peak RSS | wall |"
+echo "|---|---|---|---|---|"
+for c in "${cases[@]}"; do
+  name=${c%%|*}
+  cmd=${c#*|}
+  log="$out/log"
+  # shellcheck disable=SC2086
+  set +e
+  (
+    if [ -n "${LIMIT_KB:-}" ]; then ulimit -v "$LIMIT_KB"; fi
+    exec /usr/bin/time -v -o "$out/time" $bin $cmd > "$log" 2>&1
+  )
+  code=$?
+  set -e
+  rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f MB", $2/1024}' "$out/time")
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$out/time")
+  # The fatal error of a crash, else the last line.
+  line=$( (grep -m1 -E '^(fatal error|panic):' "$log" || grep -v '^\s*$' "$log" | tail -n 1) | cut -c1-300 | sed 's/|/\\|/g')
+  echo "| $name | $code | \`$line\` | $rss | $wall |"
+done
