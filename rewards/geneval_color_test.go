@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/densegrpo/densegrpo/internal/imagefile"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/rewards/geneval"
 	"github.com/densegrpo/densegrpo/rewards/preprocess"
@@ -52,14 +53,14 @@ func TestGenevalColorMatchesReference(t *testing.T) {
 	defer cc.close()
 	var worst float64
 	for _, sc := range ref {
-		im, err := preprocess.ReadPNG(filepath.Join(dir, sc.Image))
+		im, err := preprocess.ReadImage(filepath.Join(dir, sc.Image), imagefile.DefaultLimits)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for j, o := range sc.Objects {
 			d := geneval.Detection{Class: o.Class, Score: 1, Box: o.Box}
 			if o.Mask != "" {
-				m, err := preprocess.ReadPNG(filepath.Join(dir, o.Mask))
+				m, err := preprocess.ReadImage(filepath.Join(dir, o.Mask), imagefile.DefaultLimits)
 				if err != nil {
 					t.Fatal(err)
 				}
