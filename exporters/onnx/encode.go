@@ -2,6 +2,7 @@ package onnx
 
 import (
 	"math"
+	"strconv"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -65,6 +66,7 @@ const (
 	tensorRawData      = 9  // optional bytes raw_data = 9
 	tensorDoubleData   = 10 // repeated double double_data = 10 [packed = true]
 	tensorUint64Data   = 11 // repeated uint64 uint64_data = 11 [packed = true]
+	tensorExternalData = 13 // repeated StringStringEntryProto external_data = 13
 	tensorDataLocation = 14 // optional DataLocation data_location = 14 (1 = EXTERNAL)
 
 	// ValueInfoProto
@@ -217,6 +219,17 @@ func encodeTensor(t *Tensor) []byte {
 	}
 	b = appendVarint(b, tensorDataType, uint64(t.DType))
 	b = appendString(b, tensorName, t.Name)
+	if e := t.External; e != nil {
+		entry := func(k, v string) []byte { return appendString(appendString(nil, entryKey, k), entryValue, v) }
+		b = appendMessage(b, tensorExternalData, entry("location", e.Location))
+		if e.Offset > 0 {
+			b = appendMessage(b, tensorExternalData, entry("offset", strconv.FormatInt(e.Offset, 10)))
+		}
+		if e.Length > 0 {
+			b = appendMessage(b, tensorExternalData, entry("length", strconv.FormatInt(e.Length, 10)))
+		}
+		return appendVarint(b, tensorDataLocation, 1)
+	}
 	b = protowire.AppendTag(b, tensorRawData, protowire.BytesType)
 	return protowire.AppendBytes(b, t.Raw)
 }

@@ -112,6 +112,18 @@ type Tensor struct {
 	DType DType
 	Shape []int64
 	Raw   []byte
+	// External, if set, places the data in another file instead of Raw (which must then be
+	// empty), as onnx's external_data_helper writes it: the file is not written here.
+	External *ExternalData
+}
+
+// ExternalData locates a tensor's raw bytes in a file beside the model (onnx.proto's
+// external_data entries "location", "offset", "length").
+type ExternalData struct {
+	// Location is the file's path relative to the model's folder.
+	Location string
+	// Offset and Length are the byte range in the file; Length 0 means to its end.
+	Offset, Length int64
 }
 
 // NumElements is the product of Shape (1 for a scalar).

@@ -238,6 +238,13 @@ func (t *Tensor) validate() error {
 			return fmt.Errorf("tensor %q: dim %d is %d, want >= 0", t.Name, i, d)
 		}
 	}
+	if t.External != nil {
+		if t.External.Location == "" || len(t.Raw) != 0 || t.External.Offset < 0 || t.External.Length < 0 {
+			return fmt.Errorf("tensor %q: external data at %q (offset %d, length %d) with %d raw bytes, want a location, a non-negative range and no raw bytes",
+				t.Name, t.External.Location, t.External.Offset, t.External.Length, len(t.Raw))
+		}
+		return nil
+	}
 	if want := t.NumElements() * int64(t.DType.Size()); int64(len(t.Raw)) != want {
 		return fmt.Errorf("tensor %q: %d bytes of data for %s %v, want %d", t.Name, len(t.Raw), t.DType, t.Shape, want)
 	}

@@ -12,11 +12,47 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 
-	"github.com/densegrpo/densegrpo/models/onnxrt/onnxrttest"
+	"github.com/densegrpo/densegrpo/exporters/onnx"
 )
 
-// writeExternal writes model.onnx (y = x + w, w external at location) into dir and, unless
-// location is "", w's 4 float32 values 1, 2, 3, 4 into dir/w.bin.
+// addModel is an ONNX model computing y = x + w for float32 [n] x, y and w, with w's data in
+// external data ext.
+func addModel(t testing.TB, n int64, ext onnx.ExternalData) []byte {
+	g := onnx.NewGraph("add")
+	x := g.Input("x", onnx.Float32, onnx.Fixed(n)...)
+	w := g.Initializer(onnx.Tensor{Name: "w", DType: onnx.Float32, Shape: []int64{n}, External: &ext})
+	g.Node("Add", []string{x, w}, []string{"y"})
+	g.Output("y", onnx.Float32, onnx.Fixed(n)...)
+	data, err := (&onnx.Model{Graph: g}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// Hand-encoded protobuf, for messages the encoder does not write (tensors in attributes,
+// sub-graphs, functions).
+func pbMessage(b []byte, num protowire.Number, body []byte) []byte {
+	return protowire.AppendBytes(protowire.AppendTag(b, num, protowire.BytesType), body)
+}
+
+func pbVarint(b []byte, num protowire.Number, v uint64) []byte {
+	return protowire.AppendVarint(protowire.AppendTag(b, num, protowire.VarintType), v)
+}
+
+// externalTensor is a float32 [1] TensorProto named name with data_location EXTERNAL at
+// name.bin.
+func externalTensor(name string) []byte {
+	entry := pbMessage(pbMessage(nil, 1, []byte("location")), 2, []byte(name+".bin"))
+	t := pbVarint(nil, 1, 1)
+	t = pbVarint(t, 2, 1)
+	t = pbMessage(t, 8, []byte(name))
+	t = pbMessage(t, 13, entry)
+	return pbVarint(t, 14, 1)
+}
+
+// writeExternal writes model.onnx (y = x + w, w external at location, length 0: to the end)
+// into dir and w's 4 float32 values 1, 2, 3, 4 into dir/w.bin.
 func writeExternal(t *testing.T, dir, location string, offset, length int64) string {
 	t.Helper()
 	var w []byte
@@ -27,7 +63,7 @@ func writeExternal(t *testing.T, dir, location string, offset, length int64) str
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "model.onnx")
-	if err := os.WriteFile(path, onnxrttest.AddModel(4, onnxrttest.ExternalTensor("w", location, 4, offset, length)), 0o644); err != nil {
+	if err := os.WriteFile(path, addModel(t, 4, onnx.ExternalData{Location: location, Offset: offset, Length: length}), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -92,7 +128,7 @@ func TestModelFileRefused(t *testing.T) {
 		{"range past the end", func(dir string) string { return writeExternal(t, dir, "w.bin", 8, 16) },
 			Config{}, "offset 8 length 16 past the end of the 16-byte file"},
 		{"external data over the limit", func(dir string) string {
-			path := writeExternal(t, dir, "w.bin", 0, -1)                           // no length: the whole file
+			path := writeExternal(t, dir, "w.bin", 0, 0)                            // no length: the whole file
 			if err := os.Truncate(filepath.Join(dir, "w.bin"), 2<<20); err != nil { // sparse
 				t.Fatal(err)
 			}
@@ -144,7 +180,7 @@ func TestModelFileRefused(t *testing.T) {
 }
 
 func TestOpenBytesExternalData(t *testing.T) {
-	data := onnxrttest.AddModel(4, onnxrttest.ExternalTensor("w", "w.bin", 4, -1, -1))
+	data := addModel(t, 4, onnx.ExternalData{Location: "w.bin"})
 	_, err := OpenBytes("in memory", data, Config{})
 	if err == nil || !strings.Contains(err.Error(), `open ONNX model in memory: tensor "w" has external data "w.bin"`) {
 		t.Errorf("error %v", err)
@@ -157,8 +193,7 @@ func TestOpenBytesExternalData(t *testing.T) {
 // TestScanFindsNestedTensors: external data is found wherever onnx.proto allows a tensor —
 // initializers, node attributes (Constant), sparse tensors, sub-graphs of If/Loop, functions.
 func TestScanFindsNestedTensors(t *testing.T) {
-	m, v := onnxrttest.Message, onnxrttest.Varint
-	ext := func(name string) []byte { return onnxrttest.ExternalTensor(name, name+".bin", 1, -1, -1) }
+	m, v, ext := pbMessage, pbVarint, externalTensor
 	attr := func(num protowire.Number, body []byte) []byte { return m(nil, 5, m(nil, num, body)) } // NodeProto.attribute
 	graph := func(fields ...[]byte) []byte {
 		var g []byte
@@ -194,9 +229,9 @@ func TestScanFindsNestedTensors(t *testing.T) {
 		t.Errorf("found %v\nwant %s", names, want)
 	}
 	// A tensor with external_data entries but the default data_location keeps its data inline.
-	inline := onnxrttest.ExternalTensor("w", "w.bin", 1, -1, -1)
-	inline = inline[:len(inline)-2] // drop data_location
-	if found, err := scanExternal(bytes.NewReader(onnxrttest.AddModel(1, inline)), int64(len(onnxrttest.AddModel(1, inline)))); err != nil || len(found) != 0 {
+	inline := externalTensor("w")
+	inline = m(nil, 7, m(nil, 5, inline[:len(inline)-2])) // without data_location
+	if found, err := scanExternal(bytes.NewReader(inline), int64(len(inline))); err != nil || len(found) != 0 {
 		t.Errorf("inline tensor: found %v, %v", found, err)
 	}
 	// Nesting is bounded.
@@ -211,8 +246,8 @@ func TestScanFindsNestedTensors(t *testing.T) {
 
 // FuzzScanExternal: arbitrary bytes never panic the scan, and what it reports is well formed.
 func FuzzScanExternal(f *testing.F) {
-	f.Add(onnxrttest.AddModel(4, onnxrttest.ExternalTensor("w", "w.bin", 4, 0, 16)))
-	f.Add(onnxrttest.AddModel(2, onnxrttest.ExternalTensor("w", "../../etc/passwd", 2, 8, -1)))
+	f.Add(addModel(f, 4, onnx.ExternalData{Location: "w.bin", Length: 16}))
+	f.Add(addModel(f, 2, onnx.ExternalData{Location: "../../etc/passwd", Offset: 8}))
 	if data, err := os.ReadFile(filepath.Join("..", "tinyocr", "onnx", "text_encoder.onnx")); err == nil {
 		f.Add(data)
 	}

@@ -22,8 +22,8 @@ import (
 
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 
+	"github.com/densegrpo/densegrpo/exporters/onnx"
 	"github.com/densegrpo/densegrpo/models/mmdit"
-	"github.com/densegrpo/densegrpo/models/onnxrt/onnxrttest"
 )
 
 func main() {
@@ -317,20 +317,25 @@ func onnxFiles(dir string) error {
 	if err := os.Symlink(secret, filepath.Join(sub, "link.bin")); err != nil {
 		return err
 	}
-	model := func(name, location string) error {
-		return os.WriteFile(filepath.Join(sub, name), onnxrttest.AddModel(4, onnxrttest.ExternalTensor("w", location, 4, 0, 16)), 0o644)
+	model := func(name, location string, n int64) error {
+		g := onnx.NewGraph("add")
+		x := g.Input("x", onnx.Float32, onnx.Fixed(n)...)
+		w := g.Initializer(onnx.Tensor{Name: "w", DType: onnx.Float32, Shape: []int64{n}, External: &onnx.ExternalData{Location: location, Length: 4 * n}})
+		g.Node("Add", []string{x, w}, []string{"y"})
+		g.Output("y", onnx.Float32, onnx.Fixed(n)...)
+		return (&onnx.Model{Graph: g}).WriteFile(filepath.Join(sub, name))
 	}
 	for name, loc := range map[string]string{
 		"external-valid.onnx": "w.bin", "external-parent.onnx": "../outside.bin",
 		"external-absolute.onnx": secret, "external-symlink.onnx": "link.bin",
 	} {
-		if err := model(name, loc); err != nil {
+		if err := model(name, loc, 4); err != nil {
 			return err
 		}
 	}
 	// A 4.5 GiB initializer in external data beside the model (sparse).
 	const huge = 9 << 29
-	if err := os.WriteFile(filepath.Join(sub, "external-huge.onnx"), onnxrttest.AddModel(huge/4, onnxrttest.ExternalTensor("w", "huge.bin", huge/4, 0, huge)), 0o644); err != nil {
+	if err := model("external-huge.onnx", "huge.bin", huge/4); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(sub, "huge.bin"), w, 0o644); err != nil {
@@ -341,7 +346,7 @@ func onnxFiles(dir string) error {
 	}
 	// A 3 GiB .onnx: a valid model followed by zeros (sparse).
 	big := filepath.Join(sub, "sparse-3gib.onnx")
-	if err := os.WriteFile(big, onnxrttest.AddModel(4, onnxrttest.ExternalTensor("w", "w.bin", 4, 0, 16)), 0o644); err != nil {
+	if err := model("sparse-3gib.onnx", "w.bin", 4); err != nil {
 		return err
 	}
 	return os.Truncate(big, 3<<30)
