@@ -101,7 +101,7 @@ func TestModelsInspectErrors(t *testing.T) {
 		want []string
 	}{
 		{"wrong path", haveLib, filepath.Join(dir, "absent.onnx"), []string{filepath.Join(dir, "absent.onnx"), "does not exist"}},
-		{"truncated file", haveLib, truncated, []string{truncated, "Protobuf parsing failed"}},
+		{"truncated file", haveLib, truncated, []string{truncated, "not a valid ONNX protobuf", "past the end of its message"}},
 		{"missing runtime library", []string{"ONNXRUNTIME_LIB=" + missingLib, "DENSEGRPO_CACHE=" + filepath.Join(dir, "cache")}, rec,
 			[]string{rec, "ONNX Runtime library not found", missingLib, "just setup"}},
 	}
