@@ -163,6 +163,15 @@ interop *FLAGS: venv
     .venv/bin/python -m exporters.sd3.interop --committed testdata/sd3-tiny --go-lora "$tmp/go_lora.safetensors" {{FLAGS}}
     .venv/bin/python -m pytest -q exporters/sd3
 
+# The project against what users would run instead — PyTorch + diffusers + peft (and
+# onnxruntime's Python API for the OCR) on the same model, weights and work — interleaved in one
+# run with `pipeline bench parts` so that a shared machine's noise hits both sides: velocity call,
+# ODE look-ahead, LoRA update, OCR scoring, whole DenseGRPO + CPS epoch; time ratios, GFLOP/s and
+# the sgemm peak of the same run (exporters/benchtorch/bench.py). ARGS go to the script
+# (`just bench-torch --rounds 5 --markdown runs/bench-torch.md`).
+bench-torch *ARGS: venv export-models
+    .venv/bin/python exporters/benchtorch/bench.py --config configs/tiny-ocr.toml {{ARGS}}
+
 # gofmt + go vet + go.mod/go.sum as `go mod tidy` leaves them (direct requirements marked direct).
 lint:
     @test -z "$(gofmt -l .)" || (gofmt -l . && echo "gofmt: the files above need formatting" && exit 1)

@@ -2,10 +2,15 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
+	"io"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
+	"github.com/densegrpo/densegrpo/models/safetensors"
 )
 
 func TestBenchMeasuresEveryVariant(t *testing.T) {
@@ -52,5 +57,68 @@ func TestBenchVariantOwnsItsFrozenModels(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q: want it to contain %q", err, want)
 		}
+	}
+}
+
+// BenchParts answers every part's command with its timings and dumps one rollout minibatch, the
+// adapters, a velocity and the epoch's images and rewards with consistent shapes.
+func TestBenchPartsServesEveryPart(t *testing.T) {
+	cfg, _ := fixture(t)
+	dump := filepath.Join(t.TempDir(), "bench-data.safetensors")
+	var out strings.Builder
+	in := strings.NewReader("velocity 2\nlookahead 1\ntrain 1\nscore 1\nepoch 1\nquit\n")
+	err := BenchParts(context.Background(), cfg.Path, smallRun, BenchPartsOptions{Dump: dump, In: in, Out: &out, Backend: nntest.Backend(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 6 || lines[0] != `{"ready": true}` {
+		t.Fatalf("output:\n%s\nwant the ready line and one line per command", out.String())
+	}
+	for i, want := range []struct {
+		part string
+		reps int
+	}{{PartVelocity, 2}, {PartLookahead, 1}, {PartTrain, 1}, {PartScore, 1}, {PartEpoch, 1}} {
+		var res struct {
+			Part       string    `json:"part"`
+			Seconds    []float64 `json:"seconds"`
+			CPUSeconds []float64 `json:"cpu_seconds"`
+		}
+		if err := json.Unmarshal([]byte(lines[i+1]), &res); err != nil {
+			t.Fatalf("line %q: %v", lines[i+1], err)
+		}
+		if res.Part != want.part || len(res.Seconds) != want.reps || len(res.CPUSeconds) != want.reps || !(res.Seconds[0] > 0) {
+			t.Errorf("line %q: want part %q with %d positive timings", lines[i+1], want.part, want.reps)
+		}
+	}
+	ts, meta, err := safetensors.Read(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, v, imgs, scores := ts["x"].Shape, ts["v"].Shape, ts["images"].Shape, ts["scores"].Shape
+	// smallRun: 3 steps; x holds the 4 states x_0 … x_3 of the minibatch, v the 3 velocities.
+	if len(x) != 5 || x[0] != 4 || v[0] != 3 || x[1] != v[1] || len(imgs) != 4 || imgs[0] != scores[0] || imgs[3] != 3 {
+		t.Errorf("dump shapes: x %v, v %v, images %v, scores %v", x, v, imgs, scores)
+	}
+	if got, want := ts["check_velocity"].Shape, ts["check_x"].Shape; !slices.Equal(got, want) {
+		t.Errorf("check velocity %v, want the shape of check_x %v", got, want)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(meta["bench"]), &m); err != nil || len(m["image_prompts"].([]any)) != imgs[0] {
+		t.Errorf("metadata %q: %v; want one prompt per image", meta["bench"], err)
+	}
+	nLoRA := 0
+	for k := range ts {
+		if strings.HasPrefix(k, "lora.") && strings.HasSuffix(k, ".lora_A.weight") {
+			nLoRA++
+		}
+	}
+	if nLoRA == 0 {
+		t.Error("dump holds no adapters")
+	}
+	// A command the server does not know ends it with an error naming the command.
+	err = BenchParts(context.Background(), cfg.Path, smallRun, BenchPartsOptions{In: strings.NewReader("sprint 3\n"), Out: io.Discard, Backend: nntest.Backend(t)})
+	if err == nil || !strings.Contains(err.Error(), `"sprint 3"`) {
+		t.Errorf("unknown command: error %v, want it named", err)
 	}
 }
