@@ -54,8 +54,9 @@ func loadCLIPFixture(t *testing.T) (string, clipReference, []Image) {
 	return dir, ref, ims
 }
 
-// clipFixtureConfigs decodes the exporter's reward.toml (pickscore, then aesthetic).
-func clipFixtureConfigs(t *testing.T, dir string) []Config {
+// exporterConfigs decodes the reward.toml an exporter wrote into dir (clip-tiny: pickscore, then
+// aesthetic).
+func exporterConfigs(t *testing.T, dir string) []Config {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(dir, "reward.toml"))
 	if err != nil {
@@ -72,7 +73,7 @@ func clipFixtureConfigs(t *testing.T, dir string) []Config {
 // transformers' CLIPTokenizer (NFC, whitespace, case, punctuation, truncation to 77, padding).
 func TestCLIPTokenizerMatchesTransformers(t *testing.T) {
 	dir, ref, _ := loadCLIPFixture(t)
-	cfg := clipFixtureConfigs(t, dir)[0]
+	cfg := exporterConfigs(t, dir)[0]
 	tok, err := tokenize.LoadCLIPBPE(cfg.Text.Vocab, cfg.Text.Merges, cfg.Text.MaxLength, *cfg.Text.PadID)
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +101,7 @@ func TestCLIPTokenizerMatchesTransformers(t *testing.T) {
 // over 6 images so one batch is partial.
 func TestPickScoreMatchesTransformers(t *testing.T) {
 	dir, ref, ims := loadCLIPFixture(t)
-	set, err := Open(context.Background(), clipFixtureConfigs(t, dir), "", onnxrt.Config{IntraOpThreads: 1})
+	set, err := Open(context.Background(), exporterConfigs(t, dir), "", onnxrt.Config{IntraOpThreads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

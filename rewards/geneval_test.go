@@ -90,3 +90,30 @@ func TestGenevalKind(t *testing.T) {
 		t.Errorf("unknown class: %v", err)
 	}
 }
+
+// TestGenevalLayoutDisagreeingK: outputs declaring different fixed numbers of detections are
+// an error at open naming both.
+func TestGenevalLayoutDisagreeingK(t *testing.T) {
+	dir := t.TempDir()
+	g := onnx.NewGraph("detector")
+	g.Input("images", onnx.Float32, onnx.Sym("N"), onnx.Dim{Value: 3}, onnx.Dim{Value: 8}, onnx.Dim{Value: 8})
+	boxes := g.InitializerF32("boxes_value", []int64{3, 4}, make([]float32, 12))
+	scores := g.InitializerF32("scores_value", []int64{2}, []float32{0.9, 0.8})
+	labels := g.InitializerI64("labels_value", []int64{3}, []int64{0, 0, 0})
+	g.Node("Identity", []string{boxes}, []string{"boxes"})
+	g.Node("Identity", []string{scores}, []string{"scores"})
+	g.Node("Identity", []string{labels}, []string{"labels"})
+	g.Output("boxes", onnx.Float32, onnx.Dim{Value: 3}, onnx.Dim{Value: 4})
+	g.Output("scores", onnx.Float32, onnx.Dim{Value: 2})
+	g.Output("labels", onnx.Int64, onnx.Dim{Value: 3})
+	model := writeModel(t, dir, g)
+	c := Config{Name: "geneval", Kind: "geneval", Model: model, Classes: writeFile(t, dir, "classes.txt", "cup\n"), BatchSize: 1}
+	c.Image.Input = "images"
+	c.Image.Size = []int{8, 8}
+	c.Output.Boxes, c.Output.Scores, c.Output.Labels = "boxes", "scores", "labels"
+	_, err := Open(context.Background(), []Config{c}, dir, onnxrt.Config{IntraOpThreads: 1})
+	want := `model ` + model + `: output "boxes" ([reward.output] boxes) has 3 detections, output "scores" ([reward.output] scores) has 2: want the same K in every detector output`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("error %v\nwant %q", err, want)
+	}
+}

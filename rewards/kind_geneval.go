@@ -120,10 +120,23 @@ func (s *genevalScorer) check() error {
 	if o.Masks != "" {
 		wants = append(wants, tensorWant{role: "output", name: o.Masks, types: []string{"float32"}, dims: append(append([]int64{}, lead...), -1, -1), what: "[reward.output] masks"})
 	}
-	for _, w := range wants {
-		if _, err := w.check(s.pool.path, sess.Outputs()); err != nil {
+	// The outputs describe the same K detections: their fixed K dims must agree.
+	var first *tensorWant
+	k := int64(-1)
+	for i, w := range wants {
+		t, err := w.check(s.pool.path, sess.Outputs())
+		if err != nil {
 			return err
 		}
+		d := t.Dims[len(lead)-1]
+		if d < 0 {
+			continue
+		}
+		if first != nil && d != k {
+			return fmt.Errorf("model %s: output %q (%s) has %d detections, output %q (%s) has %d: want the same K in every detector output",
+				s.pool.path, first.name, first.what, k, w.name, w.what, d)
+		}
+		first, k = &wants[i], d
 	}
 	return nil
 }
@@ -152,13 +165,50 @@ func (s *genevalScorer) Score(ctx context.Context, b *Batch) ([]float64, map[str
 		}
 		metas[i] = md
 	}
-	px, err := b.Pixels(s.cfg.Image.Spec)
+	dets, err := s.detect(ctx, b)
 	if err != nil {
 		return nil, nil, err
 	}
 	n := len(b.Images)
 	vals := make([]float64, n)
 	extra := map[string][]float64{"score": make([]float64, n), "strict": make([]float64, n), "correct": make([]float64, n)}
+	opts := s.cfg.Geneval.Options
+	for i := range n {
+		objects := geneval.Select(dets[i], metas[i].Tag, opts)
+		color := geneval.ImageColor(b.Images[i])
+		if s.color != nil {
+			if color, err = s.color.colors(ctx, b.Images[i], objects, metas[i]); err != nil {
+				return nil, nil, fmt.Errorf("image %d: colour: %w", i, err)
+			}
+		}
+		res := geneval.Evaluate(objects, metas[i], color, opts)
+		raw := res.Score
+		extra["score"][i] = res.Score
+		if res.Strict {
+			extra["strict"][i] = 1
+		}
+		if res.Correct {
+			extra["correct"][i] = 1
+		}
+		switch s.cfg.Output.Metric {
+		case "strict":
+			raw = extra["strict"][i]
+		case "correct":
+			raw = extra["correct"][i]
+		}
+		vals[i] = *s.cfg.Output.Scale*raw + s.cfg.Output.Offset
+	}
+	return vals, extra, nil
+}
+
+// detect runs the detector on the batch (one image per run for an unbatched graph) and returns
+// each image's detections in its own pixels.
+func (s *genevalScorer) detect(ctx context.Context, b *Batch) ([][]geneval.Detection, error) {
+	px, err := b.Pixels(s.cfg.Image.Spec)
+	if err != nil {
+		return nil, err
+	}
+	n := len(b.Images)
 	var inH, inW int
 	if s.cfg.Image.Layout == "NHWC" {
 		inH, inW = int(px.Shape[1]), int(px.Shape[2])
@@ -173,44 +223,20 @@ func (s *genevalScorer) Score(ctx context.Context, b *Batch) ([]float64, map[str
 		}
 	}
 	per := len(px.Float32) / n
+	dets := make([][]geneval.Detection, n)
 	for _, r := range runs {
 		in := onnxrt.Tensor{Shape: append([]int64{int64(r[1] - r[0])}, px.Shape[1:]...), Float32: px.Float32[r[0]*per : r[1]*per]}
 		out, err := s.pool.run(ctx, map[string]onnxrt.Tensor{s.cfg.Image.Input: in}, s.outputs()...)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		for i := r[0]; i < r[1]; i++ {
-			dets, err := s.detections(out, i-r[0], b.Images[i], inW, inH)
-			if err != nil {
-				return nil, nil, fmt.Errorf("image %d: %w", i, err)
+			if dets[i], err = s.detections(out, i-r[0], b.Images[i], inW, inH); err != nil {
+				return nil, fmt.Errorf("image %d: %w", i, err)
 			}
-			opts := s.cfg.Geneval.Options
-			objects := geneval.Select(dets, metas[i].Tag, opts)
-			color := geneval.ImageColor(b.Images[i])
-			if s.color != nil {
-				if color, err = s.color.colors(ctx, b.Images[i], objects, metas[i]); err != nil {
-					return nil, nil, fmt.Errorf("image %d: colour: %w", i, err)
-				}
-			}
-			res := geneval.Evaluate(objects, metas[i], color, opts)
-			raw := res.Score
-			extra["score"][i] = res.Score
-			if res.Strict {
-				extra["strict"][i] = 1
-			}
-			if res.Correct {
-				extra["correct"][i] = 1
-			}
-			switch s.cfg.Output.Metric {
-			case "strict":
-				raw = extra["strict"][i]
-			case "correct":
-				raw = extra["correct"][i]
-			}
-			vals[i] = *s.cfg.Output.Scale*raw + s.cfg.Output.Offset
 		}
 	}
-	return vals, extra, nil
+	return dets, nil
 }
 
 // knownClasses rejects metadata naming a class the detector cannot report: it would be

@@ -101,7 +101,7 @@ func TestTritonRemoteEqualsLocal(t *testing.T) {
 	defer srv.stop()
 	url := fmt.Sprintf("http://127.0.0.1:%d", srv.port)
 	dir := filepath.Join("testdata", "clip-tiny")
-	cfgs := clipFixtureConfigs(t, dir)
+	cfgs := exporterConfigs(t, dir)
 	local := cfgs[1] // aesthetic, onnx-scalar, as the exporter wrote it
 	local.BatchSize, local.Concurrency = 16, 1
 	remote := local
@@ -172,7 +172,7 @@ func TestTritonRestart(t *testing.T) {
 	srv.start()
 	defer srv.stop()
 	url := fmt.Sprintf("http://127.0.0.1:%d", srv.port)
-	c := clipFixtureConfigs(t, filepath.Join("testdata", "clip-tiny"))[1]
+	c := exporterConfigs(t, filepath.Join("testdata", "clip-tiny"))[1]
 	c.Model, c.Kind, c.BatchSize = "", "remote", 4
 	retries := 10
 	c.Remote = RemoteConfig{URL: url, Model: "aesthetic", Timeout: "5s", Retries: &retries, Backoff: "250ms", MaxBackoff: "4s"}

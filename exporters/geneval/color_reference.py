@@ -68,45 +68,59 @@ def scenes(rng):
     return out
 
 
+class ClipColors:
+    """GenEval's color_classification on the ONNX towers of a CLIP fixture directory."""
+
+    def __init__(self, fixture):
+        from transformers import CLIPTokenizer
+
+        vocab = json.load(open(os.path.join(fixture, "vocab.json")))
+        merges = [tuple(l.split()) for l in open(os.path.join(fixture, "merges.txt")).read().splitlines()[1:] if l]
+        self.tok = CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=77)
+        self.img = ort.InferenceSession(os.path.join(fixture, "image_tower.onnx"), providers=["CPUExecutionProvider"])
+        self.txt = ort.InferenceSession(os.path.join(fixture, "text_tower.onnx"), providers=["CPUExecutionProvider"])
+        self.size = self.img.get_inputs()[0].shape[2]
+        self.classifiers = {}
+
+    def classifier(self, classname):
+        if classname not in self.classifiers:
+            templates = [f"a photo of a {{c}} {classname}", f"a photo of a {{c}}-colored {classname}", f"a photo of a {{c}} object"]
+            w = []
+            for c in COLORS:
+                ids = self.tok([t.format(c=c) for t in templates], padding="max_length", max_length=77, truncation=True, return_tensors="np")["input_ids"]
+                e = norm(self.txt.run(["text_embeds"], {"input_ids": ids.astype(np.int64)})[0]).mean(0)
+                w.append(e / np.linalg.norm(e))
+            self.classifiers[classname] = np.stack(w, 1)  # [D, 10]
+        return self.classifiers[classname]
+
+    def logits(self, im, box, mask, classname):
+        """100·cos of the object's crop (mask composited on #999 first) with each colour."""
+        src = im
+        if mask is not None:
+            src = Image.composite(im, Image.new("RGB", im.size, color="#999"), Image.fromarray(mask))
+        crop = src.crop(tuple(box[:4]))
+        feat = norm(self.img.run(["image_embeds"], {"pixel_values": transform(crop, self.size)[None]})[0])[0]
+        return 100 * feat @ self.classifier(classname)
+
+
+def norm(v):
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
 def main(fixture, out):
-    from transformers import CLIPTokenizer
-
     os.makedirs(out, exist_ok=True)
-    vocab = json.load(open(os.path.join(fixture, "vocab.json")))
-    merges = [tuple(l.split()) for l in open(os.path.join(fixture, "merges.txt")).read().splitlines()[1:] if l]
-    tok = CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=77)
-    img_s = ort.InferenceSession(os.path.join(fixture, "image_tower.onnx"), providers=["CPUExecutionProvider"])
-    txt_s = ort.InferenceSession(os.path.join(fixture, "text_tower.onnx"), providers=["CPUExecutionProvider"])
-    size = img_s.get_inputs()[0].shape[2]
-
-    def norm(v):
-        return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-    def classifier(classname):
-        templates = [f"a photo of a {{c}} {classname}", f"a photo of a {{c}}-colored {classname}", f"a photo of a {{c}} object"]
-        w = []
-        for c in COLORS:
-            ids = tok([t.format(c=c) for t in templates], padding="max_length", max_length=77, truncation=True, return_tensors="np")["input_ids"]
-            e = norm(txt_s.run(["text_embeds"], {"input_ids": ids.astype(np.int64)})[0]).mean(0)
-            w.append(e / np.linalg.norm(e))
-        return np.stack(w, 1)  # [D, 10]
-
+    clip = ClipColors(fixture)
     ref = []
     for k, (im, dets) in enumerate(scenes(np.random.default_rng(0))):
         name = f"scene{k}.png"
         im.save(os.path.join(out, name))
-        blank = Image.new("RGB", im.size, color="#999")
         entries = []
         for j, d in enumerate(dets):
-            src = im
             mask_name = None
             if d["mask"] is not None:
                 mask_name = f"scene{k}-mask{j}.png"
                 Image.fromarray(d["mask"].astype(np.uint8) * 255).save(os.path.join(out, mask_name))
-                src = Image.composite(im, blank, Image.fromarray(d["mask"]))
-            crop = src.crop(d["box"])
-            feat = norm(img_s.run(["image_embeds"], {"pixel_values": transform(crop, size)[None]})[0])[0]
-            logits = 100 * feat @ classifier(d["class"])
+            logits = clip.logits(im, d["box"], d["mask"], d["class"])
             entries.append({"class": d["class"], "box": d["box"], "mask": mask_name,
                             "logits": logits.tolist(), "color": COLORS[int(np.argmax(logits))]})
         ref.append({"image": name, "objects": entries})

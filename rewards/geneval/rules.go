@@ -167,10 +167,11 @@ func contains(list []string, s string) bool {
 
 // Options are GenEval's detection-filtering constants.
 type Options struct {
-	// Threshold is the minimum detection score (default 0.3).
-	Threshold float32 `toml:"threshold"`
+	// Threshold is the minimum detection score (default 0.3). It is float64, as GenEval's is
+	// Python's: a float32 score of exactly float32(0.3) passes it.
+	Threshold float64 `toml:"threshold"`
 	// CountingThreshold replaces Threshold for the "counting" tag (default 0.9).
-	CountingThreshold float32 `toml:"counting_threshold"`
+	CountingThreshold float64 `toml:"counting_threshold"`
 	// MaxObjects keeps at most this many detections per class (default 16).
 	MaxObjects int `toml:"max_objects"`
 	// MaxOverlap is the per-class NMS IoU limit; 1 (default) disables NMS.
@@ -226,7 +227,7 @@ func Select(dets []Detection, tag string, o Options) map[string][]Detection {
 	}
 	byClass := map[string][]Detection{}
 	for _, d := range dets {
-		if d.Score > th {
+		if float64(d.Score) > th {
 			byClass[d.Class] = append(byClass[d.Class], d)
 		}
 	}
