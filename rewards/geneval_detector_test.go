@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/densegrpo/densegrpo/internal/imagefile"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/rewards/geneval"
 	"github.com/densegrpo/densegrpo/rewards/preprocess"
@@ -45,7 +46,7 @@ func loadGenevalCases(t *testing.T, dir string) ([]genevalCase, []Image, []Promp
 	for _, c := range cases {
 		im, ok := pngs[c.Image]
 		if !ok {
-			if im, err = preprocess.ReadPNG(filepath.Join(dir, c.Image)); err != nil {
+			if im, err = preprocess.ReadImage(filepath.Join(dir, c.Image), imagefile.DefaultLimits); err != nil {
 				t.Fatal(err)
 			}
 			pngs[c.Image] = im
