@@ -37,6 +37,8 @@ type BenchResult struct {
 	CPU [][]float64
 	// Stages[v] are the summed busy seconds per stage of variant v.
 	Stages []map[string]float64
+	// Images[v] is the number of images variant v decoded and scored in its measured epochs.
+	Images []int
 }
 
 // Mean returns variant v's mean epoch wall time.
@@ -75,7 +77,8 @@ func Bench(ctx context.Context, cfgPath string, sets []string, opts BenchOptions
 		}
 		cfgs[i] = c
 	}
-	res := BenchResult{Seconds: make([][]float64, len(variants)), CPU: make([][]float64, len(variants)), Stages: make([]map[string]float64, len(variants))}
+	res := BenchResult{Seconds: make([][]float64, len(variants)), CPU: make([][]float64, len(variants)),
+		Stages: make([]map[string]float64, len(variants)), Images: make([]int, len(variants))}
 	trainers := make([]*trainer, len(variants))
 	for i, c := range cfgs {
 		res.Variants = append(res.Variants, variants[i].Name)
@@ -119,6 +122,7 @@ func Bench(ctx context.Context, cfgPath string, sets []string, opts BenchOptions
 			for s, v := range line.Train.StageSeconds {
 				res.Stages[i][s] += v
 			}
+			res.Images[i] += line.Train.ScoredImages
 			fmt.Fprintf(log, "%-20s epoch %d %.1fs\n", variants[i].Name, round, wall)
 		}
 	}
@@ -127,8 +131,8 @@ func Bench(ctx context.Context, cfgPath string, sets []string, opts BenchOptions
 
 // WriteTable prints each variant's mean epoch time, its ratio to the first variant, its mean
 // CPU seconds per epoch and the cores they kept busy on average (CPU / wall: on 2 cores,
-// overlap can gain at most 2 / cores of the sequential variant), and its mean busy seconds
-// per stage.
+// overlap can gain at most 2 / cores of the sequential variant), the images it decoded and
+// scored per epoch, and its mean busy seconds per stage.
 func (r BenchResult) WriteTable(w io.Writer) {
 	stageSet := map[string]bool{}
 	for _, st := range r.Stages {
@@ -142,7 +146,7 @@ func (r BenchResult) WriteTable(w io.Writer) {
 	}
 	sort.Strings(stages)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprint(tw, "variant\tepochs\tepoch s\t× first\tcpu s\tcores")
+	fmt.Fprint(tw, "variant\tepochs\tepoch s\t× first\tcpu s\tcores\timages")
 	for _, s := range stages {
 		fmt.Fprintf(tw, "\t%s s", s)
 	}
@@ -154,6 +158,11 @@ func (r BenchResult) WriteTable(w io.Writer) {
 			fmt.Fprintf(tw, "\t%.2f\t%.2f", cpu, cpu/r.Mean(v))
 		} else {
 			fmt.Fprint(tw, "\t-\t-")
+		}
+		if v < len(r.Images) {
+			fmt.Fprintf(tw, "\t%d", r.Images[v]/max(1, len(r.Seconds[v])))
+		} else {
+			fmt.Fprint(tw, "\t-")
 		}
 		for _, s := range stages {
 			fmt.Fprintf(tw, "\t%.2f", r.Stages[v][s]/float64(len(r.Seconds[v])))

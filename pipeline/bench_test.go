@@ -35,6 +35,11 @@ func TestBenchMeasuresEveryVariant(t *testing.T) {
 	if d, s := res.Stages[0][StageLookahead], res.Stages[2][StageLookahead]; !(s < d/10) {
 		t.Errorf("look-ahead seconds dense %v, sparse %v: want sparse's a small fraction", d, s)
 	}
+	// smallRun: 4 samples of 3 steps (2 trained): 4 images each (3 look-aheads, the final) dense,
+	// 1 sparse.
+	if !slices.Equal(res.Images, []int{16, 16, 4}) {
+		t.Errorf("images per variant %v, want [16 16 4]", res.Images)
+	}
 	var b strings.Builder
 	res.WriteTable(&b)
 	if !strings.Contains(b.String(), "dense sequential") || !strings.Contains(b.String(), "× first") || !strings.Contains(b.String(), "cores") {

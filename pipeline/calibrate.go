@@ -55,7 +55,12 @@ func Calibrate(ctx context.Context, cfg Config, opts CalibrateOptions) (rl.Calib
 	cal.Prompts.PerEpoch = cfg.Calibrate.Trajectories
 	cal.GRPO.TimestepFraction = 1
 	cal.Dense.Enabled = true // ΔR_k at every step, whatever the training config says
-	cal.GRPO.Beta = 0        // calibration does not train, so needs no KL reference
+	// Every state scored, whatever dense.queries says: calibration balances the signs of ΔR_k,
+	// which a predicted reward can flip (metrics query_delta_sign count how often), so ψ would
+	// be fitted to the prediction's errors; and it runs once, offline, so its cost is not the
+	// training loop's.
+	cal.Dense.Queries = 0
+	cal.GRPO.Beta = 0 // calibration does not train, so needs no KL reference
 	t, err := newTrainer(ctx, cal, policy, frozen)
 	if err != nil {
 		return rl.Calibration{}, err

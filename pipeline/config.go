@@ -155,6 +155,15 @@ type DenseConfig struct {
 	Enabled bool `toml:"enabled"`
 	// Lookahead caps the ODE steps n of each look-ahead; 0 = all remaining steps. Default 0.
 	Lookahead int `toml:"lookahead"`
+	// Queries K: per trajectory only K of the states with a reward are decoded and scored —
+	// the first, the last and K−2 chosen by latent similarity, as SDPO does — and the others'
+	// rewards are predicted from them (rl.SelectQueries). 0 scores every state; otherwise
+	// 2 … rl.MaxQueries. Ignored without dense rewards. Default 0.
+	Queries int `toml:"queries"`
+	// AuditEvery N: with queries > 0, every N-th epoch (the first, then every N) also scores
+	// the states not queried, to measure the predictions (metrics query_*); training still uses
+	// the predictions. 0 = never. Default 10.
+	AuditEvery int `toml:"audit_every"`
 }
 
 // GRPOConfig is the policy update.
@@ -254,7 +263,7 @@ func Default() Config {
 		TextEncoder: TextEncoderConfig{Tokenizer: "chars", MaxLength: 48},
 		Prompts:     PromptsConfig{PerEpoch: 8},
 		Sampler:     SamplerConfig{Kind: rl.KindSDE, Steps: 10, NoiseLevel: 0.7, Shift: 3, GroupSize: 8, Guidance: 1},
-		Dense:       DenseConfig{Enabled: true},
+		Dense:       DenseConfig{Enabled: true, AuditEvery: 10},
 		GRPO: GRPOConfig{Std: rl.StdGlobal, AdvClip: 5, ClipRange: 1e-4, Beta: 0.004, LearningRate: 3e-4,
 			WeightDecay: 1e-4, GradClip: 1, TimestepFraction: 0.99, Minibatch: 16, EMADecayMax: 0.9},
 		Calibrate: CalibrateConfig{Iterations: 10, Trajectories: 32, Epsilon1: 2, Epsilon2: 0.01},
@@ -420,7 +429,7 @@ func (c Config) TrainedSteps() int {
 // owns everything it changes — the look-ahead targets, R_k and ΔR_k, the advantages.
 func (c Config) Method() rl.Method {
 	return rl.Method{Dense: c.Dense.Enabled, Lookahead: c.Dense.Lookahead, Trained: c.TrainedSteps(),
-		Advantage: rl.AdvantageConfig{Std: c.GRPO.Std, Clip: c.GRPO.AdvClip}}
+		Queries: c.Dense.Queries, Advantage: rl.AdvantageConfig{Std: c.GRPO.Std, Clip: c.GRPO.AdvClip}}
 }
 
 // Validate checks every field: `field: got X, want Y`.
@@ -466,6 +475,12 @@ func (c Config) Validate() error {
 	check(c.Sampler.GroupSize >= 2, "sampler.group_size", c.Sampler.GroupSize, ">= 2")
 	check(c.Sampler.Guidance >= 0, "sampler.guidance", c.Sampler.Guidance, ">= 0")
 	check(c.Dense.Lookahead >= 0, "dense.lookahead", c.Dense.Lookahead, ">= 0 (0 = all remaining steps)")
+	if steps, trained := c.Sampler.Steps, c.TrainedSteps(); steps >= 2 && trained >= 1 {
+		q := c.Dense.Queries
+		check(q == 0 || (q >= 2 && q <= rl.MaxQueries(steps, trained)), "dense.queries", q,
+			rl.QueriesWant(steps, trained)+fmt.Sprintf(" at sampler.steps = %d with %d trained steps", steps, trained))
+	}
+	check(c.Dense.AuditEvery >= 0, "dense.audit_every", c.Dense.AuditEvery, ">= 0 (0 = never)")
 	check(c.GRPO.Std.Valid(), "grpo.std", fmt.Sprintf("%q", c.GRPO.Std), choice.Want(rl.StdModes))
 	check(c.GRPO.AdvClip > 0, "grpo.adv_clip", c.GRPO.AdvClip, "> 0")
 	check(c.GRPO.ClipRange > 0, "grpo.clip_range", c.GRPO.ClipRange, "> 0")

@@ -109,6 +109,12 @@ func TestLoadErrors(t *testing.T) {
 		{"no trained step", minimalConfig, []string{"sampler.steps=2", "grpo.timestep_fraction=0.4"}, []string{"grpo.timestep_fraction", "at least one trained step"}},
 		{"bad budget", minimalConfig, []string{"run.time_budget=soon"}, []string{`run.time_budget: got "soon"`}},
 		{"psi with cps", minimalConfig, []string{"sampler.kind=cps", "sampler.psi=psi.json"}, []string{`sampler.psi: got "psi.json"`, `sampler.kind = "cps"`}},
+		// Defaults: 10 steps, 9 trained: look-aheads from x_0 … x_9 and x_10, 11 states.
+		{"one query", minimalConfig, []string{"dense.queries=1"}, []string{"dense.queries: got 1, want 0 (score every state) or 2 … 11", "first and last states are always queried", "sampler.steps = 10 with 9 trained steps"}},
+		{"too many queries", minimalConfig, []string{"dense.queries=12"}, []string{"dense.queries: got 12, want 0 (score every state) or 2 … 11"}},
+		{"negative queries", minimalConfig, []string{"dense.queries=-3"}, []string{"dense.queries: got -3"}},
+		{"queries over fewer trained steps", minimalConfig, []string{"sampler.steps=8", "grpo.timestep_fraction=0.5", "dense.queries=7"}, []string{"dense.queries: got 7, want 0 (score every state) or 2 … 6", "look-aheads from x_0 … x_4 and x_8"}},
+		{"negative audit", minimalConfig, []string{"dense.audit_every=-1"}, []string{"dense.audit_every: got -1, want >= 0"}},
 		{"malformed set", minimalConfig, []string{"dense.enabled"}, []string{`--set "dense.enabled": want key=value`}},
 		{"unnamed reward key", minimalConfig, []string{"reward.weight=2"}, []string{"--set reward.weight", "want reward.NAME.KEY=value"}},
 		{"unknown reward name", minimalConfig, []string{"reward.pick.weight=2"}, []string{`no [[reward]] block named "pick" (have "ocr")`}},

@@ -62,7 +62,9 @@ type epochBatch struct {
 	scores  rewards.Scores
 }
 
-func (c *collector) stages(prompts []string, ids []int, perBatch int, seeds []uint64) stageFuncs[*epochBatch] {
+// stages are the epoch's stage functions; method is the collector's, with this epoch's audit
+// choice (rl.Method.Audit).
+func (c *collector) stages(method rl.Method, prompts []string, ids []int, perBatch int, seeds []uint64) stageFuncs[*epochBatch] {
 	return stageFuncs[*epochBatch]{
 		rollout: func(ctx context.Context, j int) (*epochBatch, error) {
 			lo, hi := j*perBatch, min((j+1)*perBatch, len(prompts))
@@ -75,14 +77,14 @@ func (c *collector) stages(prompts []string, ids []int, perBatch int, seeds []ui
 				return nil, err
 			}
 			if c.ref != nil {
-				if err := b.traj.AddReference(ctx, *c.ref, b.cond, c.method.Trained); err != nil {
+				if err := b.traj.AddReference(ctx, *c.ref, b.cond, method.Trained); err != nil {
 					return nil, err
 				}
 			}
 			return b, nil
 		},
 		lookahead: func(ctx context.Context, b *epochBatch) (err error) {
-			b.targets, err = c.method.Targets(ctx, c.flow, b.cond, b.traj)
+			b.targets, err = method.Targets(ctx, c.flow, b.cond, b.traj)
 			return err
 		},
 		decode: func(ctx context.Context, b *epochBatch) (err error) {
@@ -105,6 +107,8 @@ type epochRewards struct {
 	rl.Rewards
 	// ByName[name][i] is each reward alone at sample i's final image.
 	ByName map[string][]float64
+	// Scored is the number of images decoded and scored.
+	Scored int
 }
 
 // gatherRewards assembles the scored minibatches into per-sample rewards (rl.Method.Rewards),
@@ -125,7 +129,8 @@ func gatherRewards(batches []*epochBatch, method rl.Method) (epochRewards, error
 				}
 			}
 		}
-		scored[bi] = rl.Scored{Traj: b.traj, Slots: b.targets.Slots, Scores: b.scores.Total, Groups: b.ids}
+		scored[bi] = rl.Scored{Traj: b.traj, Slots: b.targets.Slots, Scores: b.scores.Total, Groups: b.ids, Queries: b.targets.Queries}
+		out.Scored += len(b.targets.Slots)
 	}
 	var err error
 	out.Rewards, err = method.Rewards(scored)

@@ -405,3 +405,34 @@ func TestRunFollowsReward(t *testing.T) {
 		}
 	}
 }
+
+// With dense.queries = K an epoch decodes and scores K images per trajectory; an audited epoch
+// (the first, with audit_every = 2) scores every state and logs the prediction's accuracy per
+// step, which the report shows.
+func TestRunQueries(t *testing.T) {
+	// 3 steps, 2 trained: look-aheads from x_0, x_1, x_2 and the final x_3, 4 states; 4 samples.
+	cfg, _ := fixture(t, append(append([]string{}, smallRun...), "dense.queries=3", "dense.audit_every=2")...)
+	res, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := readMetrics(t, res.Dir)
+	if got := lines[1]["scored_images"]; got != float64(16) {
+		t.Errorf("audited epoch 1 scored %v images, want 16 (4 samples × 4 states)", got)
+	}
+	if got := lines[2]["scored_images"]; got != float64(12) {
+		t.Errorf("epoch 2 scored %v images, want 12 (4 samples × 3 queries)", got)
+	}
+	corr, _ := lines[1]["query_r_corr"].([]any)
+	sign, _ := lines[1]["query_delta_sign"].([]any)
+	frac, _ := lines[1]["query_frac"].([]any)
+	if len(corr) != 3 || len(sign) != 2 || len(frac) != 3 || frac[0] != float64(1) {
+		t.Errorf("audited epoch: query_r_corr %v, query_delta_sign %v, query_frac %v; want 3, 2 and 3 values, x_0 always queried", corr, sign, frac)
+	}
+	if _, ok := lines[2]["query_r_corr"]; ok {
+		t.Errorf("epoch 2 is not audited but logs %v", lines[2]["query_r_corr"])
+	}
+	if page, err := os.ReadFile(res.Report); err != nil || !strings.Contains(string(page), "mean of 1 audited epochs") {
+		t.Errorf("report (err %v) has no predicted-reward table", err)
+	}
+}

@@ -170,14 +170,16 @@ func (t *trainer) collect(ctx context.Context) (collected, error) {
 	if err := t.renewInference(); err != nil {
 		return c, err
 	}
+	method := t.col.method
+	method.Audit = method.Dense && method.Queries > 0 && cfg.Dense.AuditEvery > 0 && t.epoch%cfg.Dense.AuditEvery == 0
 	var err error
-	c.batches, err = runStages(ctx, n, t.col.stages(prompts, ids, perBatch, seeds), cfg.Pipeline.Overlap,
+	c.batches, err = runStages(ctx, n, t.col.stages(method, prompts, ids, perBatch, seeds), cfg.Pipeline.Overlap,
 		cfg.Pipeline.Buffer, stageWorkers{lookahead: cfg.Pipeline.LookaheadWorkers, score: cfg.Pipeline.ScoreWorkers}, c.timer)
 	if err != nil {
 		return c, err
 	}
 	c.wall = time.Since(start).Seconds()
-	c.rewards, err = gatherRewards(c.batches, t.col.method)
+	c.rewards, err = gatherRewards(c.batches, method)
 	if err != nil {
 		return c, &StageError{Stage: StageScore, Err: err}
 	}
@@ -242,6 +244,10 @@ func (t *trainer) runEpoch(ctx context.Context) (runfiles.Line, error) {
 	if t.col.method.Dense {
 		tr.DensePosFrac, tr.DenseDeltaMean, tr.DenseDeltaStd = rl.DeltaStats(rw.Delta)
 	}
+	if a := rw.Accuracy; a != nil {
+		tr.QueryRCorr, tr.QueryRMAE, tr.QueryDeltaSign, tr.QueryFrac = a.RCorr, a.RMAE, a.DeltaSign, a.Queried
+	}
+	tr.ScoredImages = rw.Scored
 	for k, v := range map[string]float64{runfiles.KeyLoss: tr.Loss, runfiles.KeyKL: tr.KL, runfiles.KeyPolicyLoss: tr.PolicyLoss} {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			return runfiles.Line{}, fmt.Errorf("%s is %v after epoch %d: stopping (the last good checkpoint is kept)", k, v, t.epoch)

@@ -23,6 +23,15 @@ type Method struct {
 	Trained int
 	// Advantage normalises and clips the advantages.
 	Advantage AdvantageConfig
+	// Queries, with dense rewards, is SDPO's number K of rewarded states per trajectory that are
+	// decoded and scored (queries.go): the first, the last and K−2 chosen by latent similarity;
+	// every other R_k is predicted from them. 0 scores every state (DenseGRPO as published);
+	// otherwise 2 … MaxQueries.
+	Queries int
+	// Audit, with Queries > 0, also scores every state that is not queried, so that the
+	// predictions can be measured against the scores of the same trajectories
+	// (Rewards.Accuracy); training still uses the predictions. Set per epoch by the caller.
+	Audit bool
 }
 
 // Validate checks the method against a schedule of T steps.
@@ -32,8 +41,17 @@ func (m Method) Validate(steps int) error {
 		return fmt.Errorf("method: trained steps: got %d, want 1 … %d", m.Trained, steps)
 	case m.Lookahead < 0:
 		return fmt.Errorf("method: lookahead: got %d, want >= 0 (0 = all remaining steps)", m.Lookahead)
+	case m.Dense && m.Queries != 0 && (m.Queries < 2 || m.Queries > MaxQueries(steps, m.Trained)):
+		return fmt.Errorf("method: queries: got %d, want %s", m.Queries, QueriesWant(steps, m.Trained))
 	}
 	return m.Advantage.validate()
+}
+
+// QueriesWant says what Method.Queries may be for a schedule of steps T and trained steps, for
+// error messages.
+func QueriesWant(steps, trained int) string {
+	n := MaxQueries(steps, trained)
+	return fmt.Sprintf("0 (score every state) or 2 … %d: the first and last states are always queried, and there are %d states with a reward (the look-aheads from x_0 … x_%d and x_%d)", n, n, n-2, steps)
 }
 
 // LookaheadSigmas returns the sigmas a look-ahead from x_k visits: all of σ_k … σ_T, or, with a
@@ -80,15 +98,20 @@ func LookaheadPaths(tr *Trajectories, need, lookahead int) ([]ODEPath, []Slot) {
 
 // Targets are the clean latents a rollout batch needs scored, Latents[j] for Slots[j]: with
 // dense rewards the ends of the look-aheads from x_0 … x_Trained, then (both methods) every
-// sample's own final latent x_T.
+// sample's own final latent x_T. With Method.Queries > 0 only the queried states are listed
+// (all of them when audited).
 type Targets struct {
 	Latents [][]float32
 	Slots   []Slot
+	// Queries[i], with Method.Queries > 0, is sample i's SDPO choice over its rewarded states
+	// (RewardStates); nil otherwise.
+	Queries []Queries
 }
 
 // Targets integrates the look-aheads of tr (dense only; batches of one state's paths, so no
-// batch is padded) and lists them with the final latents. c must be the conditioning tr was
-// sampled with, flow the policy it was sampled with.
+// batch is padded) and lists them with the final latents; with Method.Queries > 0 it chooses
+// each trajectory's queries from all of them and keeps only those (unless auditing). c must be
+// the conditioning tr was sampled with, flow the policy it was sampled with.
 func (m Method) Targets(ctx context.Context, flow Flow, c Conditioning, tr *Trajectories) (Targets, error) {
 	var t Targets
 	if m.Dense {
@@ -104,7 +127,55 @@ func (m Method) Targets(ctx context.Context, flow Flow, c Conditioning, tr *Traj
 		t.Latents = append(t.Latents, tr.Latent(steps, i))
 		t.Slots = append(t.Slots, Slot{Sample: i, Step: steps})
 	}
+	if m.Dense && m.Queries > 0 {
+		return m.query(t, tr)
+	}
 	return t, nil
+}
+
+// query chooses each sample's queries among the targets t (every rewarded state of every
+// sample) and, unless auditing, drops the targets that are not queried.
+func (m Method) query(t Targets, tr *Trajectories) (Targets, error) {
+	states := RewardStates(tr.Schedule.Steps(), m.Trained)
+	index := make(map[int]int, len(states)) // step → position in states
+	for s, k := range states {
+		index[k] = s
+	}
+	byState := make([][][]float32, tr.Len())
+	for i := range byState {
+		byState[i] = make([][]float32, len(states))
+	}
+	for j, sl := range t.Slots {
+		s, ok := index[sl.Step]
+		if !ok {
+			return Targets{}, fmt.Errorf("queries: sample %d: target at x_%d is not a rewarded state %v", sl.Sample, sl.Step, states)
+		}
+		byState[sl.Sample][s] = t.Latents[j]
+	}
+	keep := make([][]bool, tr.Len())
+	t.Queries = make([]Queries, tr.Len())
+	for i, latents := range byState {
+		q, err := SelectQueries(latents, m.Queries)
+		if err != nil {
+			return Targets{}, fmt.Errorf("queries: sample %d: %w", i, err)
+		}
+		t.Queries[i], keep[i] = q, make([]bool, len(states))
+		for _, s := range q.Queried {
+			keep[i][s] = true
+		}
+	}
+	if m.Audit {
+		return t, nil
+	}
+	var out Targets
+	for j, sl := range t.Slots {
+		if keep[sl.Sample][index[sl.Step]] {
+			out.Latents = append(out.Latents, t.Latents[j])
+			out.Slots = append(out.Slots, sl)
+		}
+	}
+	out.Queries = t.Queries
+	return out, nil
 }
 
 // Scored is a rollout batch with the rewards of its Targets.
@@ -116,6 +187,9 @@ type Scored struct {
 	// Groups[p] is the advantage group of the batch's conditioning row p (its prompt's index in
 	// the epoch), so the samples of one prompt are compared with each other.
 	Groups []int
+	// Queries are Targets.Queries: with them, the rewards of the states not queried are
+	// predicted.
+	Queries []Queries
 }
 
 // Rewards are the rewards of an epoch's samples, in batch order.
@@ -127,6 +201,9 @@ type Rewards struct {
 	Delta [][]float64
 	// Group[i] is sample i's advantage group.
 	Group []int
+	// Accuracy, for an audited epoch (Method.Audit), measures R (predicted where not queried)
+	// against every state scored; nil otherwise.
+	Accuracy *QueryAccuracy
 }
 
 // Final returns each sample's own reward R_T.
@@ -141,8 +218,14 @@ func (r Rewards) Final() []float64 {
 // Rewards assembles the scored batches of an epoch: R_k of every sample and, with dense
 // rewards, the step rewards ΔR_k = R_{k+1} − R_k of the trained steps. A reward that is not
 // finite is an error naming its sample and state.
+//
+// With queries (Scored.Queries) the states that were not queried get SDPO's predicted rewards;
+// in an audited epoch the scores of those states are compared with the predictions
+// (Rewards.Accuracy) and then set aside.
 func (m Method) Rewards(batches []Scored) (Rewards, error) {
 	var out Rewards
+	var full [][]float64 // audited: every state scored, per sample
+	var queried [][]bool // audited: queried[i][k]
 	for bi, b := range batches {
 		steps := b.Traj.Schedule.Steps()
 		if len(b.Scores) != len(b.Slots) {
@@ -168,6 +251,42 @@ func (m Method) Rewards(batches []Scored) (Rewards, error) {
 			}
 			out.R[base+s.Sample][s.Step] = v
 		}
+		if len(b.Queries) == 0 {
+			continue
+		}
+		if len(b.Queries) != b.Traj.Len() {
+			return Rewards{}, fmt.Errorf("rewards: batch %d: queries of %d samples for %d", bi, len(b.Queries), b.Traj.Len())
+		}
+		states := RewardStates(steps, m.Trained)
+		for i, q := range b.Queries {
+			scored := out.R[base+i]
+			used, err := predictRow(q, states, scored)
+			if err != nil {
+				return Rewards{}, fmt.Errorf("rewards: batch %d: sample %d: %w", bi, i, err)
+			}
+			out.R[base+i] = used
+			if !m.Audit {
+				continue
+			}
+			isQueried := make([]bool, steps+1)
+			for _, s := range q.Queried {
+				isQueried[states[s]] = true
+			}
+			for _, k := range states {
+				if math.IsNaN(scored[k]) {
+					return Rewards{}, fmt.Errorf("rewards: batch %d: sample %d: audited epoch, but x_%d was not scored", bi, i, k)
+				}
+			}
+			full = append(full, scored)
+			queried = append(queried, isQueried)
+		}
+	}
+	if full != nil {
+		if len(full) != len(out.R) {
+			return Rewards{}, fmt.Errorf("rewards: audited %d of %d samples, want all", len(full), len(out.R))
+		}
+		acc := queryAccuracy(out.R, full, queried, m.Trained)
+		out.Accuracy = &acc
 	}
 	if m.Dense {
 		out.Delta = make([][]float64, len(out.R))
@@ -191,6 +310,32 @@ func StepRewards(r []float64, need int) []float64 {
 		out[k] = r[k+1] - r[k]
 	}
 	return out
+}
+
+// predictRow returns the rewards training uses for one sample: its scored row where queried,
+// SDPO's prediction at the other rewarded states, NaN elsewhere.
+func predictRow(q Queries, states []int, scored []float64) ([]float64, error) {
+	got := make([]float64, len(q.Queried))
+	for j, s := range q.Queried {
+		if got[j] = scored[states[s]]; math.IsNaN(got[j]) {
+			return nil, fmt.Errorf("queried state x_%d was not scored", states[s])
+		}
+	}
+	pred, err := q.Predict(got)
+	if err != nil {
+		return nil, err
+	}
+	if len(pred) != len(states) {
+		return nil, fmt.Errorf("queries cover %d states, want %d", len(pred), len(states))
+	}
+	used := make([]float64, len(scored))
+	for k := range used {
+		used[k] = math.NaN()
+	}
+	for s, k := range states {
+		used[k] = pred[s]
+	}
+	return used, nil
 }
 
 // Advantages are the GRPO advantages of the trained steps, out[i][k]: DenseAdvantages of ΔR_k

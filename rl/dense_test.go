@@ -34,7 +34,7 @@ func denseRewards(t *testing.T, m Method, flow Flow, c Conditioning, tr *Traject
 	for j, x := range targets.Latents {
 		scores[j] = r(x, tr.Prompts[targets.Slots[j].Sample])
 	}
-	rw, err := m.Rewards([]Scored{{Traj: tr, Slots: targets.Slots, Scores: scores, Groups: groups}})
+	rw, err := m.Rewards([]Scored{{Traj: tr, Slots: targets.Slots, Scores: scores, Groups: groups, Queries: targets.Queries}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,6 +43,9 @@
 //	look-ahead (first step reused)          LookaheadSigmas, LookaheadPaths,           dense.go
 //	                                        Method.Targets
 //	R_k, ΔR_k = R_{k+1} − R_k               Method.Rewards, StepRewards                dense.go
+//	SDPO queries: K scored states per       RewardStates, SelectQueries,               queries.go,
+//	trajectory, the rest predicted by       Queries.Predict, Method.Targets/Rewards    dense.go
+//	cosine-weighted average; accuracy       QueryAccuracy
 //	advantages (group/global std, clip)     SparseAdvantages, DenseAdvantages,         advantages.go,
 //	                                        Method.Advantages                          dense.go
 //	GRPO loss: clipped ratio + β·KL         GRPOLoss, StepObjective                    loss.go

@@ -50,7 +50,8 @@ type Epoch struct {
 	// null is treated as absent.
 	Scalars map[string]float64
 	// Vectors holds numeric arrays by key, indexed by sampler step k (0-based):
-	// "dense_pos_frac", "dense_delta_mean", "dense_delta_std".
+	// "dense_pos_frac", "dense_delta_mean", "dense_delta_std", and on audited epochs of a run
+	// with dense.queries the "query_*" accuracy of the predicted rewards.
 	Vectors map[string][]float64
 	// Stages is "stage_seconds": seconds spent per pipeline stage in this epoch.
 	Stages map[string]float64

@@ -157,8 +157,8 @@ func buildPage(ctx context.Context, runs []*Run) ([]byte, error) {
 	p := &page{}
 	p.f("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>DenseGRPO report: %s</title>\n<style>%s</style></head><body>\n",
 		esc(runNames(runs)), css)
-	p.f("<h1>DenseGRPO report</h1>\n<nav><a href=\"#summary\">summary</a><a href=\"#rewards\">rewards</a><a href=\"#eval\">evaluation</a><a href=\"#optim\">optimisation</a><a href=\"#dense\">dense rewards</a><a href=\"#psi\">ψ(k)</a><a href=\"#timings\">timings</a><a href=\"#samples\">samples</a></nav>\n")
-	sections := []func(*page, []*Run) error{summarySection, rewardSection, evalSection, optimSection, denseSection, psiSection, timingSection, sampleSection}
+	p.f("<h1>DenseGRPO report</h1>\n<nav><a href=\"#summary\">summary</a><a href=\"#rewards\">rewards</a><a href=\"#eval\">evaluation</a><a href=\"#optim\">optimisation</a><a href=\"#dense\">dense rewards</a><a href=\"#queries\">predicted rewards</a><a href=\"#psi\">ψ(k)</a><a href=\"#timings\">timings</a><a href=\"#samples\">samples</a></nav>\n")
+	sections := []func(*page, []*Run) error{summarySection, rewardSection, evalSection, optimSection, denseSection, querySection, psiSection, timingSection, sampleSection}
 	for _, s := range sections {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("build report: %w", err)
@@ -374,6 +374,24 @@ func stepStats(r *Run, key string) (latest []float64, latestEpoch int, mean []fl
 	return latest, latestEpoch, mean, n
 }
 
+// stepMeans is, per step, the mean over the run's epochs of the per-step vector key, skipping
+// NaN (NaN where every epoch has NaN), and the number of epochs that have the vector.
+func stepMeans(r *Run, key string) ([]float64, int) {
+	_, _, mean, n := stepStats(r, key)
+	for k := range mean {
+		defined := false
+		for _, e := range r.Epochs {
+			if v := e.Vectors[key]; k < len(v) && !math.IsNaN(v[k]) {
+				defined = true
+			}
+		}
+		if !defined {
+			mean[k] = math.NaN()
+		}
+	}
+	return mean, n
+}
+
 func stepLabels(n int) []string {
 	l := make([]string, n)
 	for k := range l {
@@ -421,6 +439,39 @@ func denseSection(p *page, runs []*Run) error {
 			p.f("%s\n", c.svg(smallW, smallH))
 		}
 		p.f("</div>\n")
+	}
+	return nil
+}
+
+// querySection is the accuracy of SDPO's predicted rewards (dense.queries > 0) per step, from
+// the audited epochs: the means over them of the query_* vectors.
+func querySection(p *page, runs []*Run) error {
+	p.f("<h2 id=\"queries\">Predicted rewards per step (dense.queries)</h2>\n")
+	p.f("<p class=\"note\">With dense.queries = K only K states per trajectory are scored; the other R_k are predicted from them by latent similarity (SDPO). Audited epochs (dense.audit_every) score every state too: per state k, the fraction of trajectories whose x_k was queried, the correlation and mean absolute difference of the R_k training used with the scored R_k; per step k, the fraction of trajectories whose ΔR_k has the scored ΔR_k's sign (−, 0, +).</p>\n")
+	for i, r := range runs {
+		corr, n := stepMeans(r, runfiles.KeyQueryRCorr)
+		mae, _ := stepMeans(r, runfiles.KeyQueryRMAE)
+		frac, _ := stepMeans(r, runfiles.KeyQueryFrac)
+		sign, _ := stepMeans(r, runfiles.KeyQueryDeltaSign)
+		if n == 0 {
+			p.note("%s: no audited epoch with predicted rewards (dense.queries = 0, or dense.audit_every = 0)", r.Label())
+			continue
+		}
+		p.f("<h3>%s%s: mean of %d audited epochs</h3>\n", swatch(runColor(i)), esc(r.Label()), n)
+		p.f("<table><tr><th>k</th><th>x_k queried</th><th>corr(R_k used, R_k scored)</th><th>mean |R_k used − R_k scored|</th><th>sign ΔR_k agrees</th></tr>\n")
+		at := func(v []float64, k int) string {
+			switch {
+			case k >= len(v):
+				return ""
+			case math.IsNaN(v[k]):
+				return "–" // undefined in every epoch (e.g. a correlation with no variance)
+			}
+			return fmt.Sprintf("%.3f", v[k])
+		}
+		for k := range max(len(corr), len(sign)) {
+			p.f("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>\n", k, at(frac, k), at(corr, k), at(mae, k), at(sign, k))
+		}
+		p.f("</table>\n")
 	}
 	return nil
 }

@@ -55,6 +55,11 @@ const (
 	KeyDensePosFrac     = "dense_pos_frac"
 	KeyDenseDeltaMean   = "dense_delta_mean"
 	KeyDenseDeltaStd    = "dense_delta_std"
+	KeyScoredImages     = "scored_images"
+	KeyQueryRCorr       = "query_r_corr"
+	KeyQueryRMAE        = "query_r_mae"
+	KeyQueryDeltaSign   = "query_delta_sign"
+	KeyQueryFrac        = "query_frac"
 	KeyStageSeconds     = "stage_seconds"
 	KeyWallSeconds      = "wall_seconds"
 	KeySamplesPerSecond = "samples_per_second"
@@ -116,6 +121,18 @@ type Train struct {
 	DensePosFrac   []float64 `json:"dense_pos_frac,omitempty"`
 	DenseDeltaMean []float64 `json:"dense_delta_mean,omitempty"`
 	DenseDeltaStd  []float64 `json:"dense_delta_std,omitempty"`
+	// ScoredImages is the number of images decoded and scored in the epoch (with
+	// dense.queries > 0, K per trajectory, all of them in an audited epoch).
+	ScoredImages int `json:"scored_images"`
+	// QueryRCorr, QueryRMAE, QueryDeltaSign and QueryFrac measure SDPO's predicted rewards
+	// (dense.queries > 0) against every state scored, on an audited epoch's trajectories
+	// (rl.QueryAccuracy): per state k = 0 … trained, the correlation and mean absolute
+	// difference of the R_k training used with the scored R_k and the fraction of samples whose
+	// state k was queried; per trained step, the fraction whose ΔR_k has the scored ΔR_k's sign.
+	QueryRCorr     []float64 `json:"query_r_corr,omitempty"`
+	QueryRMAE      []float64 `json:"query_r_mae,omitempty"`
+	QueryDeltaSign []float64 `json:"query_delta_sign,omitempty"`
+	QueryFrac      []float64 `json:"query_frac,omitempty"`
 	// StageSeconds are the busy seconds of each stage (Stages).
 	StageSeconds map[string]float64 `json:"stage_seconds"`
 	// CollectWallSeconds is the wall time of rollout → score, WallSeconds of the whole epoch,
