@@ -143,6 +143,31 @@ test: setup
     go vet ./...
     go test -count=1 -timeout 30m ./...
 
+# Every fuzz target of the module (each `func Fuzz…` in a _test.go file: safetensors, the LoRA
+# loader, the ONNX decoder and file check, images, configs, prompts, ψ, rewards TOML), one after
+# another for FUZZTIME each (default 2m) on one worker, then one line per target with its exec
+# count. Their seed corpora already run in `just test`. A crasher is written by Go under the
+# package's testdata/fuzz/: commit it as a seed with the fix. `FUZZTIME=30s nice just fuzz`.
+fuzz:
+    #!/usr/bin/env bash
+    set -uo pipefail
+    time=${FUZZTIME:-2m}
+    summary=() failed=0
+    while read -r file; do
+        dir=./$(dirname "$file")
+        for name in $(grep -o '^func Fuzz[A-Za-z0-9_]*' "$file" | sed 's/^func //'); do
+            log=$(mktemp)
+            go test "$dir" -run '^$' -fuzz "^$name\$" -fuzztime "$time" -fuzzminimizetime 100x -parallel 1 > "$log" 2>&1
+            code=$?
+            execs=$(grep -o 'execs: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
+            if [ $code -eq 0 ]; then status=ok; else status=FAIL; failed=1; tail -n 30 "$log"; fi
+            summary+=("$(printf '%-4s %-28s %-22s %10s execs in %s' "$status" "$dir" "$name" "${execs:-?}" "$time")")
+            rm -f "$log"
+        done
+    done < <(grep -rl --include='*_test.go' --exclude-dir=.git --exclude-dir=.venv --exclude-dir=.cache '^func Fuzz' . | sed 's|^./||' | sort)
+    printf '%s\n' "${summary[@]}"
+    exit $failed
+
 # Benchmarks, each comparing its variants side by side in one run: fast vs default matmul
 # gradients, reward-layer overhead, pretraining step, dense vs sparse GRPO on the toy problem,
 # and the pipeline's epoch time (overlap vs sequential, dense vs sparse).
