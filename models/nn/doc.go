@@ -1,5 +1,6 @@
 // Package nn owns the project's GoMLX building blocks that every trainable layer is made of:
-// backend selection (NewBackend), the matrix products MatMul, Linear, BatchMatMul and DotGeneral
+// backend selection (NewBackend: XLA where a PJRT plugin is installed — on CPU the one `just
+// setup` puts in the setup cache — else SimpleGo), the matrix products MatMul, Linear, BatchMatMul and DotGeneral
 // with a fast reverse-mode gradient, the Dense layer, and the Try/Recover helpers that turn a
 // graph-building panic into an error.
 //

@@ -16,6 +16,8 @@ import (
 	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
+
+	"github.com/densegrpo/densegrpo/internal/setupcache"
 )
 
 // Config selects the runtime library and how sessions execute. It is the `[onnx]` table of
@@ -100,49 +102,12 @@ func LibraryCandidates(cfg Config) []string {
 	return out
 }
 
-// CacheDirs lists the setup cache directories to look in: $DENSEGRPO_CACHE, then `.cache`
-// in the working directory and each parent, then beside the executable and its parents.
-func CacheDirs() []string {
-	var dirs []string
-	if d := os.Getenv("DENSEGRPO_CACHE"); d != "" {
-		dirs = append(dirs, d)
-	}
-	seen := map[string]bool{}
-	addUp := func(start string) {
-		for dir := start; ; dir = filepath.Dir(dir) {
-			c := filepath.Join(dir, ".cache")
-			if !seen[c] {
-				seen[c] = true
-				dirs = append(dirs, c)
-			}
-			if filepath.Dir(dir) == dir {
-				return
-			}
-		}
-	}
-	if wd, err := os.Getwd(); err == nil {
-		addUp(wd)
-	}
-	if exe, err := os.Executable(); err == nil {
-		addUp(filepath.Dir(exe))
-	}
-	return dirs
-}
+// CacheDirs lists the setup cache directories to look in (setupcache.Dirs).
+func CacheDirs() []string { return setupcache.Dirs() }
 
 // FindCached returns the first existing file rel (e.g. "ocr/ppocr_keys_v1.txt") inside the
-// setup cache directories.
-func FindCached(rel string) (string, error) {
-	var tried []string
-	for _, dir := range CacheDirs() {
-		p := filepath.Join(dir, rel)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-		tried = append(tried, p)
-	}
-	return "", fmt.Errorf("find %s in the setup cache (tried %s): not found; run `just setup`",
-		rel, strings.Join(tried, ", "))
-}
+// setup cache directories (setupcache.Find).
+func FindCached(rel string) (string, error) { return setupcache.Find(rel) }
 
 // Init loads the ONNX Runtime library and creates the process environment. It is idempotent
 // for the same library; asking for a different library once one is loaded is an error.
