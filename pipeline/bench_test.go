@@ -71,19 +71,19 @@ func TestBenchPartsServesEveryPart(t *testing.T) {
 	cfg, _ := fixture(t)
 	dump := filepath.Join(t.TempDir(), "bench-data.safetensors")
 	var out strings.Builder
-	in := strings.NewReader("velocity 2\nlookahead 1\ntrain 1\nscore 1\nepoch 1\nquit\n")
+	in := strings.NewReader("velocity 2\nlookahead 1\ntrain 1\nreference 1\nscore 1\nepoch 1\nquit\n")
 	err := BenchParts(context.Background(), cfg.Path, smallRun, BenchPartsOptions{Dump: dump, In: in, Out: &out, Backend: nntest.Backend(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 6 || lines[0] != `{"ready": true}` {
+	if len(lines) != 7 || lines[0] != `{"ready": true}` {
 		t.Fatalf("output:\n%s\nwant the ready line and one line per command", out.String())
 	}
 	for i, want := range []struct {
 		part string
 		reps int
-	}{{PartVelocity, 2}, {PartLookahead, 1}, {PartTrain, 1}, {PartScore, 1}, {PartEpoch, 1}} {
+	}{{PartVelocity, 2}, {PartLookahead, 1}, {PartTrain, 1}, {PartReference, 1}, {PartScore, 1}, {PartEpoch, 1}} {
 		var res struct {
 			Part       string    `json:"part"`
 			Seconds    []float64 `json:"seconds"`

@@ -27,6 +27,9 @@ const (
 	// PartTrain is one LoRA update on one rollout minibatch: the KL reference's velocities at
 	// the trained steps, the forward and backward pass of every trained step, and AdamW.
 	PartTrain = "train"
+	// PartReference is the KL reference's part of PartTrain alone: the reference velocities at
+	// the trained steps of the minibatch (none without a reference engine).
+	PartReference = "reference"
 	// PartScore is the reward scoring of all images a dense epoch decodes.
 	PartScore = "score"
 	// PartEpoch is a whole training epoch (collection, advantages, update).
@@ -133,6 +136,12 @@ func BenchParts(ctx context.Context, cfgPath string, sets []string, opts BenchPa
 			_, err := t.grpo.Apply(ctx)
 			return err
 		},
+		PartReference: func(ctx context.Context) error {
+			if t.col.ref == nil {
+				return nil
+			}
+			return b.traj.AddReference(ctx, *t.col.ref, b.cond, need)
+		},
 		PartScore: func(ctx context.Context) error {
 			_, err := frozen.Rewards.Score(ctx, images, prompts)
 			return err
@@ -173,7 +182,7 @@ func BenchParts(ctx context.Context, cfgPath string, sets []string, opts BenchPa
 			reps, err = strconv.Atoi(fields[1])
 		}
 		if !ok || err != nil || reps < 1 || len(fields) > 2 {
-			return fmt.Errorf("bench parts: command %q: want \"PART REPS\" with PART one of velocity, lookahead, train, score, epoch, or \"quit\"", sc.Text())
+			return fmt.Errorf("bench parts: command %q: want \"PART REPS\" with PART one of velocity, lookahead, train, reference, score, epoch, or \"quit\"", sc.Text())
 		}
 		res := struct {
 			Part       string    `json:"part"`

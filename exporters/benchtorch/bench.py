@@ -8,6 +8,7 @@ OCR reward), so that the noise of a shared machine hits both sides alike:
   lookahead  the ODE look-ahead of one rollout minibatch (every sample from every x_k)
   train      one LoRA update on one rollout minibatch: the KL reference's velocities, forward
              and backward of every trained step, grad-norm clip, AdamW
+  reference  of which the KL reference's velocities alone (the model without adapters)
   score      PP-OCRv4 scoring of every image a dense epoch decodes
   epoch      a whole DenseGRPO epoch of the config (rollout, look-ahead, decode, score,
              advantages, update)
@@ -53,7 +54,7 @@ from safetensors.torch import load_file  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 torch.set_num_threads(THREADS)
-PARTS = ["velocity", "lookahead", "train", "score", "epoch"]
+PARTS = ["velocity", "lookahead", "train", "reference", "score", "epoch"]
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
 
@@ -253,6 +254,13 @@ class Torch:
         adv = torch.tensor([[float(i % 3 - 1) for i in range(b)]] * self.need)
         self.train_minibatch(self.x, self.logp, adv, self.emb, self.pooled, torch.arange(b))
 
+    def part_reference(self):
+        with torch.no_grad():
+            self.model.disable_adapters()
+            for k in range(self.need):
+                self.velocity(self.x[k], self.sigmas[k], self.emb, self.pooled)
+            self.model.enable_adapters()
+
     def part_score(self):
         return self.ocr.score(self.images, self.image_prompts)
 
@@ -321,7 +329,7 @@ class Torch:
 
     def flops(self):
         out = {}
-        for part in ["velocity", "lookahead", "train"]:
+        for part in ["velocity", "lookahead", "train", "reference"]:
             counter = FlopCounterMode(display=False)
             with counter:
                 getattr(self, "part_" + part)()
@@ -474,7 +482,8 @@ def main():
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--binary", default="bin/pipeline")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (Go, PyTorch) per part")
-    ap.add_argument("--reps", type=json.loads, default={"velocity": 20, "lookahead": 2, "train": 2, "score": 2, "epoch": 1},
+    ap.add_argument("--reps", type=json.loads,
+                    default={"velocity": 20, "lookahead": 2, "train": 2, "reference": 2, "score": 2, "epoch": 1},
                     help="repetitions per round of each part (JSON)")
     ap.add_argument("--inference-threads", type=int, default=THREADS,
                     help="torch threads of the velocity and look-ahead parts (the project's engine: ONNX Runtime "
@@ -540,6 +549,7 @@ def render(times, flops, peak, diff, agree, n_images, args):
         "velocity": "(a) velocity call, rollout batch",
         "lookahead": "(b) ODE look-ahead of a rollout minibatch",
         "train": "(c) LoRA update of a minibatch, KL reference incl.",
+        "reference": "(c′) of which the KL reference's velocities",
         "score": f"(d) PP-OCRv4 scoring, {n_images} images",
         "epoch": "DenseGRPO epoch",
     }
