@@ -285,6 +285,7 @@ func writeBenchData(path string, cfg Config, b *epochBatch, kCheck int, v []floa
 		"lora_rank": cfg.Model.LoRA.Rank, "lora_alpha": cfg.Model.LoRA.Alpha, "check_step": kCheck,
 		"prompts_per_epoch": cfg.Prompts.PerEpoch, "group_size": cfg.Sampler.GroupSize,
 		"rollout_batch": cfg.Pipeline.RolloutBatch, "minibatch": cfg.GRPO.Minibatch,
+		"inference_engine": cfg.Pipeline.InferenceEngine, "onnx_intra_op_threads": cfg.ONNX.IntraOpThreads,
 	})
 	if err != nil {
 		return err

@@ -55,6 +55,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 torch.set_num_threads(THREADS)
 PARTS = ["velocity", "lookahead", "train", "reference", "score", "epoch"]
+BASELINE_PARTS = ["train", "epoch"]
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
 
@@ -143,12 +144,15 @@ def load_transformer(root, lora, rank, alpha):
 class Torch:
     """The same work in PyTorch."""
 
-    def __init__(self, root, data_path, cfg_onnx, inference_threads=THREADS):
-        self.inference_threads = inference_threads
+    def __init__(self, root, data_path, cfg_onnx, inference_threads=0):
         tensors = load_file(data_path)
         with safe_open(data_path, "pt") as f:
             self.meta = json.loads(f.metadata()["bench"])
         m = self.meta
+        if not inference_threads:
+            ort_threads = m.get("onnx_intra_op_threads") or THREADS
+            inference_threads = ort_threads if m.get("inference_engine") == "onnx" else THREADS
+        self.inference_threads = inference_threads
         lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
         self.model = load_transformer(root, lora, m["lora_rank"], m["lora_alpha"])
         self.x = tensors["x"]  # [T+1, B, C, H, W]
@@ -485,9 +489,12 @@ def main():
     ap.add_argument("--reps", type=json.loads,
                     default={"velocity": 20, "lookahead": 2, "train": 2, "reference": 2, "score": 2, "epoch": 1},
                     help="repetitions per round of each part (JSON)")
-    ap.add_argument("--inference-threads", type=int, default=THREADS,
-                    help="torch threads of the velocity and look-ahead parts (the project's engine: ONNX Runtime "
-                         "uses onnx.intra_op_threads, XLA all cores)")
+    ap.add_argument("--inference-threads", type=int, default=0,
+                    help="torch threads of the velocity and look-ahead parts; 0: as many as the project's engine "
+                         "uses (ONNX Runtime: onnx.intra_op_threads; GoMLX: all)")
+    ap.add_argument("--baseline", action="append", default=[],
+                    help="also time the project's train and epoch parts with this --set (repeatable), "
+                         "e.g. run.backend=go for the SimpleGo backend the project trained with before XLA")
     ap.add_argument("--markdown", help="also write the table to this file")
     args = ap.parse_args()
     root = os.getcwd()
@@ -495,8 +502,11 @@ def main():
     dump = os.path.join(tmp, "bench-data.safetensors")
     log_path = os.path.join(tmp, "go.log")
     print(f"bench: Go side log {log_path}", file=sys.stderr)
+    base = None
     with open(log_path, "w") as log:
         go = GoSide(args.binary, args.config, args.sets, dump, log)
+        if args.baseline:
+            base = GoSide(args.binary, args.config, args.sets + args.baseline, os.path.join(tmp, "baseline.safetensors"), log)
         try:
             onnx_dir = os.path.join(root, "models/tinyocr/onnx")
             th = Torch(root, dump, {
@@ -517,14 +527,18 @@ def main():
             flops = th.flops()
             for part in PARTS:  # warm-up of both sides (graph shapes the warm-up epoch did not compile)
                 go.run(part, 1)
+                if base and part in BASELINE_PARTS:
+                    base.run(part, 1)
                 getattr(th, "part_" + part)()
-            times = {p: {"go": [], "torch": [], "go_cpu": [], "torch_cpu": []} for p in PARTS}
+            times = {p: {"go": [], "torch": [], "go_cpu": [], "torch_cpu": [], "base": []} for p in PARTS}
             for r in range(args.rounds):
                 for part in PARTS:
                     reps = args.reps.get(part, 1)
                     res = go.run(part, reps)
                     times[part]["go"] += res["seconds"]
                     times[part]["go_cpu"] += res["cpu_seconds"]
+                    if base and part in BASELINE_PARTS:
+                        times[part]["base"] += base.run(part, reps)["seconds"]
                     for _ in range(reps):
                         c0, t0 = cpu_seconds(), time.perf_counter()
                         getattr(th, "part_" + part)()
@@ -535,7 +549,10 @@ def main():
             peak1 = sgemm_peak()
         finally:
             go.close()
+            if base:
+                base.close()
     peak = {k: max(peak0[k], peak1[k]) for k in peak0}
+    args.inference_threads = th.inference_threads
     table = render(times, flops, peak, diff, agree, len(th.images), args)
     print(table)
     if args.markdown:
@@ -554,14 +571,21 @@ def render(times, flops, peak, diff, agree, n_images, args):
         "epoch": "DenseGRPO epoch",
     }
     lines = [
-        "| part | GFLOP | project s | PyTorch s | project / PyTorch | project GFLOP/s (of peak) | PyTorch GFLOP/s (of peak) |",
-        "|---|---|---|---|---|---|---|",
+        "| part | GFLOP | project s | PyTorch s | project / PyTorch | CPU-s, project / PyTorch | project GFLOP/s (of peak) | PyTorch GFLOP/s (of peak) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in PARTS:
         go, th = statistics.median(times[p]["go"]), statistics.median(times[p]["torch"])
         g = flops[p] / 1e9
-        lines.append(f"| {names[p]} | {g:.3g} | {go:.4g} | {th:.4g} | **{go / th:.2f}** | "
+        cpu = statistics.median(times[p]["go_cpu"]) / max(statistics.median(times[p]["torch_cpu"]), 1e-9)
+        lines.append(f"| {names[p]} | {g:.3g} | {go:.4g} | {th:.4g} | **{go / th:.2f}** | {cpu:.2f} | "
                      f"{g / go:.3g} ({g / go / best_peak:.0%}) | {g / th:.3g} ({g / th / best_peak:.0%}) |")
+    if args.baseline:
+        lines.append("")
+        for p in BASELINE_PARTS:
+            b, go = statistics.median(times[p]["base"]), statistics.median(times[p]["go"])
+            lines.append(f"- {names[p]} with {' '.join(args.baseline)} (before): {b:.4g} s; "
+                         f"project now / before: **{go / b:.2f}**; before / PyTorch: {b / statistics.median(times[p]['torch']):.2f}")
     lines.append("")
     lines.append(f"sgemm peak on {THREADS} threads, same run (best of 2048² products before and after): "
                  + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
