@@ -94,7 +94,7 @@ func BenchParts(ctx context.Context, cfgPath string, sets []string, opts BenchPa
 	for _, bb := range col.batches {
 		images = append(images, bb.images...)
 		for _, s := range bb.targets.Slots {
-			prompts = append(prompts, rewards.Prompt{Text: bb.prompts[bb.traj.Prompts[s.Sample]]})
+			prompts = append(prompts, bb.prompts[bb.traj.Prompts[s.Sample]])
 		}
 	}
 	need := t.col.method.Trained

@@ -51,8 +51,8 @@ func (c *collector) close() {
 
 // epochBatch is one rollout minibatch as it moves through the stages.
 type epochBatch struct {
-	prompts []string // the prompt of each conditioning row
-	ids     []int    // the epoch-wide prompt index of each conditioning row (advantage groups)
+	prompts []rewards.Prompt // the prompt (text and metadata) of each conditioning row
+	ids     []int            // the epoch-wide prompt index of each conditioning row (advantage groups)
 	seed    uint64
 	cond    rl.Conditioning
 	traj    *rl.Trajectories
@@ -64,13 +64,13 @@ type epochBatch struct {
 
 // stages are the epoch's stage functions; method is the collector's, with this epoch's audit
 // choice (rl.Method.Audit).
-func (c *collector) stages(method rl.Method, prompts []string, ids []int, perBatch int, seeds []uint64) stageFuncs[*epochBatch] {
+func (c *collector) stages(method rl.Method, prompts []rewards.Prompt, ids []int, perBatch int, seeds []uint64) stageFuncs[*epochBatch] {
 	return stageFuncs[*epochBatch]{
 		rollout: func(ctx context.Context, j int) (*epochBatch, error) {
 			lo, hi := j*perBatch, min((j+1)*perBatch, len(prompts))
 			b := &epochBatch{prompts: prompts[lo:hi], ids: ids[lo:hi], seed: seeds[j]}
 			var err error
-			if b.cond, err = c.policy.Condition(ctx, c.frozen.TextEncoder, b.prompts, Guidance(c.cfg)); err != nil {
+			if b.cond, err = c.policy.Condition(ctx, c.frozen.TextEncoder, texts(b.prompts), Guidance(c.cfg)); err != nil {
 				return nil, err
 			}
 			if b.traj, err = c.sampler.Rollout(ctx, c.flow, b.cond, b.seed); err != nil {
@@ -94,7 +94,7 @@ func (c *collector) stages(method rl.Method, prompts []string, ids []int, perBat
 		score: func(ctx context.Context, b *epochBatch) (err error) {
 			rp := make([]rewards.Prompt, len(b.targets.Slots))
 			for j, s := range b.targets.Slots {
-				rp[j] = rewards.Prompt{Text: b.prompts[b.traj.Prompts[s.Sample]]}
+				rp[j] = b.prompts[b.traj.Prompts[s.Sample]]
 			}
 			b.scores, err = c.frozen.Rewards.Score(ctx, b.images, rp)
 			return err
@@ -121,7 +121,7 @@ func gatherRewards(batches []*epochBatch, method rl.Method) (epochRewards, error
 		steps := b.traj.Schedule.Steps()
 		for j, s := range b.targets.Slots {
 			if v := b.scores.Total[j]; math.IsNaN(v) || math.IsInf(v, 0) {
-				return epochRewards{}, fmt.Errorf("reward of prompt %q is %v: %s", b.prompts[b.traj.Prompts[s.Sample]], v, badRewards(b.scores, j))
+				return epochRewards{}, fmt.Errorf("reward of prompt %q is %v: %s", b.prompts[b.traj.Prompts[s.Sample]].Text, v, badRewards(b.scores, j))
 			}
 			if s.Step == steps {
 				for _, name := range b.scores.Names {

@@ -1,43 +1,56 @@
 package pipeline
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"slices"
 	"sort"
 	"strings"
 
 	"github.com/densegrpo/densegrpo/pipeline/progress"
+	"github.com/densegrpo/densegrpo/pipeline/promptfile"
 	"github.com/densegrpo/densegrpo/rewards"
 	"github.com/densegrpo/densegrpo/rl"
 )
 
-// LoadPromptFile reads a prompt file: one prompt a line, surrounding blanks trimmed, empty lines
-// skipped. A file without prompts is an error.
-func LoadPromptFile(path string) ([]string, error) {
-	f, err := os.Open(path)
+// loadPrompts reads a prompt file: text, or JSON Lines with per-prompt metadata. key names the
+// config field in errors.
+func loadPrompts(path, key string) (promptfile.File, error) {
+	f, err := promptfile.Load(path)
 	if err != nil {
-		return nil, fmt.Errorf("read prompts: %w", err)
+		return f, fmt.Errorf("%s: %w", key, err)
 	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if line := strings.TrimSpace(sc.Text()); line != "" {
-			out = append(out, line)
+	return f, nil
+}
+
+// checkPrompts asks the rewards that read prompt metadata whether they can score every prompt
+// (where names prompt i in errors), so a prompt they could not score fails before any image is
+// generated.
+func checkPrompts(prompts []rewards.Prompt, where func(i int) string, sets ...*rewards.Set) error {
+	for i, p := range prompts {
+		for _, set := range sets {
+			if err := set.CheckPrompt(p); err != nil {
+				return fmt.Errorf("%s: %w", where(i), err)
+			}
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read prompts %s: %w", path, err)
+	return nil
+}
+
+// promptsAt names prompt i of a file as "KEY: PATH:LINE".
+func promptsAt(key string, f promptfile.File) func(int) string {
+	return func(i int) string { return key + ": " + f.Where(i) }
+}
+
+// texts lists the prompts' texts.
+func texts(prompts []rewards.Prompt) []string {
+	out := make([]string, len(prompts))
+	for i, p := range prompts {
+		out[i] = p.Text
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("read prompts %s: no prompts", path)
-	}
-	return out, nil
+	return out
 }
 
 // generator runs the deterministic Euler ODE of a policy and decodes the clean latents.
@@ -95,7 +108,7 @@ type EvalOptions struct {
 	// and closes them at the end.
 	Frozen *Frozen
 	// Prompts, if not nil, replace the test prompts of the config.
-	Prompts []string
+	Prompts []rewards.Prompt
 	// KeepImages keeps the decoded images in the result (for a grid).
 	KeepImages bool
 	// Progress receives a progress bar (nil: none).
@@ -126,11 +139,13 @@ type EvalResult struct {
 // so evaluations before and after training see the same noise, whatever the batch size.
 func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions) (EvalResult, error) {
 	prompts := opts.Prompts
+	where := func(i int) string { return fmt.Sprintf("prompt %d", i) }
 	if prompts == nil {
-		var err error
-		if prompts, err = LoadPromptFile(cfg.Resolve(cfg.Prompts.Test)); err != nil {
+		file, err := loadPrompts(cfg.Resolve(cfg.Prompts.Test), "prompts.test")
+		if err != nil {
 			return EvalResult{}, fmt.Errorf("evaluate: %w", err)
 		}
+		prompts, where = file.Prompts, promptsAt("prompts.test", file)
 		if n := cfg.Eval.Prompts; n > 0 && n < len(prompts) {
 			prompts = prompts[:n]
 		}
@@ -146,6 +161,9 @@ func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions)
 		}
 		defer f.Close()
 	}
+	if err := checkPrompts(prompts, where, f.Rewards); err != nil {
+		return EvalResult{}, fmt.Errorf("evaluate: %w", err)
+	}
 	gen, err := newGenerator(cfg, policy, f, cfg.Eval.Steps, min(cfg.Eval.BatchSize, len(prompts)), cfg.Run.Seed)
 	if err != nil {
 		return EvalResult{}, fmt.Errorf("evaluate: %w", err)
@@ -156,19 +174,15 @@ func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions)
 		bar = progress.New(opts.Progress, "eval", len(prompts))
 		defer bar.Done()
 	}
-	res := EvalResult{N: len(prompts), Rewards: map[string]float64{}, Extra: map[string]float64{}, Prompts: prompts}
+	res := EvalResult{N: len(prompts), Rewards: map[string]float64{}, Extra: map[string]float64{}, Prompts: texts(prompts)}
 	var sum float64
 	for lo := 0; lo < len(prompts); lo += gen.batch {
 		hi := min(lo+gen.batch, len(prompts))
-		imgs, err := gen.run(ctx, prompts[lo:hi], lo)
+		imgs, err := gen.run(ctx, texts(prompts[lo:hi]), lo)
 		if err != nil {
 			return EvalResult{}, fmt.Errorf("evaluate prompts %d..%d: %w", lo, hi-1, err)
 		}
-		rp := make([]rewards.Prompt, len(imgs))
-		for i := range rp {
-			rp[i] = rewards.Prompt{Text: prompts[lo+i]}
-		}
-		scores, err := f.Rewards.Score(ctx, imgs, rp)
+		scores, err := f.Rewards.Score(ctx, imgs, prompts[lo:hi])
 		if err != nil {
 			return EvalResult{}, fmt.Errorf("evaluate prompts %d..%d: %w", lo, hi-1, err)
 		}

@@ -24,11 +24,17 @@ import (
 // fixture writes the frozentest configuration into a temp dir and loads it with sets.
 func fixture(t *testing.T, sets ...string) (Config, frozentest.Files) {
 	t.Helper()
+	return fixtureWith(t, "", sets...)
+}
+
+// fixtureWith is fixture with extra TOML appended to the config (more [[reward]] blocks).
+func fixtureWith(t *testing.T, extra string, sets ...string) (Config, frozentest.Files) {
+	t.Helper()
 	// CPU ONNX Runtime tests never skip: without the library they fail.
 	if err := onnxrt.Init(onnxrt.Config{}); err != nil {
 		t.Fatalf("pipeline tests need ONNX Runtime (run scripts/setup.sh or set ONNXRUNTIME_LIB): %v", err)
 	}
-	files, err := frozentest.WriteConfig(t.TempDir(), "")
+	files, err := frozentest.WriteConfig(t.TempDir(), extra)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,19 +234,6 @@ func TestEvaluateCancelled(t *testing.T) {
 	_, err := Evaluate(ctx, cfg, newTestPolicy(t, cfg, ""), EvalOptions{})
 	if err == nil || !strings.Contains(err.Error(), context.Canceled.Error()) {
 		t.Errorf("cancelled: error %v", err)
-	}
-}
-
-func TestLoadPromptFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "p.txt")
-	os.WriteFile(path, []byte("  a  \n\n b c\n"), 0o644)
-	got, err := LoadPromptFile(path)
-	if err != nil || fmt.Sprintf("%q", got) != `["a" "b c"]` {
-		t.Errorf("got %q, %v", got, err)
-	}
-	os.WriteFile(path, []byte("\n \n"), 0o644)
-	if _, err := LoadPromptFile(path); err == nil || !strings.Contains(err.Error(), "no prompts") {
-		t.Errorf("empty file: error %v", err)
 	}
 }
 

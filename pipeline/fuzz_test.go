@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 )
 
@@ -39,36 +38,6 @@ func FuzzParseConfig(f *testing.F) {
 		second, err := ResolvedTOML(again)
 		if err != nil || !bytes.Equal(first, second) {
 			t.Fatalf("config changed on the way through config.toml (err %v):\n%s\n---\n%s", err, first, second)
-		}
-	})
-}
-
-// FuzzLoadPromptFile: any file gives either an error or non-empty, trimmed, one-line prompts.
-func FuzzLoadPromptFile(f *testing.F) {
-	data, err := os.ReadFile(filepath.Join("..", "datasets", "ocr-tiny", "test.txt"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(data[:min(len(data), 2000)])
-	f.Add([]byte("  a prompt \r\n\n\tanother\n"))
-	f.Add([]byte("\n\n"))
-	f.Add(bytes.Repeat([]byte("x"), 70000))
-	path := filepath.Join(f.TempDir(), "prompts.txt")
-	f.Fuzz(func(t *testing.T, data []byte) {
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		prompts, err := LoadPromptFile(path)
-		if err != nil {
-			return
-		}
-		if len(prompts) == 0 || len(prompts) > bytes.Count(data, []byte("\n"))+1 {
-			t.Fatalf("%d prompts from %d lines", len(prompts), bytes.Count(data, []byte("\n"))+1)
-		}
-		for _, p := range prompts {
-			if p == "" || p != strings.TrimSpace(p) || strings.ContainsAny(p, "\n") {
-				t.Fatalf("prompt %q", p)
-			}
 		}
 	})
 }

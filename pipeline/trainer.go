@@ -25,7 +25,7 @@ type trainer struct {
 	frozen  *Frozen
 	col     *collector
 	grpo    *rl.Trainer
-	prompts []string
+	prompts []rewards.Prompt
 	rngSrc  *rand.PCG
 	rng     *rand.Rand
 	ema     *nn.EMA
@@ -39,8 +39,11 @@ type trainer struct {
 }
 
 func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen) (*trainer, error) {
-	prompts, err := LoadPromptFile(cfg.Resolve(cfg.Prompts.Train))
+	prompts, err := loadPrompts(cfg.Resolve(cfg.Prompts.Train), "prompts.train")
 	if err != nil {
+		return nil, err
+	}
+	if err := checkPrompts(prompts.Prompts, promptsAt("prompts.train", prompts), frozen.Rewards); err != nil {
 		return nil, err
 	}
 	sched, err := rl.SD3Schedule(cfg.Sampler.Steps, cfg.Sampler.Shift)
@@ -94,7 +97,7 @@ func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen)
 	}
 	src, rng := newRNG(cfg.Run.Seed)
 	return &trainer{
-		cfg: cfg, policy: policy, frozen: frozen, grpo: grpo, prompts: prompts, rngSrc: src, rng: rng,
+		cfg: cfg, policy: policy, frozen: frozen, grpo: grpo, prompts: prompts.Prompts, rngSrc: src, rng: rng,
 		ema: nn.NewEMA(cfg.GRPO.EMADecayMax, lora), col: col, psi: psi,
 	}, nil
 }
@@ -155,7 +158,7 @@ func (t *trainer) collect(ctx context.Context) (collected, error) {
 	cfg := t.cfg
 	start := time.Now()
 	perBatch := max(1, cfg.Pipeline.RolloutBatch/cfg.Sampler.GroupSize) // prompts per rollout minibatch
-	prompts := make([]string, cfg.Prompts.PerEpoch)
+	prompts := make([]rewards.Prompt, cfg.Prompts.PerEpoch)
 	ids := make([]int, len(prompts))
 	for i := range prompts {
 		prompts[i] = t.prompts[t.rng.IntN(len(t.prompts))]
@@ -428,7 +431,7 @@ func (t *trainer) writeRolloutSamples(dir string, epoch int) error {
 	labels := make([]string, len(idx))
 	for n, j := range idx {
 		imgs[n] = b.images[j]
-		labels[n] = fmt.Sprintf("%s  %.2f", b.prompts[b.traj.Prompts[b.targets.Slots[j].Sample]], b.scores.Total[j])
+		labels[n] = fmt.Sprintf("%s  %.2f", b.prompts[b.traj.Prompts[b.targets.Slots[j].Sample]].Text, b.scores.Total[j])
 	}
 	return WriteGrid(filepath.Join(dir, "samples", fmt.Sprintf("epoch-%04d.png", epoch)), imgs, labels, 4)
 }

@@ -153,17 +153,10 @@ func (s *genevalScorer) outputs() []string {
 func (s *genevalScorer) Score(ctx context.Context, b *Batch) ([]float64, map[string][]float64, error) {
 	metas := make([]geneval.Metadata, len(b.Prompts))
 	for i, p := range b.Prompts {
-		if p.Metadata == nil {
-			return nil, nil, fmt.Errorf("prompt %d (%q) has no GenEval metadata", i, p.Text)
-		}
-		md, err := geneval.ParseMetadata(p.Metadata)
-		if err != nil {
+		var err error
+		if metas[i], err = s.metadata(p); err != nil {
 			return nil, nil, fmt.Errorf("prompt %d: %w", i, err)
 		}
-		if err := s.knownClasses(md); err != nil {
-			return nil, nil, fmt.Errorf("prompt %d (%q): %w", i, p.Text, err)
-		}
-		metas[i] = md
 	}
 	dets, err := s.detect(ctx, b)
 	if err != nil {
@@ -237,6 +230,27 @@ func (s *genevalScorer) detect(ctx context.Context, b *Batch) ([][]geneval.Detec
 		}
 	}
 	return dets, nil
+}
+
+// CheckPrompt implements PromptChecker: p must carry GenEval metadata naming the detector's classes.
+func (s *genevalScorer) CheckPrompt(p Prompt) error {
+	_, err := s.metadata(p)
+	return err
+}
+
+// metadata reads p's GenEval metadata.
+func (s *genevalScorer) metadata(p Prompt) (geneval.Metadata, error) {
+	if p.Metadata == nil {
+		return geneval.Metadata{}, fmt.Errorf("prompt %q has no GenEval metadata (give the prompts as a .jsonl file with GenEval's tag/include/exclude)", p.Text)
+	}
+	md, err := geneval.ParseMetadata(p.Metadata)
+	if err != nil {
+		return md, fmt.Errorf("prompt %q: %w", p.Text, err)
+	}
+	if err := s.knownClasses(md); err != nil {
+		return md, fmt.Errorf("prompt %q: %w", p.Text, err)
+	}
+	return md, nil
 }
 
 // knownClasses rejects metadata naming a class the detector cannot report: it would be

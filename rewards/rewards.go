@@ -59,6 +59,12 @@ type Scorer interface {
 	Close() error
 }
 
+// PromptChecker is implemented by scorers that read prompt metadata: CheckPrompt rejects a prompt
+// they could not score, so a bad prompt file fails before any image is generated.
+type PromptChecker interface {
+	CheckPrompt(p Prompt) error
+}
+
 // Kind turns a validated Config into a Scorer.
 type Kind struct {
 	// Validate checks the kind-specific fields of a defaulted Config (no file access).
@@ -130,6 +136,18 @@ func (s *Set) Names() []string {
 		out[i] = r.cfg.Name
 	}
 	return out
+}
+
+// CheckPrompt asks every reward that reads prompt metadata whether it can score p.
+func (s *Set) CheckPrompt(p Prompt) error {
+	for _, r := range s.rewards {
+		if c, ok := r.scorer.(PromptChecker); ok {
+			if err := c.CheckPrompt(p); err != nil {
+				return fmt.Errorf("reward %q: %w", r.cfg.Name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // Close releases every session. It is safe to call more than once.

@@ -15,12 +15,13 @@ import (
 
 	"github.com/densegrpo/densegrpo/internal/imagefile"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/pipeline/promptfile"
 	"github.com/densegrpo/densegrpo/rewards"
 	"github.com/densegrpo/densegrpo/rewards/preprocess"
 )
 
 func init() {
-	register(command{name: "rewards score", summary: "score one PNG or JPEG against a prompt with the config's [[reward]] blocks", run: runRewardsScore})
+	register(command{name: "rewards score", summary: "score one PNG or JPEG against a prompt (or a prompt file's line, with its metadata) with the config's [[reward]] blocks", run: runRewardsScore})
 }
 
 func runRewardsScore(ctx context.Context, args []string, out io.Writer) error {
@@ -30,6 +31,8 @@ func runRewardsScore(ctx context.Context, args []string, out io.Writer) error {
 	maxPixels := fs.Int64("max-pixels", imagefile.DefaultLimits.MaxPixels, "refuse an image whose header declares more pixels (width × height), before decoding it")
 	prompt := fs.String("prompt", "", "the prompt the image was generated from")
 	metadata := fs.String("metadata", "", "prompt metadata as a JSON object (GenEval's tag/include/exclude)")
+	promptFile := fs.String("prompts", "", "take the prompt (and its metadata) from a prompt file instead: text, or JSON Lines (.jsonl) such as GenEval's evaluation_metadata.jsonl")
+	index := fs.Int("index", 0, "with --prompts: the prompt's index in the file (0-based, blank lines not counted: the order eval uses)")
 	asJSON := fs.Bool("json", false, `print {"rewards":{...},"total":...}`)
 	library := fs.String("onnx-library", "", "path of libonnxruntime.so (default: [onnx] library, $ONNXRUNTIME_LIB, then the setup cache)")
 	pos, err := parseFlags(fs, args)
@@ -64,6 +67,19 @@ func runRewardsScore(ctx context.Context, args []string, out io.Writer) error {
 		if err := json.Unmarshal([]byte(*metadata), &p.Metadata); err != nil {
 			return usageError("--metadata: %v", err)
 		}
+	}
+	if *promptFile != "" {
+		if *prompt != "" || *metadata != "" {
+			return usageError("--prompts replaces --prompt and --metadata; give one or the other")
+		}
+		f, err := promptfile.Load(*promptFile)
+		if err != nil {
+			return err
+		}
+		if *index < 0 || *index >= len(f.Prompts) {
+			return usageError("--index: got %d, want 0..%d (the prompts of %s)", *index, len(f.Prompts)-1, *promptFile)
+		}
+		p = f.Prompts[*index]
 	}
 	im, err := preprocess.ReadImage(*imagePath, imagefile.Limits{MaxSide: imagefile.DefaultLimits.MaxSide, MaxPixels: *maxPixels})
 	if err != nil {

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"image"
 	"image/color"
 	"image/draw"
 	"image/jpeg"
 	"image/png"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,5 +115,82 @@ func TestRewardsScoreOCR(t *testing.T) {
 	stderr.Reset()
 	if code := runMain(context.Background(), []string{"rewards", "score", "--config", cfg}, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "--image") {
 		t.Errorf("without --image: exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+// TestRewardsScorePromptFile scores a fixture image of rewards/testdata/geneval-detector against
+// lines of a JSON Lines prompt file with `--prompts FILE --index I`: each line's metadata reaches
+// the geneval reward, which gives the Python reference's score for that image and line.
+func TestRewardsScorePromptFile(t *testing.T) {
+	fixture, err := filepath.Abs(filepath.Join("..", "..", "rewards", "testdata"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := os.ReadFile(filepath.Join(fixture, "geneval-detector", "reward.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.NewReplacer(`"detector.onnx"`, `"`+filepath.Join(fixture, "geneval-detector", "detector.onnx")+`"`,
+		`"classes.txt"`, `"`+filepath.Join(fixture, "geneval-detector", "classes.txt")+`"`,
+		`"../clip-tiny/`, `"`+filepath.Join(fixture, "clip-tiny")+"/").Replace(string(block))
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "train.toml")
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Lines of the reference for scene0.png, with the reference's scores.
+	lines := []struct {
+		json  string
+		score float64
+	}{
+		{`{"tag": "two_object", "include": [{"class": "hair drier", "count": 1}, {"class": "person", "count": 1}], "prompt": "a photo of 1 hair drier and 1 person"}`, 0.5},
+		{`{"tag": "colors", "include": [{"class": "hair drier", "count": 1, "color": "orange"}], "prompt": "a photo of 1 orange hair drier"}`, 1},
+		{`{"tag": "colors", "include": [{"class": "hair drier", "count": 1, "color": "blue"}], "prompt": "a photo of 1 blue hair drier"}`, 0.5},
+		{`{"tag": "position", "include": [{"class": "hair drier", "count": 1}, {"class": "bird", "count": 1, "position": ["below", 0]}], "prompt": "a photo of 1 hair drier and 1 bird"}`, 0.75},
+	}
+	var file strings.Builder
+	for _, l := range lines {
+		file.WriteString(l.json + "\n\n")
+	}
+	prompts := filepath.Join(dir, "prompts.jsonl")
+	if err := os.WriteFile(prompts, []byte(file.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lib, err := onnxrt.FindCached("onnxruntime/cpu/libonnxruntime.so.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := filepath.Join(fixture, "geneval-detector", "scene0.png")
+	for i, l := range lines {
+		var stdout, stderr bytes.Buffer
+		code := runMain(context.Background(), []string{"rewards", "score", "--config", cfg, "--image", image, "--prompts", prompts,
+			"--index", fmt.Sprint(i), "--json", "--onnx-library", lib}, &stdout, &stderr)
+		if code != 0 {
+			t.Fatalf("index %d: exit %d: %s", i, code, stderr.String())
+		}
+		var got struct {
+			Rewards map[string]float64 `json:"rewards"`
+		}
+		if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
+			t.Fatalf("output %q: %v", stdout.String(), err)
+		}
+		if math.Abs(got.Rewards["geneval"]-l.score) > 1e-12 {
+			t.Errorf("index %d: geneval %v, reference %v", i, got.Rewards["geneval"], l.score)
+		}
+	}
+	for _, tt := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--prompts", prompts, "--index", "4"}, 2, "--index: got 4, want 0..3 (the prompts of " + prompts + ")"},
+		{[]string{"--prompts", prompts, "--prompt", "x"}, 2, "--prompts replaces --prompt and --metadata"},
+		{[]string{"--prompt", "a photo"}, 1, `reward "geneval", images 0..0: prompt 0: prompt "a photo" has no GenEval metadata`},
+	} {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"rewards", "score", "--config", cfg, "--image", image, "--onnx-library", lib}, tt.args...)
+		if code := runMain(context.Background(), args, &stdout, &stderr); code != tt.code || !strings.Contains(stderr.String(), tt.want) {
+			t.Errorf("%q: exit %d, stderr %q; want exit %d and %q", tt.args, code, stderr.String(), tt.code, tt.want)
+		}
 	}
 }

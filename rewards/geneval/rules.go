@@ -118,9 +118,12 @@ func toInt(v any) (int, bool) {
 	case int:
 		return n, true
 	case int64:
-		return int(n), true
+		if n >= math.MinInt32 && n <= math.MaxInt32 {
+			return int(n), true
+		}
 	case float64:
-		if n == math.Trunc(n) {
+		// Bounded first: converting a float beyond int's range is implementation-defined.
+		if n == math.Trunc(n) && n >= math.MinInt32 && n <= math.MaxInt32 {
 			return int(n), true
 		}
 	}

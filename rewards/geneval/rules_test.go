@@ -201,6 +201,7 @@ func TestParseMetadataErrors(t *testing.T) {
 	for _, tt := range []struct{ line, want string }{
 		{`{"include": []}`, "field tag"},
 		{`{"tag": "x", "include": [{"class": "dog"}]}`, "include[0]: field count"},
+		{`{"tag": "x", "include": [{"class": "dog", "count": 1e300}]}`, "include[0]: field count: got 1e+300, want an integer >= 1"},
 		{`{"tag": "x", "include": [{"class": "dog", "count": 1, "color": "teal"}]}`, "field color"},
 		{`{"tag": "x", "include": [{"class": "dog", "count": 1, "position": ["right of", 0]}]}`, "want an earlier include index"},
 		{`{"tag": "x", "include": [{"class": "a", "count": 1}, {"class": "dog", "count": 1, "position": ["beside", 0]}]}`, "field position"},
