@@ -75,6 +75,12 @@ func randomModel(t testing.TB, cfg mmdit.Config, seed uint64) (*mmdit.Model, *ml
 // graph in ONNX Runtime with one intra-op thread; the session closes with the test.
 func exportedSession(tb testing.TB, m *mmdit.Model, ctx *mlctx.Context, latent []int) *onnxrt.Session {
 	tb.Helper()
+	return exportedSessionThreads(tb, m, ctx, latent, 1)
+}
+
+// exportedSessionThreads is exportedSession with the given intra-op threads.
+func exportedSessionThreads(tb testing.TB, m *mmdit.Model, ctx *mlctx.Context, latent []int, threads int) *onnxrt.Session {
+	tb.Helper()
 	merged, err := m.MergedTensors(ctx)
 	if err != nil {
 		tb.Fatal(err)
@@ -87,7 +93,7 @@ func exportedSession(tb testing.TB, m *mmdit.Model, ctx *mlctx.Context, latent [
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s, err := onnxrt.OpenBytes("exported transformer", data, onnxrt.Config{IntraOpThreads: 1})
+	s, err := onnxrt.OpenBytes("exported transformer", data, onnxrt.Config{IntraOpThreads: threads})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -1,0 +1,150 @@
+package transformer
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"testing"
+
+	"github.com/densegrpo/densegrpo/models/mmdit"
+	"github.com/densegrpo/densegrpo/models/nn"
+	"github.com/densegrpo/densegrpo/models/nn/nntest"
+	"github.com/densegrpo/densegrpo/models/onnxrt"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
+)
+
+// BenchmarkSD35MShapes runs one velocity call of an MMDiT at Stable Diffusion 3.5 Medium's
+// real widths (models/mmdit/testdata/sd35m.json: 24 heads × 64, joint_attention_dim 4096,
+// pooled 2048, pos_embed_max_size 384, RMS QK-norm) and 512-px shapes (latent 16×64×64 =
+// 1024 image tokens, 77 + 256 text tokens, batch 1), cut to 2 layers (a dual-attention block,
+// as SD3.5-M's first 13 are, plus the last, context_pre_only block) and 3 layers (one more
+// dual-attention block): the difference is one full block, from which the runbook scales to
+// 24. (One layer alone is the last block's kind, which has no text output to adapt; the
+// default LoRA targets need two.) Each engine is set up inside its
+// own sub-benchmark, so a run of one sub-benchmark measures that engine's memory alone; each
+// reports the resident memory after setup (weights and graph, "setup-MB") and the peak above
+// it over the calls, the untimed first one included (activations, workspace and ONNX
+// Runtime's arena, "call-MB"), from /proc/self on Linux:
+//
+//	go test ./exporters/transformer -run '^$' -bench SD35MShapes -benchtime 3x -timeout 60m
+func BenchmarkSD35MShapes(b *testing.B) {
+	full, err := mmdit.LoadConfig("../../models/mmdit/testdata/sd35m.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	const batch, textLen = 1, 77 + 256
+	latent := []int{full.InChannels, 64, 64}
+	r := rand.New(rand.NewPCG(3, 4))
+	lat := gaussian(r, batch*latent[0]*latent[1]*latent[2], 1)
+	ts := []float32{500}
+	enc := gaussian(r, batch*textLen*full.JointAttentionDim, 1)
+	pooled := gaussian(r, batch*full.PooledProjectionDim, 1)
+	for _, layers := range []int{2, 3} {
+		cfg := full
+		cfg.NumLayers, cfg.DualAttentionLayers = layers, nil
+		for l := range layers - 1 {
+			cfg.DualAttentionLayers = append(cfg.DualAttentionLayers, l)
+		}
+		b.Run(fmt.Sprintf("layers=%d/gomlx", layers), func(b *testing.B) {
+			m, ctx := randomModel(b, cfg, 1)
+			exec, err := mlctx.NewExec(nntest.Backend(b), ctx, func(ctx *mlctx.Context, lat, ts, enc, pooled *Node) *Node {
+				return m.Forward(ctx, lat, ts, enc, pooled, false)
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer exec.Finalize()
+			args := []any{
+				tensors.FromFlatDataAndDimensions(lat, batch, latent[0], latent[1], latent[2]), tensors.FromFlatDataAndDimensions(ts, batch),
+				tensors.FromFlatDataAndDimensions(enc, batch, textLen, cfg.JointAttentionDim),
+				tensors.FromFlatDataAndDimensions(pooled, batch, cfg.PooledProjectionDim),
+			}
+			call := func() {
+				if err := nn.Try(func() { exec.MustExec1(args...).FinalizeAll() }); err != nil {
+					b.Fatal(err)
+				}
+			}
+			mem := startCallMemory(b)
+			call() // graph building and compilation, outside the timing
+			for b.Loop() {
+				call()
+			}
+			mem.report(b)
+		})
+		for _, threads := range []int{1, 2} {
+			b.Run(fmt.Sprintf("layers=%d/onnx-threads=%d", layers, threads), func(b *testing.B) {
+				m, ctx := randomModel(b, cfg, 1)
+				s := exportedSessionThreads(b, m, ctx, latent, threads)
+				in := map[string]onnxrt.Tensor{
+					InputLatents:      {Shape: []int64{batch, int64(latent[0]), int64(latent[1]), int64(latent[2])}, Float32: lat},
+					InputTimestep:     {Shape: []int64{batch}, Float32: ts},
+					InputPromptEmbeds: {Shape: []int64{batch, textLen, int64(cfg.JointAttentionDim)}, Float32: enc},
+					InputPooled:       {Shape: []int64{batch, int64(cfg.PooledProjectionDim)}, Float32: pooled},
+				}
+				call := func() {
+					if _, err := s.Run(context.Background(), in); err != nil {
+						b.Fatal(err)
+					}
+				}
+				mem := startCallMemory(b)
+				call() // first-run allocations (ONNX Runtime's arena), outside the timing
+				for b.Loop() {
+					call()
+				}
+				mem.report(b)
+			})
+		}
+	}
+}
+
+// callMemory measures the process's peak resident memory above a baseline, on Linux: the
+// kernel's high-water mark (VmHWM) is reset to the current size by writing "5" to
+// /proc/self/clear_refs.
+type callMemory struct {
+	baseKB int64
+	ok     bool
+}
+
+func startCallMemory(b *testing.B) callMemory {
+	b.Helper()
+	runtime.GC()
+	debug.FreeOSMemory()
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		return callMemory{}
+	}
+	rss, ok := procStatusKB("VmRSS")
+	return callMemory{baseKB: rss, ok: ok}
+}
+
+func (m callMemory) report(b *testing.B) {
+	b.Helper()
+	peak, ok := procStatusKB("VmHWM")
+	if !m.ok || !ok {
+		return
+	}
+	b.ReportMetric(float64(m.baseKB)/1024, "setup-MB")
+	b.ReportMetric(float64(peak-m.baseKB)/1024, "call-MB")
+}
+
+// procStatusKB reads one "Key:   N kB" line of /proc/self/status.
+func procStatusKB(key string) (int64, bool) {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, key+":"); ok {
+			var kb int64
+			if _, err := fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), &kb); err == nil {
+				return kb, true
+			}
+		}
+	}
+	return 0, false
+}
