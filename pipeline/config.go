@@ -80,13 +80,29 @@ type RunConfig struct {
 	SampleEvery int `toml:"sample_every"`
 }
 
-// ModelConfig is the flow transformer and its LoRA.
+// ModelConfig is the flow transformer and its LoRA: the project's own (Config, Weights, with
+// the [text_encoder] and [vae] graphs) or an exported diffusers SD3/SD3.5 model (Diffusers),
+// which brings its transformer, text encoders and VAE decoder.
 type ModelConfig struct {
-	// Config is the MMDiT JSON config (diffusers SD3Transformer2DModel field names).
+	// Config is the MMDiT JSON config (diffusers SD3Transformer2DModel field names). Required
+	// without Diffusers; must be empty with it.
 	Config string `toml:"config"`
-	// Weights is the base model safetensors file (diffusers names).
-	Weights string     `toml:"weights"`
-	LoRA    LoRAConfig `toml:"lora"`
+	// Weights is the base model safetensors file (diffusers names). Required without
+	// Diffusers; must be empty with it.
+	Weights string `toml:"weights"`
+	// Diffusers is an exported SD3/SD3.5 folder (manifest.json, written by `just export-models
+	// MODEL_DIR=… OUT=…` or by export-models from Snapshot): its manifest names the diffusers
+	// transformer folder, the ONNX CLIP-L/G and T5 encoders with their tokenizers, and the VAE
+	// decoder with its scaling/shift factors. Default "" (the project's own model).
+	Diffusers string `toml:"diffusers"`
+	// Snapshot is the diffusers snapshot export-models exports into Diffusers when the folder
+	// has no manifest yet (with exporters/sd3 in the repository's .venv). Default "".
+	Snapshot string `toml:"snapshot"`
+	// Resolution is the image side in pixels with Diffusers (latents resolution/8 square);
+	// 0 = the transformer's sample_size times the VAE's scale factor (1024 for SD3.5-M).
+	// Default 0.
+	Resolution int        `toml:"resolution"`
+	LoRA       LoRAConfig `toml:"lora"`
 }
 
 // LoRAConfig is the low-rank adapter trained by RL.
@@ -184,8 +200,13 @@ type GRPOConfig struct {
 	GradClip float64 `toml:"grad_clip"`
 	// TimestepFraction: the first ⌊T·f⌋ steps are trained (0 < f <= 1). Default 0.99.
 	TimestepFraction float64 `toml:"timestep_fraction"`
-	// Minibatch is the number of trajectories per gradient computation (>= 1). Default 16.
+	// Minibatch is the number of trajectories per AdamW update (>= 1). Default 16.
 	Minibatch int `toml:"minibatch"`
+	// MicroBatch caps the trajectories of one gradient computation (>= 0); their gradients
+	// accumulate into the same update, so it bounds the training graph's memory without
+	// changing the update. 0 = no cap (a computation is the part of an update that lies in
+	// one rollout minibatch). Default 0.
+	MicroBatch int `toml:"micro_batch"`
 	// EMADecayMax caps the EMA decay min((1+n)/(10+n), max) of the LoRA weights (0..1).
 	// Default 0.9.
 	EMADecayMax float64 `toml:"ema_decay_max"`
@@ -452,18 +473,29 @@ func (c Config) Validate() error {
 	check(c.Run.KeepCheckpoints >= 1, "run.keep_checkpoints", c.Run.KeepCheckpoints, ">= 1")
 	check(c.Run.Backend.Valid(), "run.backend", fmt.Sprintf("%q", c.Run.Backend), choice.Want(nn.BackendSpecs))
 	check(c.Run.SampleEvery >= 0, "run.sample_every", c.Run.SampleEvery, ">= 0")
-	check(c.Model.Config != "", "model.config", `""`, "an MMDiT JSON config file")
-	check(c.Model.Weights != "", "model.weights", `""`, "a safetensors file")
+	if c.Model.Diffusers == "" {
+		check(c.Model.Config != "", "model.config", `""`, "an MMDiT JSON config file (or model.diffusers)")
+		check(c.Model.Weights != "", "model.weights", `""`, "a safetensors file (or model.diffusers)")
+		check(c.Model.Snapshot == "", "model.snapshot", fmt.Sprintf("%q", c.Model.Snapshot), `"" without model.diffusers (the folder it is exported to)`)
+		check(c.Model.Resolution == 0, "model.resolution", c.Model.Resolution, "0 without model.diffusers (the VAE graph fixes the size)")
+		check(c.TextEncoder.Model != "", "text_encoder.model", `""`, "an ONNX file")
+		check(c.VAE.Decoder != "", "vae.decoder", `""`, "an ONNX file")
+	} else {
+		// An export brings its transformer, text encoders and VAE: naming others is a mistake.
+		for _, f := range []struct{ field, v string }{{"model.config", c.Model.Config}, {"model.weights", c.Model.Weights},
+			{"text_encoder.model", c.TextEncoder.Model}, {"vae.decoder", c.VAE.Decoder}} {
+			check(f.v == "", f.field, fmt.Sprintf("%q", f.v), `"" with model.diffusers (the export provides it)`)
+		}
+		check(c.Model.Resolution >= 0, "model.resolution", c.Model.Resolution, ">= 0 (0 = the model's own size)")
+	}
 	check(c.Model.LoRA.Rank >= 1, "model.lora.rank", c.Model.LoRA.Rank, ">= 1")
 	check(c.Model.LoRA.Alpha > 0, "model.lora.alpha", c.Model.LoRA.Alpha, "> 0")
 	check(len(c.Model.LoRA.Targets) > 0, "model.lora.targets", "[]", "at least one module name")
 	if err := c.ONNX.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	check(c.TextEncoder.Model != "", "text_encoder.model", `""`, "an ONNX file")
 	check(c.TextEncoder.Tokenizer == "chars", "text_encoder.tokenizer", fmt.Sprintf("%q", c.TextEncoder.Tokenizer), `"chars"`)
 	check(c.TextEncoder.MaxLength >= 1, "text_encoder.max_length", c.TextEncoder.MaxLength, ">= 1")
-	check(c.VAE.Decoder != "", "vae.decoder", `""`, "an ONNX file")
 	check(c.Prompts.Train != "", "prompts.train", `""`, "a prompt file")
 	check(c.Prompts.Test != "", "prompts.test", `""`, "a prompt file")
 	check(c.Prompts.PerEpoch >= 1, "prompts.per_epoch", c.Prompts.PerEpoch, ">= 1")
@@ -491,6 +523,7 @@ func (c Config) Validate() error {
 	check(c.GRPO.TimestepFraction > 0 && c.GRPO.TimestepFraction <= 1, "grpo.timestep_fraction", c.GRPO.TimestepFraction, "in (0, 1]")
 	check(c.TrainedSteps() >= 1, "grpo.timestep_fraction", c.GRPO.TimestepFraction, fmt.Sprintf("at least one trained step of sampler.steps = %d", c.Sampler.Steps))
 	check(c.GRPO.Minibatch >= 1, "grpo.minibatch", c.GRPO.Minibatch, ">= 1")
+	check(c.GRPO.MicroBatch >= 0, "grpo.micro_batch", c.GRPO.MicroBatch, ">= 0 (0 = no cap)")
 	check(c.GRPO.EMADecayMax >= 0 && c.GRPO.EMADecayMax < 1, "grpo.ema_decay_max", c.GRPO.EMADecayMax, "in [0, 1)")
 	check(c.Calibrate.Iterations >= 1, "calibrate.iterations", c.Calibrate.Iterations, ">= 1")
 	check(c.Calibrate.Trajectories >= 2, "calibrate.trajectories", c.Calibrate.Trajectories, ">= 2")

@@ -120,6 +120,10 @@ func TestLoadErrors(t *testing.T) {
 		{"unknown reward name", minimalConfig, []string{"reward.pick.weight=2"}, []string{`no [[reward]] block named "pick" (have "ocr")`}},
 		{"unknown reward key by set", minimalConfig, []string{"reward.ocr.wieght=2"}, []string{"reward", "wieght"}},
 		{"no reward", strings.Split(minimalConfig, "[[reward]]")[0], nil, []string{"reward: got no [[reward]] tables"}},
+		{"diffusers with own model", minimalConfig, []string{"model.diffusers=sd35m"}, []string{`model.config: got "m.json", want "" with model.diffusers`, `text_encoder.model: got "te.onnx"`, `vae.decoder: got "vae.onnx"`}},
+		{"snapshot without diffusers", minimalConfig, []string{"model.snapshot=snap"}, []string{`model.snapshot: got "snap", want "" without model.diffusers`}},
+		{"resolution without diffusers", minimalConfig, []string{"model.resolution=512"}, []string{"model.resolution: got 512, want 0 without model.diffusers"}},
+		{"bad micro batch", minimalConfig, []string{"grpo.micro_batch=-1"}, []string{"grpo.micro_batch: got -1, want >= 0"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -32,17 +32,52 @@ type ExportOptions struct {
 	TextEncoderWeights, VAEWeights string
 	// Log receives one line per file (nil: discarded).
 	Log io.Writer
+	// Python runs the SD3 exporter when model.snapshot must be exported; "" = the
+	// repository's .venv/bin/python.
+	Python string
 }
 
 // ExportModels writes every ONNX file cfg names (`pipeline export-models`): the tiny-ocr text
 // encoder and VAE decoder from their weights (a file whose weights are absent is kept if it
-// exists), the PP-OCRv4 files of the rewards from the setup cache; then it opens them all as a
-// run would, checking their declared tensors.
+// exists) or, with model.diffusers, an SD3 export (exportSD3); the PP-OCRv4 files of the
+// rewards from the setup cache; then it opens them all as a run would, checking their declared
+// tensors.
 func ExportModels(ctx context.Context, cfg Config, opts ExportOptions) error {
 	out := opts.Log
 	if out == nil {
 		out = io.Discard
 	}
+	if cfg.Model.Diffusers != "" {
+		if err := exportSD3(ctx, cfg, opts, out); err != nil {
+			return err
+		}
+	} else if err := exportTiny(cfg, opts, out); err != nil {
+		return err
+	}
+	for _, r := range cfg.Rewards {
+		for _, p := range []string{r.Model, r.ImageModel, r.TextModel, r.Detector, r.Keys, r.Classes, r.Text.Vocab, r.Text.Merges} {
+			if p == "" {
+				continue
+			}
+			if err := exportRewardFile(out, r.Name, p); err != nil {
+				return err
+			}
+		}
+	}
+	// Every file now exists: open them as a run would, checking their declared tensors.
+	f, err := OpenFrozen(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("check exported models: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "checked: text encoder, VAE decoder and %d reward(s) open with the declared tensors\n", len(cfg.Rewards))
+	return nil
+}
+
+// exportTiny writes the tiny-ocr text encoder and VAE decoder graphs from their weights.
+func exportTiny(cfg Config, opts ExportOptions, out io.Writer) error {
 	weightsDir := filepath.Dir(cfg.Resolve(cfg.Model.Weights))
 	teWeights, vaeWeights := opts.TextEncoderWeights, opts.VAEWeights
 	if teWeights == "" {
@@ -67,7 +102,7 @@ func ExportModels(ctx context.Context, cfg Config, opts ExportOptions) error {
 		return err
 	}
 	vae := cfg.Resolve(cfg.VAE.Decoder)
-	if err := exportFrom(out, vae, vaeWeights, "VAE decoder", func() ([]byte, error) {
+	return exportFrom(out, vae, vaeWeights, "VAE decoder", func() ([]byte, error) {
 		w, err := tinyocr.ReadVAE(vaeWeights)
 		if err != nil {
 			return nil, err
@@ -77,29 +112,7 @@ func ExportModels(ctx context.Context, cfg Config, opts ExportOptions) error {
 			return nil, fmt.Errorf("%s: %w", vaeWeights, err)
 		}
 		return m.Marshal()
-	}); err != nil {
-		return err
-	}
-	for _, r := range cfg.Rewards {
-		for _, p := range []string{r.Model, r.ImageModel, r.TextModel, r.Detector, r.Keys, r.Classes, r.Text.Vocab, r.Text.Merges} {
-			if p == "" {
-				continue
-			}
-			if err := exportRewardFile(out, r.Name, p); err != nil {
-				return err
-			}
-		}
-	}
-	// Every file now exists: open them as a run would, checking their declared tensors.
-	f, err := OpenFrozen(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("check exported models: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "checked: text encoder, VAE decoder and %d reward(s) open with the declared tensors\n", len(cfg.Rewards))
-	return nil
+	})
 }
 
 // exportFrom writes the ONNX file target built by build from the weight file source. Without

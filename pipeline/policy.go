@@ -16,6 +16,7 @@ import (
 	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/models/sd3"
 	"github.com/densegrpo/densegrpo/rewards"
 	"github.com/densegrpo/densegrpo/rl"
 )
@@ -54,7 +55,16 @@ type Policy struct {
 // NewPolicy builds the policy of cfg: the MMDiT of cfg.Model.Config with the base weights of
 // cfg.Model.Weights and adapters of cfg.Model.LoRA, initialised or loaded from opts.LoRA.
 func NewPolicy(cfg Config, opts PolicyOptions) (*Policy, error) {
-	mcfg, err := mmdit.LoadConfig(cfg.Resolve(cfg.Model.Config))
+	var mcfg mmdit.Config
+	var export *sd3.Manifest
+	var err error
+	if cfg.Model.Diffusers != "" {
+		if export, err = sd3.ReadManifest(cfg.Resolve(cfg.Model.Diffusers)); err == nil {
+			mcfg, err = export.TransformerConfig()
+		}
+	} else {
+		mcfg, err = mmdit.LoadConfig(cfg.Resolve(cfg.Model.Config))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("new policy: %w", err)
 	}
@@ -64,7 +74,12 @@ func NewPolicy(cfg Config, opts PolicyOptions) (*Policy, error) {
 		return nil, fmt.Errorf("new policy: %w", err)
 	}
 	p := &Policy{Backend: opts.Backend, Ctx: mlctx.New(), Model: model}
-	if err := model.Load(p.Ctx, cfg.Resolve(cfg.Model.Weights)); err != nil {
+	if export != nil {
+		err = model.LoadDiffusers(p.Ctx, export.TransformerDir())
+	} else {
+		err = model.Load(p.Ctx, cfg.Resolve(cfg.Model.Weights))
+	}
+	if err != nil {
 		return nil, fmt.Errorf("new policy: %w", err)
 	}
 	if opts.LoRA != "" {
@@ -125,7 +140,7 @@ func (p *Policy) Velocity(ctx *mlctx.Context, x, timestep *Node, cond []*Node, w
 // Check verifies that the frozen parts fit the transformer: the text encoder's widths are the
 // model's joint_attention_dim and pooled_projection_dim (where the graph declares them), and
 // the VAE's latents have in_channels channels and a size the patch grid covers.
-func (p *Policy) Check(te *frozen.TextEncoder, vae *frozen.VAEDecoder) error {
+func (p *Policy) Check(te TextEncoder, vae *frozen.VAEDecoder) error {
 	c := p.Model.Config
 	if d, pd := te.Dims(); (d != 0 && d != c.JointAttentionDim) || (pd != 0 && pd != c.PooledProjectionDim) {
 		return fmt.Errorf("text encoder %s gives widths D=%d, P=%d; the transformer wants joint_attention_dim %d, pooled_projection_dim %d",
@@ -142,7 +157,7 @@ func (p *Policy) Check(te *frozen.TextEncoder, vae *frozen.VAEDecoder) error {
 
 // Condition encodes prompts into the conditioning rl's sampler feeds the Velocity: one row per
 // prompt; with guidance > 0, Uncond holds the empty prompt's embeddings (one shared row).
-func (p *Policy) Condition(ctx context.Context, te *frozen.TextEncoder, prompts []string, guidance float64) (rl.Conditioning, error) {
+func (p *Policy) Condition(ctx context.Context, te TextEncoder, prompts []string, guidance float64) (rl.Conditioning, error) {
 	emb, pooled, err := te.Encode(ctx, prompts)
 	if err != nil {
 		return rl.Conditioning{}, err
@@ -182,10 +197,22 @@ func Guidance(cfg Config) float64 {
 	return cfg.Sampler.Guidance
 }
 
+// TextEncoder is what a run needs of its frozen text encoder: the tiny model's one graph
+// (frozen.TextEncoder) or an SD3 export's CLIP-L, CLIP-G and T5 (frozen.SD3TextEncoder).
+type TextEncoder interface {
+	// Encode returns prompt_embeds [N,L,D] and pooled_prompt_embeds [N,P] of the prompts.
+	Encode(ctx context.Context, prompts []string) (embeds, pooled onnxrt.Tensor, err error)
+	// Dims are D and P (0 while unknown).
+	Dims() (d, p int)
+	// Path names the encoder in errors.
+	Path() string
+	Close() error
+}
+
 // Frozen is the frozen side of a run, opened once: the ONNX text encoder and VAE decoder and
 // the reward models.
 type Frozen struct {
-	TextEncoder *frozen.TextEncoder
+	TextEncoder TextEncoder
 	VAE         *frozen.VAEDecoder
 	Rewards     *rewards.Set
 }
@@ -195,12 +222,11 @@ type Frozen struct {
 func OpenFrozen(ctx context.Context, cfg Config) (*Frozen, error) {
 	f := &Frozen{}
 	var err error
-	f.TextEncoder, err = frozen.OpenTextEncoder(cfg.Resolve(cfg.TextEncoder.Model), frozen.TextEncoderOptions{
-		Runtime: cfg.ONNX, Tokenizer: cfg.TextEncoder.Tokenizer, MaxLength: cfg.TextEncoder.MaxLength})
-	if err != nil {
-		return nil, err
+	if cfg.Model.Diffusers != "" {
+		err = f.openSD3(cfg)
+	} else {
+		err = f.openTiny(cfg)
 	}
-	f.VAE, err = frozen.OpenVAEDecoder(cfg.Resolve(cfg.VAE.Decoder), frozen.VAEOptions{Runtime: cfg.ONNX, BatchSize: cfg.Eval.BatchSize})
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -212,6 +238,49 @@ func OpenFrozen(ctx context.Context, cfg Config) (*Frozen, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// openTiny opens the text encoder and VAE decoder graphs named by [text_encoder] and [vae].
+func (f *Frozen) openTiny(cfg Config) error {
+	te, err := frozen.OpenTextEncoder(cfg.Resolve(cfg.TextEncoder.Model), frozen.TextEncoderOptions{
+		Runtime: cfg.ONNX, Tokenizer: cfg.TextEncoder.Tokenizer, MaxLength: cfg.TextEncoder.MaxLength})
+	if err != nil {
+		return err
+	}
+	f.TextEncoder = te
+	f.VAE, err = frozen.OpenVAEDecoder(cfg.Resolve(cfg.VAE.Decoder), frozen.VAEOptions{Runtime: cfg.ONNX, BatchSize: cfg.Eval.BatchSize})
+	return err
+}
+
+// openSD3 opens an SD3 export's text encoders and VAE decoder (model.diffusers) at the
+// configured resolution, after checking that the sampler's shift is the export's scheduler's.
+func (f *Frozen) openSD3(cfg Config) error {
+	m, err := sd3.ReadManifest(cfg.Resolve(cfg.Model.Diffusers))
+	if err != nil {
+		return err
+	}
+	if cfg.Sampler.Shift != m.Scheduler.Shift {
+		return fmt.Errorf("sampler.shift: got %g, want %g, the shift of the export's scheduler (%s)", cfg.Sampler.Shift, m.Scheduler.Shift,
+			filepath.Join(m.Dir, sd3.ManifestFile))
+	}
+	mcfg, err := m.TransformerConfig()
+	if err != nil {
+		return err
+	}
+	res := cfg.Model.Resolution
+	if res == 0 {
+		res = mcfg.SampleSize * m.VAE.ScaleFactor
+	}
+	te, err := m.OpenTextEncoder(cfg.ONNX, mcfg)
+	if err != nil {
+		return err
+	}
+	f.TextEncoder = te
+	f.VAE, err = m.OpenVAEDecoder(cfg.ONNX, res, res, cfg.Eval.BatchSize)
+	if err != nil {
+		return fmt.Errorf("model.resolution %d: %w", res, err)
+	}
+	return nil
 }
 
 // Decode decodes latents into images for the reward models.

@@ -61,9 +61,11 @@ type trainState struct {
 
 // Checkpoint tensor groups.
 const (
-	groupLoRA    = "lora"    // LoRAFile: the adapters being trained
-	groupEMA     = "ema"     // EMALoRAFile: their moving average, used for evaluation
-	groupTrainer = "trainer" // optimizer moments and other trainer variables
+	groupLoRA = "lora" // LoRAFile: the adapters being trained
+	groupEMA  = "ema"  // EMALoRAFile: their moving average, used for evaluation
+	// groupDiffusers is mmdit.DiffusersLoRAFile: the EMA adapters in diffusers' LoRA format.
+	groupDiffusers = "pytorch_lora_weights"
+	groupTrainer   = "trainer" // optimizer moments and other trainer variables
 )
 
 // RunDir is the run directory of cfg: out_dir/name, relative to the config file.
@@ -318,6 +320,7 @@ func ResolvedTOML(cfg Config) ([]byte, error) {
 	out := cfg
 	out.Run.OutDir = abs(cfg.Run.OutDir)
 	out.Model.Config, out.Model.Weights = abs(cfg.Model.Config), abs(cfg.Model.Weights)
+	out.Model.Diffusers, out.Model.Snapshot = abs(cfg.Model.Diffusers), abs(cfg.Model.Snapshot)
 	out.ONNX.Library = abs(cfg.ONNX.Library)
 	out.TextEncoder.Model, out.VAE.Decoder = abs(cfg.TextEncoder.Model), abs(cfg.VAE.Decoder)
 	out.Prompts.Train, out.Prompts.Test = abs(cfg.Prompts.Train), abs(cfg.Prompts.Test)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/densegrpo/densegrpo/exporters/onnx"
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
+	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/pipeline/runfiles"
 )
 
@@ -297,6 +298,45 @@ func TestRunUpdateMinibatches(t *testing.T) {
 		if tc.updates == 1 && (line["ratio_mean"].(float64) != 1 || line["clip_frac"].(float64) != 0) {
 			t.Errorf("one update per epoch: ratio_mean %v, clip_frac %v, want exactly 1 and 0", line["ratio_mean"], line["clip_frac"])
 		}
+	}
+}
+
+// grpo.micro_batch splits the gradient computations, not the updates: an epoch in parts of one
+// trajectory takes the same single update (to float rounding) as in one part of four.
+func TestRunMicroBatchKeepsTheUpdate(t *testing.T) {
+	lora := map[string][]float32{}
+	for _, micro := range []string{"0", "1"} {
+		cfg, _ := fixture(t, append(append([]string{}, smallRun...), "run.epochs=1", "grpo.minibatch=4", "grpo.micro_batch="+micro)...)
+		res, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u := readMetrics(t, res.Dir)[1]["updates"].(float64); u != 1 {
+			t.Fatalf("micro_batch %s: %v updates, want 1", micro, u)
+		}
+		ts, _, err := safetensors.Read(filepath.Join(res.Dir, "checkpoints", "epoch-000001", LoRAFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range ts {
+			if prev, ok := lora[k]; ok {
+				for i := range v.Data {
+					if d := math.Abs(float64(v.Data[i] - prev[i])); d > 1e-6*math.Max(1, math.Abs(float64(prev[i]))) {
+						t.Fatalf("%s[%d]: %g with micro_batch 1, %g without", k, i, v.Data[i], prev[i])
+					}
+				}
+			}
+			lora[k] = v.Data
+		}
+	}
+	moved := false
+	for k, v := range lora {
+		if strings.HasSuffix(k, "lora_B.weight") {
+			moved = moved || slices.ContainsFunc(v, func(x float32) bool { return x != 0 })
+		}
+	}
+	if !moved {
+		t.Fatal("no lora_B moved from 0: the update compared is empty")
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/pipeline/checkpoint"
@@ -267,7 +268,8 @@ type updateStats struct {
 }
 
 // update trains on the epoch: the samples whose advantage is not zero everywhere, in update
-// minibatches of grpo.minibatch samples that may span rollout minibatches. Each update
+// minibatches of grpo.minibatch samples that may span rollout minibatches, computed in parts
+// of at most grpo.micro_batch samples (when set). Each update
 // accumulates the gradient of every trained step of its samples — a part of c samples of a
 // minibatch of m weighs c/(m·steps), so the update is the mean over its samples and steps —
 // and takes one AdamW step, after which the EMA is updated.
@@ -303,7 +305,11 @@ func (t *trainer) update(ctx context.Context, batches []*epochBatch, adv [][]flo
 			}
 		}
 		for lo := 0; lo < len(samples); {
-			chunk := samples[lo:min(lo+mb-pending, len(samples))]
+			end := min(lo+mb-pending, len(samples))
+			if micro := t.cfg.GRPO.MicroBatch; micro > 0 {
+				end = min(end, lo+micro)
+			}
+			chunk := samples[lo:end]
 			lo += len(chunk)
 			weight := float64(len(chunk)) / float64(mb*need)
 			ks, a := make([]int, need), make([][]float64, need)
@@ -370,9 +376,16 @@ func (t *trainer) checkpoint() (checkpoint.Checkpoint, error) {
 	if err != nil {
 		return checkpoint.Checkpoint{}, err
 	}
+	ema := safetensors.Clone(t.ema.Values)
+	// The EMA adapters (what evaluation uses) also in diffusers' LoRA format, so the
+	// checkpoint folder loads with StableDiffusion3Pipeline.load_lora_weights(folder).
+	diffusers, meta, err := mmdit.DiffusersLoRA(*t.policy.Model.LoRA, ema)
+	if err != nil {
+		return checkpoint.Checkpoint{}, err
+	}
 	return checkpoint.Checkpoint{Epoch: t.epoch, State: state, Tensors: map[string]map[string]safetensors.Tensor{
-		groupLoRA: lora, groupEMA: safetensors.Clone(t.ema.Values), groupTrainer: floats,
-	}}, nil
+		groupLoRA: lora, groupEMA: ema, groupTrainer: floats, groupDiffusers: diffusers,
+	}, Metadata: map[string]map[string]string{groupDiffusers: meta}}, nil
 }
 
 // restore puts a checkpoint back: adapters, EMA, optimizer state, RNG, counters.

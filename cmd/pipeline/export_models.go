@@ -8,7 +8,7 @@ import (
 )
 
 func init() {
-	register(command{name: "export-models", summary: "write every ONNX file a config names (tiny-ocr text encoder and VAE, PP-OCRv4)", run: runExportModels})
+	register(command{name: "export-models", summary: "write every ONNX file a config names (tiny-ocr text encoder and VAE or an SD3 export, PP-OCRv4)", run: runExportModels})
 }
 
 func runExportModels(ctx context.Context, args []string, out io.Writer) error {
@@ -18,6 +18,7 @@ func runExportModels(ctx context.Context, args []string, out io.Writer) error {
 	fs.Var(&sets, "set", "override a config value, key=value (repeatable)")
 	teWeights := fs.String("text-encoder-weights", "", "tiny-ocr text encoder weights (default: "+pipeline.TextEncoderWeightsFile+" beside model.weights)")
 	vaeWeights := fs.String("vae-weights", "", "tiny-ocr VAE weights (default: "+pipeline.VAEWeightsFile+" beside model.weights)")
+	python := fs.String("python", "", "Python that runs exporters/sd3 for model.snapshot (default: the repository's .venv/bin/python)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -32,5 +33,5 @@ func runExportModels(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return pipeline.ExportModels(ctx, cfg, pipeline.ExportOptions{TextEncoderWeights: *teWeights, VAEWeights: *vaeWeights, Log: out})
+	return pipeline.ExportModels(ctx, cfg, pipeline.ExportOptions{TextEncoderWeights: *teWeights, VAEWeights: *vaeWeights, Python: *python, Log: out})
 }

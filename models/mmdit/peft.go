@@ -28,10 +28,11 @@ const (
 	diffusersPrefix = "transformer."
 )
 
-// WriteDiffusersLoRA writes adapters (PEFT keys, as LoRATensors returns them) the way
-// StableDiffusion3Pipeline.save_lora_weights does, so that diffusers' load_lora_weights (and
-// every diffusers-based tool) loads them with their rank, alpha and target modules.
-func WriteDiffusersLoRA(path string, lora LoRAConfig, adapters map[string]safetensors.Tensor) error {
+// DiffusersLoRA lays adapters (PEFT keys, as LoRATensors returns them) out the way
+// StableDiffusion3Pipeline.save_lora_weights writes them: keys prefixed "transformer.", the
+// LoRA config in the metadata, so that diffusers' load_lora_weights (and every
+// diffusers-based tool) loads them with their rank, alpha and target modules.
+func DiffusersLoRA(lora LoRAConfig, adapters map[string]safetensors.Tensor) (map[string]safetensors.Tensor, map[string]string, error) {
 	meta, err := json.Marshal(map[string]any{
 		diffusersPrefix + "r":              lora.Rank,
 		diffusersPrefix + "lora_alpha":     lora.Alpha,
@@ -42,13 +43,22 @@ func WriteDiffusersLoRA(path string, lora LoRAConfig, adapters map[string]safete
 		diffusersPrefix + "use_rslora":     false,
 	})
 	if err != nil {
-		return fmt.Errorf("write diffusers lora %s: %w", path, err)
+		return nil, nil, err
 	}
 	out := make(map[string]safetensors.Tensor, len(adapters))
 	for k, t := range adapters {
 		out[diffusersPrefix+k] = t
 	}
-	if err := safetensors.Write(path, out, map[string]string{"format": "pt", loraMetadataKey: string(meta)}); err != nil {
+	return out, map[string]string{"format": "pt", loraMetadataKey: string(meta)}, nil
+}
+
+// WriteDiffusersLoRA writes DiffusersLoRA's layout to path.
+func WriteDiffusersLoRA(path string, lora LoRAConfig, adapters map[string]safetensors.Tensor) error {
+	ts, meta, err := DiffusersLoRA(lora, adapters)
+	if err != nil {
+		return fmt.Errorf("write diffusers lora %s: %w", path, err)
+	}
+	if err := safetensors.Write(path, ts, meta); err != nil {
 		return fmt.Errorf("write diffusers lora: %w", err)
 	}
 	return nil

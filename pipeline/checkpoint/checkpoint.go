@@ -26,6 +26,9 @@ type Checkpoint struct {
 	// Tensors are named groups ("lora", "ema", "optimizer") of named tensors, one
 	// safetensors file each.
 	Tensors map[string]map[string]safetensors.Tensor
+	// Metadata is the safetensors metadata of some groups' files (for files other tools
+	// read, such as diffusers' LoRA format); nil for the rest. Load does not return it.
+	Metadata map[string]map[string]string
 }
 
 // Checkpointer writes checkpoints atomically into Dir: everything goes to `epoch-N.tmp/`,
@@ -71,7 +74,7 @@ func (c *Checkpointer) Save(ck Checkpoint) (string, error) {
 	}
 	sort.Strings(groups)
 	for _, g := range groups {
-		if err := c.writeTensors(filepath.Join(tmp, g+".safetensors"), ck.Tensors[g], nil); err != nil {
+		if err := c.writeTensors(filepath.Join(tmp, g+".safetensors"), ck.Tensors[g], ck.Metadata[g]); err != nil {
 			return fail(fmt.Errorf("write %s tensors: %w", g, err))
 		}
 	}
