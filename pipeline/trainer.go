@@ -249,7 +249,8 @@ func (t *trainer) runEpoch(ctx context.Context) (runfiles.Line, error) {
 		tr.DensePosFrac, tr.DenseDeltaMean, tr.DenseDeltaStd = rl.DeltaStats(rw.Delta)
 	}
 	if a := rw.Accuracy; a != nil {
-		tr.QueryRCorr, tr.QueryRMAE, tr.QueryDeltaSign, tr.QueryFrac = a.RCorr, a.RMAE, a.DeltaSign, a.Queried
+		tr.QueryRCorr, tr.QueryRMAE, tr.QueryFrac = a.RCorr, a.RMAE, a.Queried
+		tr.QueryDeltaSign, tr.QueryDeltaCorr, tr.QueryDeltaZero = a.DeltaSign, a.DeltaCorr, a.DeltaZero
 	}
 	tr.ScoredImages = rw.Scored
 	for k, v := range map[string]float64{runfiles.KeyLoss: tr.Loss, runfiles.KeyKL: tr.KL, runfiles.KeyPolicyLoss: tr.PolicyLoss} {

@@ -151,8 +151,11 @@ type QueryAccuracy struct {
 	// where either has no variance. RMAE[k] is their mean absolute difference.
 	RCorr, RMAE []float64
 	// DeltaSign[k] is the fraction of samples whose ΔR_k has the sign (−, 0, +) of the fully
-	// scored ΔR_k, k = 0 … Trained−1: what the dense advantages learn from.
-	DeltaSign []float64
+	// scored ΔR_k, k = 0 … Trained−1: what the dense advantages learn from. DeltaCorr[k] is the
+	// correlation of the two ΔR_k (NaN without variance), DeltaZero[k] the fraction of samples
+	// whose scored ΔR_k is exactly 0 (a discrete reward such as OCR's often does not change
+	// over one step, and a predicted ΔR_k is then a small non-zero number of either sign).
+	DeltaSign, DeltaCorr, DeltaZero []float64
 	// Queried[k] is the fraction of samples whose state k was queried, k = 0 … Trained.
 	Queried []float64
 }
@@ -162,7 +165,8 @@ type QueryAccuracy struct {
 func queryAccuracy(used, full [][]float64, queried [][]bool, trained int) QueryAccuracy {
 	n := len(used)
 	a := QueryAccuracy{RCorr: make([]float64, trained+1), RMAE: make([]float64, trained+1),
-		DeltaSign: make([]float64, trained), Queried: make([]float64, trained+1)}
+		DeltaSign: make([]float64, trained), DeltaCorr: make([]float64, trained), DeltaZero: make([]float64, trained),
+		Queried: make([]float64, trained+1)}
 	x, y := make([]float64, n), make([]float64, n)
 	for k := 0; k <= trained; k++ {
 		var diff float64
@@ -177,13 +181,17 @@ func queryAccuracy(used, full [][]float64, queried [][]bool, trained int) QueryA
 		a.RCorr[k], a.RMAE[k], a.Queried[k] = pearson(x, y), diff/float64(n), float64(count)/float64(n)
 	}
 	for k := range trained {
-		agree := 0
+		agree, zero := 0, 0
 		for i := range n {
-			if sign(used[i][k+1]-used[i][k]) == sign(full[i][k+1]-full[i][k]) {
+			x[i], y[i] = used[i][k+1]-used[i][k], full[i][k+1]-full[i][k]
+			if sign(x[i]) == sign(y[i]) {
 				agree++
 			}
+			if y[i] == 0 {
+				zero++
+			}
 		}
-		a.DeltaSign[k] = float64(agree) / float64(n)
+		a.DeltaSign[k], a.DeltaZero[k], a.DeltaCorr[k] = float64(agree)/float64(n), float64(zero)/float64(n), pearson(x, y)
 	}
 	return a
 }

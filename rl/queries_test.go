@@ -172,7 +172,8 @@ func TestMethodValidateQueries(t *testing.T) {
 // queryAccuracy on hand values: two samples, states 0 … 2 (trained 2). Sample 0 used
 // (0, 0.5, 1) vs full (0, 0.2, 1); sample 1 used (1, 0.5, 0) vs full (1, 0.8, 0). R_1 used
 // 0.5, 0.5 is constant: correlation NaN; MAE (0.3 + 0.3)/2 = 0.3. ΔR_0: used +0.5 / full +0.2
-// agree, used −0.5 / full −0.2 agree; ΔR_1 likewise: all 1.
+// agree, used −0.5 / full −0.2 agree; ΔR_1 likewise: all 1. Two points with opposite ΔR on
+// both sides correlate exactly: 1; no scored ΔR is 0.
 func TestQueryAccuracyHand(t *testing.T) {
 	used := [][]float64{{0, 0.5, 1}, {1, 0.5, 0}}
 	full := [][]float64{{0, 0.2, 1}, {1, 0.8, 0}}
@@ -181,13 +182,14 @@ func TestQueryAccuracyHand(t *testing.T) {
 	if a.RCorr[0] != 1 || !math.IsNaN(a.RCorr[1]) || math.Abs(a.RMAE[1]-0.3) > 1e-12 || a.RMAE[0] != 0 {
 		t.Errorf("RCorr %v RMAE %v, want [1 NaN 1], [0 0.3 0]", a.RCorr, a.RMAE)
 	}
-	if !slices.Equal(a.DeltaSign, []float64{1, 1}) || !slices.Equal(a.Queried, []float64{1, 0.5, 1}) {
-		t.Errorf("DeltaSign %v Queried %v, want [1 1], [1 0.5 1]", a.DeltaSign, a.Queried)
+	if !slices.Equal(a.DeltaSign, []float64{1, 1}) || !slices.Equal(a.Queried, []float64{1, 0.5, 1}) ||
+		math.Abs(a.DeltaCorr[0]-1) > 1e-12 || math.Abs(a.DeltaCorr[1]-1) > 1e-12 || !slices.Equal(a.DeltaZero, []float64{0, 0}) {
+		t.Errorf("DeltaSign %v DeltaCorr %v DeltaZero %v Queried %v, want [1 1], [1 1], [0 0], [1 0.5 1]", a.DeltaSign, a.DeltaCorr, a.DeltaZero, a.Queried)
 	}
 	// A zero step scored against a non-zero prediction disagrees.
 	b := queryAccuracy([][]float64{{0, 0.1}}, [][]float64{{0, 0}}, [][]bool{{true, false}}, 1)
-	if b.DeltaSign[0] != 0 {
-		t.Errorf("sign(+0.1) vs sign(0): agreement %v, want 0", b.DeltaSign[0])
+	if b.DeltaSign[0] != 0 || b.DeltaZero[0] != 1 || !math.IsNaN(b.DeltaCorr[0]) {
+		t.Errorf("sign(+0.1) vs sign(0): agreement %v, zero %v, corr %v; want 0, 1, NaN", b.DeltaSign[0], b.DeltaZero[0], b.DeltaCorr[0])
 	}
 }
 

@@ -59,6 +59,8 @@ const (
 	KeyQueryRCorr       = "query_r_corr"
 	KeyQueryRMAE        = "query_r_mae"
 	KeyQueryDeltaSign   = "query_delta_sign"
+	KeyQueryDeltaCorr   = "query_delta_corr"
+	KeyQueryDeltaZero   = "query_delta_zero"
 	KeyQueryFrac        = "query_frac"
 	KeyStageSeconds     = "stage_seconds"
 	KeyWallSeconds      = "wall_seconds"
@@ -128,10 +130,13 @@ type Train struct {
 	// (dense.queries > 0) against every state scored, on an audited epoch's trajectories
 	// (rl.QueryAccuracy): per state k = 0 … trained, the correlation and mean absolute
 	// difference of the R_k training used with the scored R_k and the fraction of samples whose
-	// state k was queried; per trained step, the fraction whose ΔR_k has the scored ΔR_k's sign.
+	// state k was queried; per trained step, the fraction whose ΔR_k has the scored ΔR_k's
+	// sign, the correlation of the two ΔR_k and the fraction whose scored ΔR_k is 0.
 	QueryRCorr     []float64 `json:"query_r_corr,omitempty"`
 	QueryRMAE      []float64 `json:"query_r_mae,omitempty"`
 	QueryDeltaSign []float64 `json:"query_delta_sign,omitempty"`
+	QueryDeltaCorr []float64 `json:"query_delta_corr,omitempty"`
+	QueryDeltaZero []float64 `json:"query_delta_zero,omitempty"`
 	QueryFrac      []float64 `json:"query_frac,omitempty"`
 	// StageSeconds are the busy seconds of each stage (Stages).
 	StageSeconds map[string]float64 `json:"stage_seconds"`
