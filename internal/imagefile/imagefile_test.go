@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/zlib"
 	"encoding/binary"
-	"hash/crc32"
 	"image"
 	"image/color"
 	"image/gif"
@@ -14,27 +13,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/densegrpo/densegrpo/internal/imagefile/imagefiletest"
 )
-
-// pngChunk appends one chunk: length, type, data, CRC of type and data.
-func pngChunk(b []byte, typ string, data []byte) []byte {
-	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-	start := len(b)
-	b = append(append(b, typ...), data...)
-	return binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(b[start:]))
-}
-
-// handPNG is a PNG whose IHDR declares w×h at the given bit depth and colour type, with idat
-// as its compressed pixel data (not necessarily enough for the declared size).
-func handPNG(w, h uint32, depth, colorType byte, idat []byte) []byte {
-	ihdr := binary.BigEndian.AppendUint32(nil, w)
-	ihdr = binary.BigEndian.AppendUint32(ihdr, h)
-	ihdr = append(ihdr, depth, colorType, 0, 0, 0)
-	b := append([]byte{}, pngMagic...)
-	b = pngChunk(b, "IHDR", ihdr)
-	b = pngChunk(b, "IDAT", idat)
-	return pngChunk(b, "IEND", nil)
-}
 
 func zlibBytes(t testing.TB, raw []byte) []byte {
 	var b bytes.Buffer
@@ -101,9 +82,9 @@ func TestDecode(t *testing.T) {
 		{"png at the pixel limit", pngData, Limits{MaxSide: 12, MaxPixels: 84}, "", "png"},
 		{"png one pixel over", pngData, Limits{MaxSide: 12, MaxPixels: 83}, "png declares 12×7 = 84 pixels, want at most 83", ""},
 		{"png side over", pngData, Limits{MaxSide: 11, MaxPixels: 1000}, "png declares 12×7 pixels, want each side at most 11", ""},
-		{"png 100000x100000 RGBA", handPNG(100000, 100000, 8, 6, zlibBytes(t, []byte{0})), DefaultLimits, "png declares 100000×100000 pixels, want each side at most 16384", ""},
-		{"png 1-bit bomb", handPNG(100000, 100000, 1, 0, bomb), DefaultLimits, "png declares 100000×100000 pixels", ""},
-		{"png wide and flat", handPNG(16384, 16384, 8, 2, zlibBytes(t, []byte{0})), DefaultLimits, "png declares 16384×16384 = 268435456 pixels, want at most 16777216", ""},
+		{"png 100000x100000 RGBA", imagefiletest.PNG(100000, 100000, 8, 6, zlibBytes(t, []byte{0})), DefaultLimits, "png declares 100000×100000 pixels, want each side at most 16384", ""},
+		{"png 1-bit bomb", imagefiletest.PNG(100000, 100000, 1, 0, bomb), DefaultLimits, "png declares 100000×100000 pixels", ""},
+		{"png wide and flat", imagefiletest.PNG(16384, 16384, 8, 2, zlibBytes(t, []byte{0})), DefaultLimits, "png declares 16384×16384 = 268435456 pixels, want at most 16777216", ""},
 		{"jpeg 65535x65535", jpegWithSize(t, jpegData, 65535, 65535), DefaultLimits, "jpeg declares 65535×65535 pixels", ""},
 		{"jpeg 5000x5000", jpegWithSize(t, jpegData, 5000, 5000), DefaultLimits, "jpeg declares 5000×5000 = 25000000 pixels, want at most 16777216", ""},
 		{"gif", encoded(t, small, "gif"), DefaultLimits, `not a PNG or JPEG file (starts with "GIF89a`, ""},
@@ -112,7 +93,7 @@ func TestDecode(t *testing.T) {
 		{"truncated png", pngData[:len(pngData)/2], DefaultLimits, "decode png", ""},
 		{"png header only", pngData[:20], DefaultLimits, "read png header", ""},
 		{"truncated jpeg", jpegData[:len(jpegData)-10], DefaultLimits, "decode jpeg", ""},
-		{"png with too little data", handPNG(64, 64, 8, 2, zlibBytes(t, []byte{0, 1, 2})), DefaultLimits, "decode png", ""},
+		{"png with too little data", imagefiletest.PNG(64, 64, 8, 2, zlibBytes(t, []byte{0, 1, 2})), DefaultLimits, "decode png", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -146,7 +127,7 @@ func TestRead(t *testing.T) {
 		t.Fatalf("ReadFileHeader = %+v, %v", h, err)
 	}
 	big := filepath.Join(dir, "big.png")
-	if err := os.WriteFile(big, handPNG(100000, 100000, 8, 6, nil), 0o644); err != nil {
+	if err := os.WriteFile(big, imagefiletest.PNG(100000, 100000, 8, 6, nil), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	_, err := Read(big, DefaultLimits)
@@ -165,7 +146,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(encoded(f, small, "jpeg"))
 	f.Add(encoded(f, image.NewGray16(image.Rect(0, 0, 3, 9)), "png"))
 	f.Add(encoded(f, image.NewPaletted(image.Rect(0, 0, 4, 4), color.Palette{color.Black, color.White}), "png"))
-	f.Add(handPNG(100000, 100000, 1, 0, zlibBytes(f, make([]byte, 1000))))
+	f.Add(imagefiletest.PNG(100000, 100000, 1, 0, zlibBytes(f, make([]byte, 1000))))
 	f.Add(jpegWithSize(f, encoded(f, small, "jpeg"), 65535, 65535))
 	lim := Limits{MaxSide: 256, MaxPixels: 1 << 12}
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -11,7 +11,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"hash/crc32"
 	"image"
 	"image/color"
 	"image/jpeg"
@@ -23,6 +22,7 @@ import (
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 
 	"github.com/densegrpo/densegrpo/exporters/onnx"
+	"github.com/densegrpo/densegrpo/internal/imagefile/imagefiletest"
 	"github.com/densegrpo/densegrpo/models/mmdit"
 )
 
@@ -159,16 +159,7 @@ func adapters(dir string) error {
 	if err != nil {
 		return err
 	}
-	// Every tensor points at the same bytes.
-	var over header
-	maxEnd := 0.0
-	for _, p := range h {
-		e := p.e.(entry)
-		size := e.Offsets[1].(float64) - e.Offsets[0].(float64)
-		maxEnd = max(maxEnd, size)
-		over = append(over, kv(p.name, entry{e.DType, e.Shape, [2]any{0, size}}))
-	}
-	if err := writeSafetensors(filepath.Join(dir, "lora-overlap.safetensors"), over.encode(), data[:int(maxEnd)], 0); err != nil {
+	if err := writeOverlapped(filepath.Join(dir, "lora-overlap.safetensors"), h, data); err != nil {
 		return err
 	}
 	// The first adapter named twice: the second entry has its own bytes (all 0.5).
@@ -220,6 +211,12 @@ func checkpoints(dir string) error {
 	if err != nil {
 		return err
 	}
+	return writeOverlapped(filepath.Join(dir, "checkpoint-overlap.safetensors"), h, data)
+}
+
+// writeOverlapped writes the tensors of h with every one pointed at the start of the data
+// (names, dtypes and shapes kept, so only the offsets are wrong).
+func writeOverlapped(path string, h header, data []byte) error {
 	var over header
 	maxEnd := 0.0
 	for _, p := range h {
@@ -228,24 +225,7 @@ func checkpoints(dir string) error {
 		maxEnd = max(maxEnd, size)
 		over = append(over, kv(p.name, entry{e.DType, e.Shape, [2]any{0, size}}))
 	}
-	return writeSafetensors(filepath.Join(dir, "checkpoint-overlap.safetensors"), over.encode(), data[:int(maxEnd)], 0)
-}
-
-func pngChunk(b []byte, typ string, data []byte) []byte {
-	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-	start := len(b)
-	b = append(append(b, typ...), data...)
-	return binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(b[start:]))
-}
-
-// handPNG is a PNG whose IHDR declares w×h with the given depth and colour type.
-func handPNG(w, h uint32, depth, colorType byte, idat []byte) []byte {
-	ihdr := binary.BigEndian.AppendUint32(nil, w)
-	ihdr = binary.BigEndian.AppendUint32(ihdr, h)
-	ihdr = append(ihdr, depth, colorType, 0, 0, 0)
-	b := pngChunk([]byte("\x89PNG\r\n\x1a\n"), "IHDR", ihdr)
-	b = pngChunk(b, "IDAT", idat)
-	return pngChunk(b, "IEND", nil)
+	return writeSafetensors(path, over.encode(), data[:int(maxEnd)], 0)
 }
 
 func images(dir string) error {
@@ -283,7 +263,7 @@ func images(dir string) error {
 	zw := zlib.NewWriter(&z)
 	zw.Write([]byte{0})
 	zw.Close()
-	if err := os.WriteFile(filepath.Join(dir, "image-100000x100000.png"), handPNG(100000, 100000, 8, 6, z.Bytes()), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "image-100000x100000.png"), imagefiletest.PNG(100000, 100000, 8, 6, z.Bytes()), 0o644); err != nil {
 		return err
 	}
 	// A 1-bit 100000×100000 image of zeros: 1.25 GB of rows compressed to about 1.2 MB.
@@ -294,7 +274,7 @@ func images(dir string) error {
 		zw.Write(row)
 	}
 	zw.Close()
-	if err := os.WriteFile(filepath.Join(dir, "image-1bit-bomb.png"), handPNG(100000, 100000, 1, 0, z.Bytes()), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "image-1bit-bomb.png"), imagefiletest.PNG(100000, 100000, 1, 0, z.Bytes()), 0o644); err != nil {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, "image.gif"), []byte("GIF89a\x01\x00\x01\x00\x00\x00\x00;"), 0o644)
