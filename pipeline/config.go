@@ -36,8 +36,9 @@ type Config struct {
 	// Path is the file the config was read from; relative paths inside resolve against its
 	// directory. Not a TOML key.
 	Path string `toml:"-"`
-	// rawRewards are the `[[reward]]` tables as written (after --set), for the resolved copy.
-	rawRewards []map[string]any
+	// rawRewards and rawHeldout are the `[[reward]]` and `[[eval.reward]]` tables as written
+	// (after --set), for the resolved copy.
+	rawRewards, rawHeldout []map[string]any
 }
 
 // Sections are the config's tables other than `[[reward]]`.
@@ -234,6 +235,11 @@ type EvalConfig struct {
 	Prompts int `toml:"prompts"`
 	// BatchSize of eval sampling (>= 1). Default 16.
 	BatchSize int `toml:"batch_size"`
+	// Rewards are the held-out rewards, `[[eval.reward]]` blocks (the `[[reward]]` schema):
+	// they score every evaluation beside the training rewards but never enter training, so a
+	// policy that games its training judge shows as the two parting. Paths resolved. Decoded
+	// by Parse, not by the TOML decoder.
+	Rewards []rewards.Config `toml:"-"`
 }
 
 // PipelineConfig shapes the staged execution.
@@ -324,11 +330,34 @@ func Parse(path string, data []byte) (Config, error) {
 	cfg.ONNX.Library = cfg.Resolve(cfg.ONNX.Library)
 	var raw struct {
 		Reward []map[string]any `toml:"reward"`
+		Eval   struct {
+			Reward []map[string]any `toml:"reward"`
+		} `toml:"eval"`
 	}
 	if _, err := toml.Decode(string(data), &raw); err != nil {
 		return Config{}, fmt.Errorf("decode config %s: %w", path, err)
 	}
-	cfg.rawRewards = raw.Reward
+	cfg.rawRewards, cfg.rawHeldout = raw.Reward, raw.Eval.Reward
+	// [[eval.reward]] has no field in EvalConfig (a toml.Primitive there would not encode into
+	// the resolved config): a second decode reads it, and its keys are left out of the first
+	// decode's unknown ones.
+	var heldout struct {
+		Eval struct {
+			Reward toml.Primitive `toml:"reward"`
+		} `toml:"eval"`
+	}
+	hmd, err := toml.Decode(string(data), &heldout)
+	if err != nil {
+		return Config{}, fmt.Errorf("decode config %s: %w", path, err)
+	}
+	if hmd.IsDefined("eval", "reward") {
+		if cfg.Eval.Rewards, err = rewards.DecodePrimitiveAt(hmd, heldout.Eval.Reward, rewards.HeldoutTable); err != nil {
+			return Config{}, fmt.Errorf("config %s: %w", path, err)
+		}
+		for i := range cfg.Eval.Rewards {
+			cfg.Eval.Rewards[i].ResolvePaths(filepath.Dir(path))
+		}
+	}
 	if md.IsDefined("reward") {
 		if cfg.Rewards, err = rewards.DecodePrimitive(md, cfg.Reward); err != nil {
 			return Config{}, fmt.Errorf("config %s: %w", path, err)
@@ -347,13 +376,15 @@ func Parse(path string, data []byte) (Config, error) {
 }
 
 func checkUndecoded(path string, md toml.MetaData) error {
-	keys := md.Undecoded()
-	if len(keys) == 0 {
-		return nil
+	var msgs []string
+	for _, k := range md.Undecoded() {
+		if len(k) >= 2 && k[0] == "eval" && k[1] == "reward" {
+			continue // [[eval.reward]], decoded (and checked) on its own
+		}
+		msgs = append(msgs, fmt.Sprintf("unknown key %q", k.String()))
 	}
-	msgs := make([]string, len(keys))
-	for i, k := range keys {
-		msgs[i] = fmt.Sprintf("unknown key %q", k.String())
+	if len(msgs) == 0 {
+		return nil
 	}
 	sort.Strings(msgs)
 	return fmt.Errorf("decode config %s: %s", path, strings.Join(msgs, "; "))
@@ -540,5 +571,10 @@ func (c Config) Validate() error {
 	check(c.Pipeline.TrainWorkers >= 1, "pipeline.train_workers", c.Pipeline.TrainWorkers, ">= 1")
 	check(c.Pipeline.InferenceEngine.Valid(), "pipeline.inference_engine", fmt.Sprintf("%q", c.Pipeline.InferenceEngine), choice.Want(Engines))
 	check(len(c.Rewards) > 0, "reward", "no [[reward]] tables", "at least one")
+	for _, h := range c.Eval.Rewards {
+		for _, r := range c.Rewards {
+			check(h.Name != r.Name, "eval.reward", fmt.Sprintf("a block named %q", h.Name), "held-out names distinct from the [[reward]] names (the two are logged side by side)")
+		}
+	}
 	return errors.Join(errs...)
 }

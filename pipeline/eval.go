@@ -130,6 +130,10 @@ type EvalResult struct {
 	Prompts []string        `json:"prompts"`
 	Totals  []float64       `json:"totals"`
 	Images  []rewards.Image `json:"-"`
+	// HeldoutMean is the mean weighted total of the held-out rewards ([[eval.reward]]) and
+	// Heldout each of them (and their extra metrics) alone; nil without held-out rewards.
+	HeldoutMean *float64           `json:"eval_heldout_mean,omitempty"`
+	Heldout     map[string]float64 `json:"heldout,omitempty"`
 }
 
 // Evaluate samples one image per test prompt (cfg.Prompts.Test, the first cfg.Eval.Prompts of
@@ -161,7 +165,11 @@ func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions)
 		}
 		defer f.Close()
 	}
-	if err := checkPrompts(prompts, where, f.Rewards); err != nil {
+	sets := []*rewards.Set{f.Rewards}
+	if f.Heldout != nil {
+		sets = append(sets, f.Heldout)
+	}
+	if err := checkPrompts(prompts, where, sets...); err != nil {
 		return EvalResult{}, fmt.Errorf("evaluate: %w", err)
 	}
 	gen, err := newGenerator(cfg, policy, f, cfg.Eval.Steps, min(cfg.Eval.BatchSize, len(prompts)), cfg.Run.Seed)
@@ -175,7 +183,10 @@ func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions)
 		defer bar.Done()
 	}
 	res := EvalResult{N: len(prompts), Rewards: map[string]float64{}, Extra: map[string]float64{}, Prompts: texts(prompts)}
-	var sum float64
+	var sum, heldoutSum float64
+	if f.Heldout != nil {
+		res.Heldout = map[string]float64{}
+	}
 	for lo := 0; lo < len(prompts); lo += gen.batch {
 		hi := min(lo+gen.batch, len(prompts))
 		imgs, err := gen.run(ctx, texts(prompts[lo:hi]), lo)
@@ -200,6 +211,23 @@ func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions)
 				res.Extra[name] += v
 			}
 		}
+		if f.Heldout != nil {
+			// The same images, judged by rewards the policy never trains on.
+			held, err := f.Heldout.Score(ctx, imgs, prompts[lo:hi])
+			if err != nil {
+				return EvalResult{}, fmt.Errorf("evaluate prompts %d..%d: held-out: %w", lo, hi-1, err)
+			}
+			for _, v := range held.Total {
+				heldoutSum += v
+			}
+			for _, m := range []map[string][]float64{held.ByName, held.Extra} {
+				for name, vs := range m {
+					for _, v := range vs {
+						res.Heldout[name] += v
+					}
+				}
+			}
+		}
 		if opts.KeepImages {
 			res.Images = append(res.Images, imgs...)
 		}
@@ -216,22 +244,36 @@ func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions)
 	for name := range res.Extra {
 		res.Extra[name] /= n
 	}
+	if f.Heldout != nil {
+		mean := heldoutSum / n
+		res.HeldoutMean = &mean
+		for name := range res.Heldout {
+			res.Heldout[name] /= n
+		}
+	}
 	return res, nil
 }
 
-// Summary formats r on one line: "n=400 eval_reward_mean=0.6123 ocr=0.6123 ocr.exact=0.41".
+// Summary formats r on one line: "n=400 eval_reward_mean=0.6123 ocr=0.6123 ocr.exact=0.41",
+// then, with held-out rewards, "eval_heldout_mean=0.55 heldout/judge=0.55 …".
 func (r EvalResult) Summary() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "n=%d eval_reward_mean=%.4f", r.N, r.RewardMean)
-	for _, m := range []map[string]float64{r.Rewards, r.Extra} {
+	put := func(m map[string]float64, prefix string) {
 		names := make([]string, 0, len(m))
 		for name := range m {
 			names = append(names, name)
 		}
 		sort.Strings(names)
 		for _, name := range names {
-			fmt.Fprintf(&b, " %s=%.4f", name, m[name])
+			fmt.Fprintf(&b, " %s%s=%.4f", prefix, name, m[name])
 		}
+	}
+	put(r.Rewards, "")
+	put(r.Extra, "")
+	if r.HeldoutMean != nil {
+		fmt.Fprintf(&b, " eval_heldout_mean=%.4f", *r.HeldoutMean)
+		put(r.Heldout, "heldout/")
 	}
 	return b.String()
 }

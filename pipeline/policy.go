@@ -215,6 +215,9 @@ type Frozen struct {
 	TextEncoder TextEncoder
 	VAE         *frozen.VAEDecoder
 	Rewards     *rewards.Set
+	// Heldout are the held-out rewards ([[eval.reward]]), scoring evaluations only; nil
+	// without them.
+	Heldout *rewards.Set
 }
 
 // OpenFrozen opens the text encoder, VAE decoder and rewards of cfg, checking every declared
@@ -236,6 +239,12 @@ func OpenFrozen(ctx context.Context, cfg Config) (*Frozen, error) {
 	if err != nil {
 		f.Close()
 		return nil, err
+	}
+	if len(cfg.Eval.Rewards) > 0 {
+		if f.Heldout, err = rewards.Open(ctx, cfg.Eval.Rewards, "", cfg.ONNX); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("[[eval.reward]]: %w", err)
+		}
 	}
 	return f, nil
 }
@@ -310,6 +319,10 @@ func (f *Frozen) Close() error {
 	if f.Rewards != nil {
 		errs = append(errs, f.Rewards.Close())
 		f.Rewards = nil
+	}
+	if f.Heldout != nil {
+		errs = append(errs, f.Heldout.Close())
+		f.Heldout = nil
 	}
 	return errors.Join(errs...)
 }

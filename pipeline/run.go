@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/densegrpo/densegrpo/pipeline/progress"
 	"github.com/densegrpo/densegrpo/pipeline/report"
 	"github.com/densegrpo/densegrpo/pipeline/runfiles"
+	"github.com/densegrpo/densegrpo/rewards"
 )
 
 // RunOptions are the choices of Run that are not in the config.
@@ -332,15 +334,44 @@ func ResolvedTOML(cfg Config) ([]byte, error) {
 	}
 	// Reward blocks are written as the user wrote them (their defaults depend on the kind),
 	// with every file path made absolute.
-	rewardsOut := make([]map[string]any, len(cfg.rawRewards))
-	for i, r := range cfg.rawRewards {
-		rewardsOut[i] = absPaths(r, abs)
-	}
-	buf.WriteString("\n")
-	if err := toml.NewEncoder(&buf).Encode(map[string]any{"reward": rewardsOut}); err != nil {
-		return nil, fmt.Errorf("render resolved config rewards: %w", err)
+	for _, arr := range []struct {
+		name   string
+		blocks []map[string]any
+	}{{rewards.Table, cfg.rawRewards}, {rewards.HeldoutTable, cfg.rawHeldout}} {
+		if len(arr.blocks) == 0 {
+			continue
+		}
+		out := make([]map[string]any, len(arr.blocks))
+		for i, r := range arr.blocks {
+			out[i] = absPaths(r, abs)
+		}
+		buf.WriteString("\n")
+		if err := encodeBlocks(&buf, arr.name, out); err != nil {
+			return nil, fmt.Errorf("render resolved config [[%s]]: %w", arr.name, err)
+		}
 	}
 	return buf.Bytes(), nil
+}
+
+// encodeBlocks writes blocks as the array of tables array ("reward", "eval.reward"). The
+// encoder names tables from the root, so a nested array's headers ("[[reward]]",
+// "[reward.image]") are re-rooted under it; values never start a line with "[" (the encoder
+// writes strings quoted and arrays inline).
+func encodeBlocks(buf *bytes.Buffer, array string, blocks []map[string]any) error {
+	var b bytes.Buffer
+	if err := toml.NewEncoder(&b).Encode(map[string]any{"reward": blocks}); err != nil {
+		return err
+	}
+	for _, line := range strings.SplitAfter(b.String(), "\n") {
+		switch t := strings.TrimLeft(line, " \t"); {
+		case strings.HasPrefix(t, "[[reward]]"):
+			line = strings.Replace(line, "[[reward]]", "[["+array+"]]", 1)
+		case strings.HasPrefix(t, "[reward."):
+			line = strings.Replace(line, "[reward.", "["+array+".", 1)
+		}
+		buf.WriteString(line)
+	}
+	return nil
 }
 
 // rewardPathKeys are the keys of a `[[reward]]` table (and its sub-tables) that name files.
@@ -463,7 +494,7 @@ func (m *metricsFile) Close() error { return m.f.Close() }
 // evalRecord is an evaluation as a metrics line records it. The per-prompt totals let a resumed
 // run compare its final evaluation with the base one prompt by prompt.
 func evalRecord(r EvalResult) *runfiles.Eval {
-	e := &runfiles.Eval{RewardMean: r.RewardMean, N: r.N, Totals: r.Totals, Rewards: map[string]float64{}}
+	e := &runfiles.Eval{RewardMean: r.RewardMean, N: r.N, Totals: r.Totals, Rewards: map[string]float64{}, HeldoutMean: r.HeldoutMean, Heldout: r.Heldout}
 	for _, m := range []map[string]float64{r.Rewards, r.Extra} {
 		for name, v := range m {
 			e.Rewards[name] = v

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -192,12 +193,19 @@ type RemoteConfig struct {
 	Binary bool `toml:"binary"`
 }
 
-// table names the block in errors: `[[reward]] "ocr"` or `[[reward]] #2` when unnamed.
-func (c *Config) table(i int) string {
+// Table is the TOML array of tables training rewards are read from; HeldoutTable holds the
+// held-out rewards that only score evaluations.
+const (
+	Table        = "reward"
+	HeldoutTable = "eval.reward"
+)
+
+// table names block i of array in errors: `[[reward]] "ocr"` or `[[reward]] #2` when unnamed.
+func (c *Config) table(array string, i int) string {
 	if c.Name != "" {
-		return fmt.Sprintf("[[reward]] %q", c.Name)
+		return fmt.Sprintf("[[%s]] %q", array, c.Name)
 	}
-	return fmt.Sprintf("[[reward]] #%d", i+1)
+	return fmt.Sprintf("[[%s]] #%d", array, i+1)
 }
 
 // defaults fills every unset field with its documented default, per kind.
@@ -337,13 +345,18 @@ func ValidateAll(cfgs []Config) error {
 	if len(cfgs) == 0 {
 		return errors.New("rewards: no [[reward]] block, want at least one")
 	}
+	return validateIn(cfgs, Table)
+}
+
+// validateIn validates the blocks of the array of tables array ("reward", "eval.reward").
+func validateIn(cfgs []Config, array string) error {
 	seen := map[string]int{}
 	for i := range cfgs {
 		if err := cfgs[i].Validate(); err != nil {
-			return fmt.Errorf("%s: %w", cfgs[i].table(i), err)
+			return fmt.Errorf("%s: %w", cfgs[i].table(array, i), err)
 		}
 		if j, dup := seen[cfgs[i].Name]; dup {
-			return fmt.Errorf("%s: name: %q is also the name of [[reward]] #%d, want unique names", cfgs[i].table(i), cfgs[i].Name, j+1)
+			return fmt.Errorf("%s: name: %q is also the name of [[%s]] #%d, want unique names", cfgs[i].table(array, i), cfgs[i].Name, array, j+1)
 		}
 		seen[cfgs[i].Name] = i
 	}
@@ -355,21 +368,36 @@ func ValidateAll(cfgs []Config) error {
 // blocks, validated. An unknown key under any block is an error naming it. Relative paths are
 // left as written; call ResolvePaths.
 func DecodePrimitive(md toml.MetaData, prim toml.Primitive) ([]Config, error) {
+	cfgs, err := DecodePrimitiveAt(md, prim, Table)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfgs) == 0 {
+		return nil, errors.New("rewards: no [[reward]] block, want at least one")
+	}
+	return cfgs, nil
+}
+
+// DecodePrimitiveAt decodes the array of tables at the dotted key array ("reward" or
+// "eval.reward") of the document md was decoded from, as DecodePrimitive does; it may be
+// empty. Errors name the array.
+func DecodePrimitiveAt(md toml.MetaData, prim toml.Primitive, array string) ([]Config, error) {
 	var cfgs []Config
 	if err := md.PrimitiveDecode(prim, &cfgs); err != nil {
-		return nil, fmt.Errorf("decode [[reward]]: %w", err)
+		return nil, fmt.Errorf("decode [[%s]]: %w", array, err)
 	}
+	path := strings.Split(array, ".")
 	var unknown []string
 	for _, k := range md.Undecoded() {
-		if len(k) > 0 && k[0] == "reward" {
+		if len(k) > len(path) && slices.Equal([]string(k[:len(path)]), path) {
 			unknown = append(unknown, k.String())
 		}
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return nil, fmt.Errorf("decode [[reward]]: unknown key %s (a typo, or a field this version does not have)", strings.Join(unknown, ", "))
+		return nil, fmt.Errorf("decode [[%s]]: unknown key %s (a typo, or a field this version does not have)", array, strings.Join(unknown, ", "))
 	}
-	if err := ValidateAll(cfgs); err != nil {
+	if err := validateIn(cfgs, array); err != nil {
 		return nil, err
 	}
 	return cfgs, nil

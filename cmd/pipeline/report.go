@@ -18,7 +18,7 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("report", "RUN_DIR...", out)
 	html := fs.String("out", "", "HTML file to write (default: RUN_DIR/report.html when there is one run)")
 	var curves curveFlags
-	fs.Var(&curves, "curves", "also write curves against epoch to a PNG: PATH draws --metric, METRIC=PATH a key of metrics.jsonl (repeatable)")
+	fs.Var(&curves, "curves", "also write curves against epoch to a PNG: PATH draws --metric, METRIC=PATH a key of metrics.jsonl, A+B=PATH several on one chart (repeatable)")
 	metric := fs.String("metric", "reward_mean", "metric drawn by a --curves PATH without METRIC=, a key of metrics.jsonl")
 	dirs, err := parseFlags(fs, args)
 	if err != nil {

@@ -25,8 +25,10 @@ const (
 
 // WriteCurvesPNG renders metric (default "reward_mean") against epoch for every run in
 // runDirs as a curvesPNGWidth×curvesPNGHeight PNG at out, written atomically. A metric named
-// "X_mean" gets a ± band from "X_std" where the runs log it. It is an error when no run logs
-// the metric; the error lists the metrics that are there.
+// "X_mean" gets a ± band from "X_std" where the runs log it. Several metrics joined by "+"
+// ("eval_reward_mean+eval_heldout_mean") share one chart, the first solid and the others
+// dashed. It is an error when no run logs the metric (or any of them); the error lists the
+// metrics that are there.
 func WriteCurvesPNG(runDirs []string, out string, metric string) error {
 	if metric == "" {
 		metric = runfiles.KeyRewardMean
@@ -36,6 +38,14 @@ func WriteCurvesPNG(runDirs []string, out string, metric string) error {
 		return err
 	}
 	c := curveChart(runs, metric, runfiles.KeyEpoch)
+	if metrics := strings.Split(metric, "+"); len(metrics) > 1 {
+		for _, m := range metrics {
+			if !hasMetric(runs, m) {
+				return fmt.Errorf("write curves %s: metric %q not found in any run (have %s)", out, m, strings.Join(scalarKeys(runs), ", "))
+			}
+		}
+		c = pairedChart(runs, metrics)
+	}
 	if c.empty() {
 		return fmt.Errorf("write curves %s: metric %q not found in any run (have %s)", out, metric, strings.Join(scalarKeys(runs), ", "))
 	}

@@ -134,6 +134,26 @@ func curveChart(runs []*Run, metric, xKey string) *lineChart {
 	return c
 }
 
+// pairedChart draws several metrics of every run on one chart: the run's colour, the first
+// metric solid and the others dashed — the training judge against the held-out ones.
+func pairedChart(runs []*Run, metrics []string) *lineChart {
+	c := &lineChart{xLabel: runfiles.KeyEpoch, integerX: true, title: strings.Join(metrics, " and ") + " vs epoch (dashed: " + strings.Join(metrics[1:], ", ") + ")"}
+	for i, r := range runs {
+		for j, m := range metrics {
+			s := series{label: r.Label() + " · " + m, color: runColor(i), dash: j > 0}
+			for _, e := range r.Epochs {
+				if y, ok := e.Value(m); ok {
+					s.x, s.y = append(s.x, float64(e.Epoch)), append(s.y, y)
+				}
+			}
+			if len(s.x) > 0 {
+				c.series = append(c.series, s)
+			}
+		}
+	}
+	return c
+}
+
 // page accumulates the HTML.
 type page struct {
 	bytes.Buffer
@@ -313,7 +333,29 @@ func evalSection(p *page, runs []*Run) error {
 		}
 	}
 	componentCharts(p, runs, runfiles.EvalPrefix)
+	if h := pairedChart(runs, []string{runfiles.KeyEvalRewardMean, runfiles.KeyEvalHeldoutMean}); hasMetric(runs, runfiles.KeyEvalHeldoutMean) {
+		p.f("<h3>Training judge against held-out judges</h3>\n")
+		p.note("eval_reward_mean is the evaluation scored by the rewards the policy trains on; eval_heldout_mean by the [[eval.reward]] blocks it never sees. Reward hacking shows as the two parting.")
+		p.f("%s\n", h.svg(wideW, wideH))
+		if keys := keysWithPrefix(runs, runfiles.HeldoutPrefix); len(keys) > 1 {
+			p.f("<div class=\"grid\">")
+			for _, k := range keys {
+				p.f("%s\n", curveChart(runs, k, runfiles.KeyEpoch).svg(smallW, smallH))
+			}
+			p.f("</div>\n")
+		}
+	}
 	return nil
+}
+
+// hasMetric reports whether any run logs key.
+func hasMetric(runs []*Run, key string) bool {
+	for _, r := range runs {
+		if _, _, ok := last(r, key); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // optimKeys are the small multiples of the optimisation section, in order.

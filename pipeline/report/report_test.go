@@ -423,3 +423,37 @@ func TestASCIIText(t *testing.T) {
 		}
 	}
 }
+
+// A run with held-out rewards gets the training judge and the held-out judges on one chart
+// (and one small chart per held-out reward); the PNG draws both with METRIC+METRIC.
+func TestHeldoutCharts(t *testing.T) {
+	root := t.TempDir()
+	dir := fakeRun{name: "held", config: "[dense]\nenabled = true\n", metrics: []string{
+		`{"epoch":0,"eval_reward_mean":0.30,"eval_heldout_mean":0.28,"heldout/judge":0.28,"heldout/judge.exact":0.1}`,
+		`{"epoch":1,"samples":8,"reward_mean":0.4}`,
+		`{"epoch":2,"samples":16,"reward_mean":0.5,"eval_reward_mean":0.60,"eval_heldout_mean":0.35,"heldout/judge":0.35,"heldout/judge.exact":0.2}`,
+	}}.write(t, root)
+	out := filepath.Join(root, "report.html")
+	must(t, Write(context.Background(), []string{dir}, out))
+	html, err := os.ReadFile(out)
+	must(t, err)
+	for _, want := range []string{"Training judge against held-out judges", "eval_reward_mean and eval_heldout_mean vs epoch", "heldout/judge.exact vs epoch"} {
+		if !strings.Contains(string(html), want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	png := filepath.Join(root, "heldout.png")
+	must(t, WriteCurvesPNG([]string{dir}, png, "eval_reward_mean+eval_heldout_mean"))
+	if st, err := os.Stat(png); err != nil || st.Size() == 0 {
+		t.Errorf("curves PNG: %v", err)
+	}
+	if err := WriteCurvesPNG([]string{dir}, png, "eval_reward_mean+no_such"); err == nil || !strings.Contains(err.Error(), `metric "no_such" not found`) {
+		t.Errorf("unknown second metric: %v", err)
+	}
+	// Without held-out rewards the section is left out.
+	plain := fakeRun{name: "plain", metrics: denseOffMetrics}.write(t, root)
+	must(t, Write(context.Background(), []string{plain}, out))
+	if html, _ := os.ReadFile(out); strings.Contains(string(html), "held-out judges") {
+		t.Error("a run without held-out rewards has the held-out chart")
+	}
+}

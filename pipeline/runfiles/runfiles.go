@@ -69,13 +69,15 @@ const (
 	KeyEvalRewardMean   = "eval_reward_mean"
 	KeyEvalN            = "eval_n"
 	KeyEvalTotals       = "eval_totals"
+	KeyEvalHeldoutMean  = "eval_heldout_mean"
 )
 
-// Prefixes of the per-reward keys: "reward/<name>" (Train.Rewards) and "eval/<name>"
-// (Eval.Rewards).
+// Prefixes of the per-reward keys: "reward/<name>" (Train.Rewards), "eval/<name>"
+// (Eval.Rewards) and "heldout/<name>" (Eval.Heldout).
 const (
-	RewardPrefix = "reward/"
-	EvalPrefix   = "eval/"
+	RewardPrefix  = "reward/"
+	EvalPrefix    = "eval/"
+	HeldoutPrefix = "heldout/"
 )
 
 // Line is one line of metrics.jsonl: one epoch. Epoch 0 is the evaluation before training
@@ -159,6 +161,11 @@ type Eval struct {
 	// Rewards is each reward and extra metric alone ("ocr", "ocr.exact"), written as
 	// "eval/<name>".
 	Rewards map[string]float64 `json:"-"`
+	// HeldoutMean is the mean weighted total of the held-out rewards ([[eval.reward]]), nil
+	// (and not written) without them; Heldout each held-out reward and extra metric alone,
+	// written as "heldout/<name>".
+	HeldoutMean *float64           `json:"eval_heldout_mean"`
+	Heldout     map[string]float64 `json:"-"`
 }
 
 // field is one tagged field of Train or Eval.
@@ -223,6 +230,11 @@ func jsonValue(v reflect.Value) (any, bool) {
 			out[k] = jsonNumber(e)
 		}
 		return out, true
+	case *float64: // optional: absent when nil
+		if x == nil {
+			return nil, false
+		}
+		return jsonNumber(*x), true
 	default:
 		return x, true
 	}
@@ -246,6 +258,9 @@ func (l Line) MarshalJSON() ([]byte, error) {
 	}
 	if l.Eval != nil {
 		add(reflect.ValueOf(*l.Eval), evalFields, EvalPrefix, l.Eval.Rewards)
+		for name, r := range l.Eval.Heldout {
+			m[HeldoutPrefix+name] = jsonNumber(r)
+		}
 	}
 	for k, v := range l.Other {
 		if _, taken := m[k]; !taken {
@@ -301,7 +316,7 @@ func (l *Line) UnmarshalJSON(data []byte) error {
 	for k, r := range raw {
 		var v *float64
 		if err := json.Unmarshal(r, &v); err != nil {
-			if strings.HasPrefix(k, RewardPrefix) || strings.HasPrefix(k, EvalPrefix) {
+			if strings.HasPrefix(k, RewardPrefix) || strings.HasPrefix(k, EvalPrefix) || strings.HasPrefix(k, HeldoutPrefix) {
 				return fmt.Errorf("field %s: %w", k, err)
 			}
 			continue // not a number: a field no one here draws
@@ -322,6 +337,11 @@ func (l *Line) UnmarshalJSON(data []byte) error {
 				eval.Rewards = map[string]float64{}
 			}
 			eval.Rewards[strings.TrimPrefix(k, EvalPrefix)], hasEval = x, true
+		case strings.HasPrefix(k, HeldoutPrefix):
+			if eval.Heldout == nil {
+				eval.Heldout = map[string]float64{}
+			}
+			eval.Heldout[strings.TrimPrefix(k, HeldoutPrefix)], hasEval = x, true
 		default:
 			if out.Other == nil {
 				out.Other = map[string]float64{}
@@ -357,6 +377,13 @@ func decodeField(r json.RawMessage, v reflect.Value) error {
 		for i, x := range xs {
 			(*p)[i] = nanIfNil(x)
 		}
+	case **float64:
+		var x *float64
+		if err := json.Unmarshal(r, &x); err != nil {
+			return err
+		}
+		v := nanIfNil(x)
+		*p = &v
 	case *map[string]float64:
 		var xs map[string]*float64
 		if err := json.Unmarshal(r, &xs); err != nil {
@@ -397,6 +424,10 @@ func (l *Line) Scalars() map[string]float64 {
 			switch x := v.Field(f.index).Interface().(type) {
 			case float64:
 				put(f.key, x)
+			case *float64:
+				if x != nil {
+					put(f.key, *x)
+				}
 			case int:
 				put(f.key, float64(x))
 			}
@@ -410,6 +441,9 @@ func (l *Line) Scalars() map[string]float64 {
 	}
 	if l.Eval != nil {
 		add(reflect.ValueOf(*l.Eval), evalFields, EvalPrefix, l.Eval.Rewards)
+		for name, r := range l.Eval.Heldout {
+			put(HeldoutPrefix+name, r)
+		}
 	}
 	for k, v := range l.Other {
 		put(k, v)

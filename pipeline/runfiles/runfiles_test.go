@@ -19,7 +19,7 @@ func TestKeysAreTags(t *testing.T) {
 	for _, k := range []string{KeyEpoch, KeySamples, KeyRewardMean, KeyRewardStd, KeyLoss, KeyPolicyLoss, KeyKL,
 		KeyApproxKL, KeyClipFrac, KeyRatioMean, KeyGradNorm, KeyUpdates, KeyDropped, KeyDensePosFrac,
 		KeyDenseDeltaMean, KeyDenseDeltaStd, KeyStageSeconds, KeyWallSeconds, KeySamplesPerSecond,
-		KeyElapsedSeconds, KeyEvalRewardMean, KeyEvalN, KeyEvalTotals, KeyScoredImages, KeyQueryRCorr, KeyQueryRMAE,
+		KeyElapsedSeconds, KeyEvalRewardMean, KeyEvalN, KeyEvalTotals, KeyEvalHeldoutMean, KeyScoredImages, KeyQueryRCorr, KeyQueryRMAE,
 		KeyQueryDeltaSign, KeyQueryDeltaCorr, KeyQueryDeltaZero, KeyQueryFrac} {
 		if !slices.Contains(keys, k) {
 			t.Errorf("key constant %q is no field of Line (keys %v)", k, keys)
@@ -73,6 +73,42 @@ func TestLineRoundTrip(t *testing.T) {
 	}
 	if v := back.Vectors(); len(v) != 9 || v[KeyDensePosFrac][1] != 0.25 || !math.IsNaN(v[KeyQueryRCorr][1]) {
 		t.Errorf("vectors %v, want the three dense statistics and the six of the predicted rewards", v)
+	}
+}
+
+// Held-out rewards ([[eval.reward]]) are written as eval_heldout_mean and heldout/<name> and read
+// back; a line without them has neither key.
+func TestLineHeldout(t *testing.T) {
+	mean := 0.25
+	l := Line{Epoch: 2, Eval: &Eval{RewardMean: 0.75, N: 1, Totals: []float64{0.75}, Rewards: map[string]float64{"ocr": 0.75},
+		HeldoutMean: &mean, Heldout: map[string]float64{"judge": 0.25, "judge.exact": 0}}}
+	data, err := json.Marshal(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"epoch":2,"eval/ocr":0.75,"eval_heldout_mean":0.25,"eval_n":1,"eval_reward_mean":0.75,"eval_totals":[0.75],"heldout/judge":0.25,"heldout/judge.exact":0}`
+	if string(data) != want {
+		t.Fatalf("encoded\n%s\nwant\n%s", data, want)
+	}
+	var back Line
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Eval.HeldoutMean == nil || *back.Eval.HeldoutMean != 0.25 || back.Eval.Heldout["judge.exact"] != 0 || back.Eval.Heldout["judge"] != 0.25 {
+		t.Errorf("decoded %+v", back.Eval)
+	}
+	if sc := back.Scalars(); sc[KeyEvalHeldoutMean] != 0.25 || sc[HeldoutPrefix+"judge"] != 0.25 {
+		t.Errorf("scalars %v", sc)
+	}
+	l.Eval.HeldoutMean, l.Eval.Heldout = nil, nil
+	if data, _ = json.Marshal(l); strings.Contains(string(data), "heldout") {
+		t.Errorf("without held-out rewards: %s", data)
+	}
+	if err := json.Unmarshal(data, &back); err != nil || back.Eval.HeldoutMean != nil {
+		t.Errorf("decoded without held-out: %v, %v", err, back.Eval.HeldoutMean)
+	}
+	if _, ok := back.Scalars()[KeyEvalHeldoutMean]; ok {
+		t.Errorf("scalars without held-out have %s", KeyEvalHeldoutMean)
 	}
 }
 
