@@ -386,10 +386,31 @@ func (c *clipBPE) bpe(piece string) []int64 {
 		word = append(word, c.byteEnc[b])
 	}
 	word[len(word)-1] += "</w>"
+	word = MergeBPE(word, c.ranks)
+	ids := make([]int64, 0, len(word))
+	for _, sym := range word {
+		if id, ok := c.vocab[sym]; ok {
+			ids = append(ids, id)
+		} else if c.hasUnk {
+			ids = append(ids, c.unk)
+		}
+	}
+	c.mu.Lock()
+	if len(c.cache) < 1<<16 {
+		c.cache[piece] = ids
+	}
+	c.mu.Unlock()
+	return ids
+}
+
+// MergeBPE applies BPE merges to the symbols of one word (CLIP: byte-level symbols, "</w>" on
+// the last): while some adjacent pair has a rank, every occurrence of the lowest-ranked pair is
+// merged, left to right.
+func MergeBPE(word []string, ranks map[[2]string]int) []string {
 	for len(word) > 1 {
 		best, bestRank := -1, int(^uint(0)>>1)
 		for i := 0; i+1 < len(word); i++ {
-			if r, ok := c.ranks[[2]string{word[i], word[i+1]}]; ok && r < bestRank {
+			if r, ok := ranks[[2]string{word[i], word[i+1]}]; ok && r < bestRank {
 				best, bestRank = i, r
 			}
 		}
@@ -408,18 +429,5 @@ func (c *clipBPE) bpe(piece string) []int64 {
 		}
 		word = merged
 	}
-	ids := make([]int64, 0, len(word))
-	for _, sym := range word {
-		if id, ok := c.vocab[sym]; ok {
-			ids = append(ids, id)
-		} else if c.hasUnk {
-			ids = append(ids, c.unk)
-		}
-	}
-	c.mu.Lock()
-	if len(c.cache) < 1<<16 {
-		c.cache[piece] = ids
-	}
-	c.mu.Unlock()
-	return ids
+	return word
 }

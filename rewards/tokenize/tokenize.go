@@ -17,6 +17,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/text/unicode/norm"
+
+	"github.com/densegrpo/densegrpo/models/tokenizers"
 )
 
 // Tokenizer maps a prompt to exactly Len() ids and a mask of the same length.
@@ -239,29 +241,7 @@ func (t *CLIPBPE) bpe(sym []string) []string {
 	}
 	word := append([]string(nil), sym...)
 	word[len(word)-1] += "</w>"
-	for len(word) > 1 {
-		best, bestRank := -1, int(^uint(0)>>1)
-		for i := 0; i+1 < len(word); i++ {
-			if r, ok := t.ranks[[2]string{word[i], word[i+1]}]; ok && r < bestRank {
-				best, bestRank = i, r
-			}
-		}
-		if best < 0 {
-			break
-		}
-		a, b := word[best], word[best+1]
-		// Merge every occurrence of the pair, left to right.
-		merged := word[:0:0]
-		for i := 0; i < len(word); i++ {
-			if i+1 < len(word) && word[i] == a && word[i+1] == b {
-				merged = append(merged, a+b)
-				i++
-			} else {
-				merged = append(merged, word[i])
-			}
-		}
-		word = merged
-	}
+	word = tokenizers.MergeBPE(word, t.ranks)
 	t.mu.Lock()
 	if len(t.cache) < 1<<16 {
 		t.cache[key] = word
