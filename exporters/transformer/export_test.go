@@ -252,18 +252,10 @@ func BenchmarkVelocity(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer exec.Finalize()
-	args := []any{
-		tensors.FromFlatDataAndDimensions(lat, batch, latent[0], latent[1], latent[2]), tensors.FromFlatDataAndDimensions(ts, batch),
-		tensors.FromFlatDataAndDimensions(enc, batch, textLen, cfg.JointAttentionDim),
-		tensors.FromFlatDataAndDimensions(pooled, batch, cfg.PooledProjectionDim),
-	}
+	vi := velocityInputs{cfg: cfg, batch: batch, textLen: textLen, latent: latent, lat: lat, ts: ts, enc: enc, pooled: pooled}
+	args := vi.gomlx()
 	s := exportedSession(b, m, ctx, latent)
-	in := map[string]onnxrt.Tensor{
-		InputLatents:      {Shape: []int64{batch, int64(latent[0]), int64(latent[1]), int64(latent[2])}, Float32: lat},
-		InputTimestep:     {Shape: []int64{batch}, Float32: ts},
-		InputPromptEmbeds: {Shape: []int64{batch, textLen, int64(cfg.JointAttentionDim)}, Float32: enc},
-		InputPooled:       {Shape: []int64{batch, int64(cfg.PooledProjectionDim)}, Float32: pooled},
-	}
+	in := vi.onnx()
 	b.Run("gomlx", func(b *testing.B) {
 		for b.Loop() {
 			if err := nn.Try(func() { exec.MustExec1(args...).FinalizeAll() }); err != nil {
@@ -278,4 +270,31 @@ func BenchmarkVelocity(b *testing.B) {
 			}
 		}
 	})
+}
+
+// velocityInputs are one velocity call's host inputs, laid out for either engine.
+type velocityInputs struct {
+	cfg                  mmdit.Config
+	batch, textLen       int
+	latent               []int
+	lat, ts, enc, pooled []float32
+}
+
+func (v velocityInputs) gomlx() []any {
+	return []any{
+		tensors.FromFlatDataAndDimensions(v.lat, v.batch, v.latent[0], v.latent[1], v.latent[2]),
+		tensors.FromFlatDataAndDimensions(v.ts, v.batch),
+		tensors.FromFlatDataAndDimensions(v.enc, v.batch, v.textLen, v.cfg.JointAttentionDim),
+		tensors.FromFlatDataAndDimensions(v.pooled, v.batch, v.cfg.PooledProjectionDim),
+	}
+}
+
+func (v velocityInputs) onnx() map[string]onnxrt.Tensor {
+	b := int64(v.batch)
+	return map[string]onnxrt.Tensor{
+		InputLatents:      {Shape: []int64{b, int64(v.latent[0]), int64(v.latent[1]), int64(v.latent[2])}, Float32: v.lat},
+		InputTimestep:     {Shape: []int64{b}, Float32: v.ts},
+		InputPromptEmbeds: {Shape: []int64{b, int64(v.textLen), int64(v.cfg.JointAttentionDim)}, Float32: v.enc},
+		InputPooled:       {Shape: []int64{b, int64(v.cfg.PooledProjectionDim)}, Float32: v.pooled},
+	}
 }

@@ -13,9 +13,7 @@ import (
 	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/models/nn"
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
-	"github.com/densegrpo/densegrpo/models/onnxrt"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
-	"github.com/gomlx/gomlx/pkg/core/tensors"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 )
 
@@ -45,6 +43,9 @@ func BenchmarkSD35MShapes(b *testing.B) {
 	ts := []float32{500}
 	enc := gaussian(r, batch*textLen*full.JointAttentionDim, 1)
 	pooled := gaussian(r, batch*full.PooledProjectionDim, 1)
+	inputs := func(cfg mmdit.Config) velocityInputs {
+		return velocityInputs{cfg: cfg, batch: batch, textLen: textLen, latent: latent, lat: lat, ts: ts, enc: enc, pooled: pooled}
+	}
 	for _, layers := range []int{2, 3} {
 		cfg := full
 		cfg.NumLayers, cfg.DualAttentionLayers = layers, nil
@@ -60,11 +61,7 @@ func BenchmarkSD35MShapes(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer exec.Finalize()
-			args := []any{
-				tensors.FromFlatDataAndDimensions(lat, batch, latent[0], latent[1], latent[2]), tensors.FromFlatDataAndDimensions(ts, batch),
-				tensors.FromFlatDataAndDimensions(enc, batch, textLen, cfg.JointAttentionDim),
-				tensors.FromFlatDataAndDimensions(pooled, batch, cfg.PooledProjectionDim),
-			}
+			args := inputs(cfg).gomlx()
 			call := func() {
 				if err := nn.Try(func() { exec.MustExec1(args...).FinalizeAll() }); err != nil {
 					b.Fatal(err)
@@ -77,16 +74,48 @@ func BenchmarkSD35MShapes(b *testing.B) {
 			}
 			mem.report(b)
 		})
+		// A training step's memory: the gradient of Σv² w.r.t. the adapters through the whole
+		// model, one row (a trajectory's conditional half with guidance), so "call-MB" is what
+		// backpropagation keeps per row at these widths.
+		b.Run(fmt.Sprintf("layers=%d/gomlx-grad", layers), func(b *testing.B) {
+			m, ctx := randomModel(b, cfg, 1)
+			exec, err := mlctx.NewExec(nntest.Backend(b), ctx, func(ctx *mlctx.Context, lat, ts, enc, pooled *Node) []*Node {
+				v := m.Forward(ctx, lat, ts, enc, pooled, true)
+				var params []*Node
+				for variable := range ctx.IterVariables() {
+					if variable.Trainable {
+						params = append(params, variable.ValueGraph(lat.Graph()))
+					}
+				}
+				return Gradient(ReduceAllSum(Square(v)), params...)
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer exec.Finalize()
+			args := inputs(cfg).gomlx()
+			call := func() {
+				if err := nn.Try(func() {
+					for _, g := range exec.MustExec(args...) {
+						g.FinalizeAll()
+					}
+				}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			// No untimed first call here: the point is the memory of one step, and its time
+			// (which then includes building the graph) is not reported.
+			mem := startCallMemory(b)
+			for b.Loop() {
+				call()
+			}
+			mem.report(b)
+		})
 		for _, threads := range []int{1, 2} {
 			b.Run(fmt.Sprintf("layers=%d/onnx-threads=%d", layers, threads), func(b *testing.B) {
 				m, ctx := randomModel(b, cfg, 1)
 				s := exportedSessionThreads(b, m, ctx, latent, threads)
-				in := map[string]onnxrt.Tensor{
-					InputLatents:      {Shape: []int64{batch, int64(latent[0]), int64(latent[1]), int64(latent[2])}, Float32: lat},
-					InputTimestep:     {Shape: []int64{batch}, Float32: ts},
-					InputPromptEmbeds: {Shape: []int64{batch, textLen, int64(cfg.JointAttentionDim)}, Float32: enc},
-					InputPooled:       {Shape: []int64{batch, int64(cfg.PooledProjectionDim)}, Float32: pooled},
-				}
+				in := inputs(cfg).onnx()
 				call := func() {
 					if _, err := s.Run(context.Background(), in); err != nil {
 						b.Fatal(err)
