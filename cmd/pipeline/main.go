@@ -59,11 +59,14 @@ func run() int {
 func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd, rest, ok := lookup(args)
 	if !ok {
-		printUsage(stderr)
-		if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		// Asked-for help is output (stdout, exit 0), as every subcommand's -h; a wrong command
+		// is an error (stderr, exit 2).
+		if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+			printUsage(stdout)
 			return 0
 		}
-		fmt.Fprintf(stderr, "pipeline: unknown command %q\n", strings.Join(args, " "))
+		fmt.Fprintf(stderr, "pipeline: unknown command %q\n\n", strings.Join(args, " "))
+		printUsage(stderr)
 		return 2
 	}
 	err := cmd.run(ctx, rest, stdout)
@@ -73,7 +76,7 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.Is(err, errUsage):
-		fmt.Fprintf(stderr, "pipeline %s: %v\n", cmd.name, err)
+		fmt.Fprintf(stderr, "pipeline %s: %v (pipeline %s -h lists the flags)\n", cmd.name, err, cmd.name)
 		return 2
 	case errors.Is(err, context.Canceled):
 		fmt.Fprintf(stderr, "pipeline %s: interrupted: %v\n", cmd.name, err)
@@ -112,7 +115,8 @@ func printUsage(w io.Writer) {
 }
 
 // newFlags returns a flag set that reports errors instead of exiting, with usage text that
-// names the command.
+// names the command. The usage goes to out (stdout) when -h asks for it; parseFlags keeps the
+// flag package from printing anything on a bad flag, which becomes one error line on stderr.
 func newFlags(name, argsUsage string, out io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(out)
@@ -124,12 +128,18 @@ func newFlags(name, argsUsage string, out io.Writer) *flag.FlagSet {
 }
 
 // parseFlags parses args, allowing flags after positional arguments, and maps flag errors to
-// usage errors.
+// usage errors. The usage text is printed only for -h (flag.ErrHelp).
 func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	usage, out := fs.Usage, fs.Output()
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	defer func() { fs.Usage = usage; fs.SetOutput(out) }()
 	var positional []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				fs.SetOutput(out)
+				usage()
 				return nil, err
 			}
 			return nil, usageError("%v", err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -130,5 +131,38 @@ func TestUnknownCommand(t *testing.T) {
 	_, errOut, code := runBinary(t, ".", nil, "frobnicate")
 	if code != 2 || !strings.Contains(errOut, `unknown command "frobnicate"`) {
 		t.Fatalf("exit %d, stderr %q: want 2 and the unknown command named", code, errOut)
+	}
+}
+
+// Help asked for is output: `pipeline -h` and every `pipeline COMMAND -h` print their usage on
+// stdout and exit 0 with nothing on stderr; a bad flag or command is one error on stderr, exit 2.
+func TestHelpGoesToStdout(t *testing.T) {
+	ctx := context.Background()
+	call := func(args ...string) (string, string, int) {
+		var o, e bytes.Buffer
+		code := runMain(ctx, args, &o, &e)
+		return o.String(), e.String(), code
+	}
+	for _, args := range [][]string{{"-h"}, {"--help"}, {"help"}, {}} {
+		out, errOut, code := call(args...)
+		if code != 0 || errOut != "" || !strings.Contains(out, "usage: pipeline COMMAND") {
+			t.Errorf("pipeline %v: exit %d, stdout %q, stderr %q; want 0 and the usage on stdout only", args, code, out, errOut)
+		}
+	}
+	for name := range commands {
+		args := append(strings.Fields(name), "-h")
+		out, errOut, code := call(args...)
+		if code != 0 || errOut != "" || !strings.Contains(out, "usage: pipeline "+name) {
+			t.Errorf("pipeline %s -h: exit %d, stdout %q, stderr %q; want 0 and the usage on stdout only", name, code, out, errOut)
+		}
+		out, errOut, code = call(append(strings.Fields(name), "--no-such-flag")...)
+		if code != 2 || out != "" || strings.Count(strings.TrimSpace(errOut), "\n") != 0 ||
+			!strings.Contains(errOut, "flag provided but not defined: -no-such-flag") || !strings.Contains(errOut, "pipeline "+name+" -h") {
+			t.Errorf("pipeline %s --no-such-flag: exit %d, stdout %q, stderr %q; want 2 and one error line on stderr", name, code, out, errOut)
+		}
+	}
+	out, errOut, code := call("frobnicate")
+	if code != 2 || out != "" || !strings.Contains(errOut, "usage: pipeline COMMAND") {
+		t.Errorf("unknown command: exit %d, stdout %q, stderr %q; want 2 and the usage on stderr", code, out, errOut)
 	}
 }
