@@ -124,16 +124,27 @@ const (
 // integer factor that makes it at least 192 px wide, with labels[i] (if labels is not nil)
 // wrapped under image i in black on white. Images may differ in size; cells take the largest.
 func Grid(images []rewards.Image, labels []string, cols int) (*image.RGBA, error) {
+	img, _, err := grid(images, labels, nil, cols)
+	return img, err
+}
+
+// grid is Grid that also returns where each image went, with prompts[i] (if not nil) as the
+// prompt of image i.
+func grid(images []rewards.Image, labels, prompts []string, cols int) (*image.RGBA, GridLayout, error) {
+	var layout GridLayout
 	if len(images) == 0 {
-		return nil, fmt.Errorf("grid: no images")
+		return nil, layout, fmt.Errorf("grid: no images")
 	}
 	if labels != nil && len(labels) != len(images) {
-		return nil, fmt.Errorf("grid: %d labels for %d images", len(labels), len(images))
+		return nil, layout, fmt.Errorf("grid: %d labels for %d images", len(labels), len(images))
+	}
+	if prompts != nil && len(prompts) != len(images) {
+		return nil, layout, fmt.Errorf("grid: %d prompts for %d images", len(prompts), len(images))
 	}
 	cellW, cellH := 0, 0
 	for i, im := range images {
 		if err := im.Check(); err != nil {
-			return nil, fmt.Errorf("grid: image %d: %w", i, err)
+			return nil, layout, fmt.Errorf("grid: image %d: %w", i, err)
 		}
 		cellW, cellH = max(cellW, im.W), max(cellH, im.H)
 	}
@@ -159,6 +170,11 @@ func Grid(images []rewards.Image, labels []string, cols int) (*image.RGBA, error
 	d := &font.Drawer{Dst: out, Src: image.Black, Face: basicfont.Face7x13}
 	for i, im := range images {
 		x0, y0 := gridGap+(i%cols)*(cellW+gridGap), gridGap+(i/cols)*(cellH+labelH+gridGap)
+		cell := GridCell{X: x0, Y: y0, W: im.W, H: im.H, Scale: scale}
+		if prompts != nil {
+			cell.Prompt = prompts[i]
+		}
+		layout.Cells = append(layout.Cells, cell)
 		for y := range im.H * scale {
 			for x := range im.W * scale {
 				p := im.Pix[((y/scale)*im.W+x/scale)*3:]
@@ -175,7 +191,7 @@ func Grid(images []rewards.Image, labels []string, cols int) (*image.RGBA, error
 			d.DrawString(line)
 		}
 	}
-	return out, nil
+	return out, layout, nil
 }
 
 // byte8 maps [0,1] to 0…255, rounding, clamped.
@@ -216,13 +232,14 @@ func wrap(s string, width, maxLines int) []string {
 }
 
 // WriteGrid writes Grid(images, labels, cols) as a PNG to path, atomically (temp file, fsync,
-// rename).
-func WriteGrid(path string, images []rewards.Image, labels []string, cols int) error {
-	img, err := Grid(images, labels, cols)
+// rename), with the grid's layout and prompts[i] (if not nil) as the prompt of image i in the
+// file (ReadGridLayout), so that the cells can be scored one by one.
+func WriteGrid(path string, images []rewards.Image, labels, prompts []string, cols int) error {
+	img, layout, err := grid(images, labels, prompts, cols)
 	if err != nil {
 		return fmt.Errorf("write grid %s: %w", path, err)
 	}
-	return writePNG(path, img)
+	return writeGridPNG(path, img, layout)
 }
 
 // WriteImages writes image i to dir/NNN-<slug of labels[i]>.png (NNN = i, zero-padded), each

@@ -67,7 +67,7 @@ func solid(w, h int, r, g, b float32) rewards.Image {
 func TestWriteGrid(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "grid.png")
 	imgs := []rewards.Image{solid(8, 4, 1, 0, 0), solid(8, 4, 0, 1, 0), solid(8, 4, 0, 0, 1)}
-	if err := WriteGrid(path, imgs, []string{"red", "green", "blue"}, 2); err != nil {
+	if err := WriteGrid(path, imgs, []string{"red", "green", "blue"}, []string{"r", "g", "b"}, 2); err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.Open(path)
@@ -114,15 +114,15 @@ func TestWriteGrid(t *testing.T) {
 	if dark < 10 {
 		t.Errorf("label band has %d black pixels, want text", dark)
 	}
-	if err := WriteGrid(path, imgs, []string{"one"}, 2); err == nil || !strings.Contains(err.Error(), "1 labels for 3 images") {
+	if err := WriteGrid(path, imgs, []string{"one"}, nil, 2); err == nil || !strings.Contains(err.Error(), "1 labels for 3 images") {
 		t.Errorf("label count: error %v", err)
 	}
-	if err := WriteGrid(path, nil, nil, 2); err == nil || !strings.Contains(err.Error(), "no images") {
+	if err := WriteGrid(path, nil, nil, nil, 2); err == nil || !strings.Contains(err.Error(), "no images") {
 		t.Errorf("no images: error %v", err)
 	}
 	nan := solid(2, 2, 0, 0, 0)
 	nan.Pix[4] = float32(math.NaN())
-	if err := WriteGrid(path, []rewards.Image{nan}, nil, 0); err == nil || !strings.Contains(err.Error(), "image 0: image 2x2: pixel (1,0) channel 1 is NaN") {
+	if err := WriteGrid(path, []rewards.Image{nan}, nil, nil, 0); err == nil || !strings.Contains(err.Error(), "image 0: image 2x2: pixel (1,0) channel 1 is NaN") {
 		t.Errorf("NaN image: error %v", err)
 	}
 }

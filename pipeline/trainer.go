@@ -425,7 +425,7 @@ func (t *trainer) writeSamples(dir string, epoch int, r EvalResult) error {
 	for i := range labels {
 		labels[i] = fmt.Sprintf("%s  %.2f", r.Prompts[i], r.Totals[i])
 	}
-	return WriteGrid(filepath.Join(dir, "samples", fmt.Sprintf("eval-%04d.png", epoch)), r.Images[:n], labels, 4)
+	return WriteGrid(filepath.Join(dir, "samples", fmt.Sprintf("eval-%04d.png", epoch)), r.Images[:n], labels, r.Prompts[:n], 4)
 }
 
 // writeRolloutSamples writes the final images of the newest epoch's first minibatch.
@@ -443,9 +443,11 @@ func (t *trainer) writeRolloutSamples(dir string, epoch int) error {
 	idx = idx[:min(len(idx), 16)]
 	imgs := make([]rewards.Image, len(idx))
 	labels := make([]string, len(idx))
+	prompts := make([]string, len(idx))
 	for n, j := range idx {
 		imgs[n] = b.images[j]
-		labels[n] = fmt.Sprintf("%s  %.2f", b.prompts[b.traj.Prompts[b.targets.Slots[j].Sample]].Text, b.scores.Total[j])
+		prompts[n] = b.prompts[b.traj.Prompts[b.targets.Slots[j].Sample]].Text
+		labels[n] = fmt.Sprintf("%s  %.2f", prompts[n], b.scores.Total[j])
 	}
-	return WriteGrid(filepath.Join(dir, "samples", fmt.Sprintf("epoch-%04d.png", epoch)), imgs, labels, 4)
+	return WriteGrid(filepath.Join(dir, "samples", fmt.Sprintf("epoch-%04d.png", epoch)), imgs, labels, prompts, 4)
 }

@@ -90,7 +90,7 @@ func runEval(ctx context.Context, args []string, out io.Writer) error {
 		for i := range labels {
 			labels[i] = fmt.Sprintf("%s\nreward %.3f", res.Prompts[i], res.Totals[i])
 		}
-		if err := pipeline.WriteGrid(*grid, res.Images, labels, gridCols(res.N)); err != nil {
+		if err := pipeline.WriteGrid(*grid, res.Images, labels, res.Prompts, gridCols(res.N)); err != nil {
 			return err
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/image/font/opentype"
 	"golang.org/x/image/math/fixed"
 
+	"github.com/densegrpo/densegrpo/internal/imagefile"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 )
 
@@ -82,15 +83,13 @@ func TestRewardsScoreOCR(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
-	var got struct {
-		Rewards map[string]float64 `json:"rewards"`
-		Total   float64            `json:"total"`
-	}
+	var got cellScore
 	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
 		t.Fatalf("output %q: %v", stdout.String(), err)
 	}
-	if got.Rewards["ocr"] != 1 || got.Total != 2 {
-		t.Errorf("got %s, want ocr 1 and total 2 (weight 2)", stdout.String())
+	// --json carries the extra metrics the text output shows (ocr.exact: the target read exactly).
+	if got.Rewards["ocr"] != 1 || got.Total != 2 || got.Extra["ocr.exact"] != 1 {
+		t.Errorf("got %s, want ocr 1, ocr.exact 1 and total 2 (weight 2)", stdout.String())
 	}
 	// The same image as JPEG reads the same text.
 	buf.Reset()
@@ -192,5 +191,73 @@ func TestRewardsScorePromptFile(t *testing.T) {
 		if code := runMain(context.Background(), args, &stdout, &stderr); code != tt.code || !strings.Contains(stderr.String(), tt.want) {
 			t.Errorf("%q: exit %d, stderr %q; want exit %d and %q", tt.args, code, stderr.String(), tt.code, tt.want)
 		}
+	}
+}
+
+// A grid PNG written by `pipeline sample` is scored cell by cell, each against the prompt it was
+// drawn from: the same scores as the images written one by one (same seed, so the same pixels).
+// Another image of a size other than the VAE's output is refused with the reason, unless
+// --any-size.
+func TestRewardsScoreGrid(t *testing.T) {
+	files := writeFixture(t, false)
+	dir := t.TempDir()
+	grid := filepath.Join(dir, "grid.png")
+	prompts := []string{"--prompt", `a sign that says "AB"`, "--prompt", "ZZ"}
+	common := append([]string{"sample", "--config", files.Config, "--steps", "3", "--seed", "4"}, prompts...)
+	if _, errOut, code := runBinary(t, ".", nil, append(common, "--score", "--out", grid)...); code != 0 {
+		t.Fatalf("sample grid: exit %d: %s", code, errOut)
+	}
+	single := filepath.Join(dir, "single") + "/"
+	if _, errOut, code := runBinary(t, ".", nil, append(common, "--out", single)...); code != 0 {
+		t.Fatalf("sample dir: exit %d: %s", code, errOut)
+	}
+	out, errOut, code := runBinary(t, ".", nil, "rewards", "score", "--config", files.Config, "--image", grid, "--json")
+	if code != 0 {
+		t.Fatalf("rewards score grid: exit %d: %s", code, errOut)
+	}
+	var got struct {
+		Cells     []cellScore `json:"cells"`
+		MeanTotal float64     `json:"mean_total"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("output %q: %v", out, err)
+	}
+	if len(got.Cells) != 2 || got.Cells[0].Prompt != `a sign that says "AB"` || got.Cells[1].Prompt != "ZZ" {
+		t.Fatalf("cells %+v, want the two prompts in order", got.Cells)
+	}
+	for i, name := range []string{"000-a-sign-that-says-AB.png", "001-ZZ.png"} {
+		one, errOut, code := runBinary(t, ".", nil, "rewards", "score", "--config", files.Config, "--image", filepath.Join(single, name), "--json")
+		if code != 0 {
+			t.Fatalf("rewards score %s: exit %d: %s", name, code, errOut)
+		}
+		var want cellScore
+		if err := json.Unmarshal([]byte(one), &want); err != nil {
+			t.Fatal(err)
+		}
+		if want.Total <= 0 || got.Cells[i].Total != want.Total {
+			t.Errorf("cell %d total %v, want %v (the image alone)", i, got.Cells[i].Total, want.Total)
+		}
+	}
+	// The same sheet without its layout is an image of the wrong size.
+	img, err := imagefile.Read(grid, imagefile.DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	bare := filepath.Join(dir, "bare.png")
+	if err := os.WriteFile(bare, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := img.Bounds()
+	_, errOut, code = runBinary(t, ".", nil, "rewards", "score", "--config", files.Config, "--image", bare, "--prompt", "ZZ")
+	want := fmt.Sprintf("the image is %d×%d, not one 8×4 sample of %s's VAE", b.Dx(), b.Dy(), files.Config)
+	if code != 1 || !strings.Contains(errOut, want) || !strings.Contains(errOut, "--any-size") {
+		t.Errorf("bare sheet: exit %d, stderr %q; want exit 1 and %q", code, errOut, want)
+	}
+	if _, errOut, code := runBinary(t, ".", nil, "rewards", "score", "--config", files.Config, "--image", bare, "--prompt", "ZZ", "--any-size"); code != 0 {
+		t.Errorf("--any-size: exit %d: %s", code, errOut)
 	}
 }

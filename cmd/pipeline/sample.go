@@ -99,7 +99,7 @@ func runSample(ctx context.Context, args []string, out io.Writer) error {
 			c = gridCols(len(res.Images))
 		}
 	}
-	if err := pipeline.WriteGrid(*outPath, res.Images, labels, c); err != nil {
+	if err := pipeline.WriteGrid(*outPath, res.Images, labels, res.Prompts, c); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "wrote %s (%d images)\n", *outPath, len(res.Images))
