@@ -49,6 +49,9 @@ type RunResult struct {
 	Report     string
 	// Checkpoint is the newest checkpoint directory.
 	Checkpoint string
+	// Finished is set, and nothing run, when Resume found the run already at its end: why it
+	// is finished and the override that continues it.
+	Finished string
 }
 
 // trainState is the JSON part of a checkpoint: everything besides tensors that a resumed run
@@ -87,6 +90,16 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 	ckpt := checkpoint.New(filepath.Join(dir, "checkpoints"), cfg.Run.KeepCheckpoints)
 	if err := prepareRunDir(cfg, dir, opts.Resume, ckpt); err != nil {
 		return res, err
+	}
+	if opts.Resume {
+		finished, ckDir, err := finishedRun(cfg, ckpt)
+		if err != nil {
+			return res, err
+		}
+		if finished != "" {
+			res.Finished, res.Checkpoint = finished, ckDir
+			return res, nil
+		}
 	}
 
 	// Open everything (and check every declared tensor) before any compute is spent.
@@ -267,6 +280,43 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 		return res, err
 	}
 	return res, nil
+}
+
+// finishedRun says why a run whose newest checkpoint is already at its end (run.epochs done, or
+// run.time_budget spent) is finished, and how to continue it; "" when it is not.
+func finishedRun(cfg Config, ckpt *checkpoint.Checkpointer) (why, ckDir string, err error) {
+	ck, ckDir, ok, err := ckpt.Latest()
+	if err != nil || !ok {
+		return "", "", err // no checkpoint: Run says so
+	}
+	var st trainState
+	if err := json.Unmarshal(ck.State, &st); err != nil {
+		return "", "", fmt.Errorf("resume from %s: decode state: %w", ckDir, err)
+	}
+	dir := RunDir(cfg)
+	budget := cfg.TimeBudgetDuration()
+	elapsed := time.Duration(st.Elapsed * float64(time.Second)).Round(time.Second)
+	switch {
+	case cfg.Run.Epochs > 0 && ck.Epoch >= cfg.Run.Epochs:
+		return fmt.Sprintf("run %s is finished: %d of run.epochs = %d epochs done (%s of training); train on with: pipeline run --resume %s --set run.epochs=%d",
+			dir, ck.Epoch, cfg.Run.Epochs, elapsed, dir, 2*ck.Epoch), ckDir, nil
+	case budget > 0 && elapsed >= budget:
+		return fmt.Sprintf("run %s is finished: its time budget run.time_budget = %s is spent (%s of training, %d epochs); train on with: pipeline run --resume %s --set run.time_budget=%s",
+			dir, cfg.Run.TimeBudget, elapsed, ck.Epoch, dir, shortDuration(2*budget)), ckDir, nil
+	}
+	return "", ckDir, nil
+}
+
+// shortDuration is d as a Go duration without zero trailing units: "20m", "1h30m", "45s".
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // prepareRunDir creates the run directory (or checks it for --resume), saves the resolved

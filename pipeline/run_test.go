@@ -153,6 +153,48 @@ func TestRunResumeIsExact(t *testing.T) {
 	}
 }
 
+// Resuming a run that is at its end runs nothing, is not an error, and says why it is finished
+// and which override continues it; with that override it trains on.
+func TestResumeFinishedRun(t *testing.T) {
+	cfg, _ := fixture(t, append(append([]string{}, smallRun...), "run.epochs=1")...)
+	a, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := LoadRunConfig(a.Dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Run(context.Background(), again, RunOptions{Backend: nntest.Backend(t), Resume: true})
+	want := fmt.Sprintf("run %s is finished: 1 of run.epochs = 1 epochs done", a.Dir)
+	if err != nil || !strings.Contains(res.Finished, want) || !strings.Contains(res.Finished, "pipeline run --resume "+a.Dir+" --set run.epochs=2") || res.Epochs != 0 {
+		t.Fatalf("resume of a finished run: %+v, error %v; want no error and %q with the override", res, err, want)
+	}
+	more, err := LoadRunConfig(a.Dir, []string{"run.epochs=2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err = Run(context.Background(), more, RunOptions{Backend: nntest.Backend(t), Resume: true}); err != nil || res.Finished != "" || res.Epochs != 2 {
+		t.Fatalf("resume with run.epochs=2: %+v, %v; want epoch 2 trained", res, err)
+	}
+	// A spent time budget: the clock of the first run is past its budget when its epoch ends.
+	bcfg, _ := fixture(t, append(append([]string{}, smallRun...), "run.epochs=0", "run.time_budget=10m")...)
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := func() time.Time { clock = clock.Add(6 * time.Minute); return clock }
+	b, err := Run(context.Background(), bcfg, RunOptions{Backend: nntest.Backend(t), Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bagain, err := LoadRunConfig(b.Dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err = Run(context.Background(), bagain, RunOptions{Backend: nntest.Backend(t), Resume: true})
+	if err != nil || !strings.Contains(res.Finished, "its time budget run.time_budget = 10m is spent") || !strings.Contains(res.Finished, "--set run.time_budget=20m") {
+		t.Fatalf("resume of a budget-finished run: %+v, error %v", res, err)
+	}
+}
+
 // The time budget is checked when an epoch ends: a run whose budget runs out after that check
 // (here: a clock jumping past it once epoch 1 is logged, as a long periodic evaluation would)
 // trains one more epoch and still ends with the final evaluation and samples.

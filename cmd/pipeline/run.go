@@ -65,6 +65,10 @@ func runRun(ctx context.Context, args []string, out io.Writer) error {
 		}
 		return err
 	}
+	if res.Finished != "" {
+		fmt.Fprintln(out, res.Finished)
+		return nil
+	}
 	fmt.Fprintf(out, "\nrun %s: %d epochs\n", res.Dir, res.Epochs)
 	if res.EvalBefore != nil && res.EvalAfter != nil {
 		fmt.Fprintf(out, "eval reward (ODE %d steps, %d test prompts): %.4f → %.4f (%+.4f)\n",
