@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,11 @@ import (
 // binary is the real pipeline binary, built once for the end-to-end tests of this package.
 var binary string
 
+// repoConfigs holds the shipped configs the end-to-end tests run (smoke.toml, tiny-ocr.toml),
+// rewritten to read the committed weights and prompt lists in place and to write their ONNX
+// exports and runs under the test binary's temp dir: tests never write into the source tree.
+var repoConfigs string
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "pipeline-bin")
 	if err != nil {
@@ -27,9 +33,45 @@ func TestMain(m *testing.M) {
 	if err := build.Run(); err != nil {
 		panic("build pipeline: " + err.Error())
 	}
+	repoConfigs = filepath.Join(dir, "configs")
+	if err := writeRepoConfigs(filepath.Join("..", ".."), dir, "smoke.toml", "tiny-ocr.toml"); err != nil {
+		panic(err)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// writeRepoConfigs copies configs/NAME of the repository at root into out/configs/, its paths
+// pointing at root's models/ and datasets/ except the generated ONNX files (out/onnx/) and the
+// runs (out/runs/).
+func writeRepoConfigs(root, out string, names ...string) error {
+	root, err := filepath.Abs(root)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(out, "configs"), 0o755); err != nil {
+		return err
+	}
+	for _, name := range names {
+		data, err := os.ReadFile(filepath.Join(root, "configs", name))
+		if err != nil {
+			return err
+		}
+		doc := strings.NewReplacer(
+			`"../models/tinyocr/onnx/`, `"`+filepath.Join(out, "onnx")+`/`,
+			`"../models/`, `"`+filepath.Join(root, "models")+`/`,
+			`"../datasets/`, `"`+filepath.Join(root, "datasets")+`/`,
+			`"../runs"`, `"`+filepath.Join(out, "runs")+`"`,
+		).Replace(string(data))
+		if strings.Contains(doc, `"../`) {
+			return fmt.Errorf("configs/%s: a relative path the tests do not redirect", name)
+		}
+		if err := os.WriteFile(filepath.Join(out, "configs", name), []byte(doc), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // runBinary runs the binary with env added to the test's environment.

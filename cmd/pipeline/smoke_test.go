@@ -15,12 +15,14 @@ import (
 // The end-to-end smoke test: the real binary on configs/smoke.toml (the embedded tiny-ocr
 // model, real PP-OCRv4 reward) — export the ONNX files, train, resume, interrupt, kill.
 
-const smokeConfig = "../../configs/smoke.toml"
+// smokeConfig is configs/smoke.toml as the tests run it (repoConfigs).
+func smokeConfig() string { return filepath.Join(repoConfigs, "smoke.toml") }
 
-// exportSmokeModels runs export-models once per test binary (it is idempotent).
+// exportSmokeModels exports the smoke config's ONNX files (idempotent: once per test binary
+// in effect).
 func exportSmokeModels(t *testing.T) {
 	t.Helper()
-	out, errOut, code := runBinary(t, ".", nil, "export-models", "--config", smokeConfig)
+	out, errOut, code := runBinary(t, ".", nil, "export-models", "--config", smokeConfig())
 	if code != 0 {
 		t.Fatalf("export-models: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -50,7 +52,7 @@ func metricEpochs(t *testing.T, path string) []int {
 func TestSmokeRunAndResume(t *testing.T) {
 	exportSmokeModels(t)
 	out := t.TempDir()
-	stdout, stderr, code := runBinary(t, ".", nil, "run", "--config", smokeConfig, "--set", "run.out_dir="+out)
+	stdout, stderr, code := runBinary(t, ".", nil, "run", "--config", smokeConfig(), "--set", "run.out_dir="+out)
 	if code != 0 {
 		t.Fatalf("run: exit %d\n%s\n%s", code, stdout, stderr)
 	}
@@ -62,6 +64,11 @@ func TestSmokeRunAndResume(t *testing.T) {
 	}
 	if got := metricEpochs(t, filepath.Join(dir, "metrics.jsonl")); len(got) != 3 || got[2] != 2 {
 		t.Errorf("metrics epochs %v, want [0 1 2]", got)
+	}
+	// Resuming the finished run trains nothing and says how to extend it.
+	stdout, stderr, code = runBinary(t, ".", nil, "run", "--resume", dir)
+	if want := "is finished: 2 of run.epochs = 2 epochs done"; code != 0 || !strings.Contains(stdout, want) || !strings.Contains(stdout, "--set run.epochs=4") {
+		t.Errorf("resume of the finished run: exit %d, stdout %q, stderr %q; want 0 and %q with the override", code, stdout, stderr, want)
 	}
 	stdout, stderr, code = runBinary(t, ".", nil, "run", "--resume", dir, "--set", "run.epochs=3")
 	if code != 0 {
@@ -82,7 +89,7 @@ func TestSmokeRunAndResume(t *testing.T) {
 // `after`.
 func startRun(t *testing.T, out string, after int) (*exec.Cmd, *strings.Builder) {
 	t.Helper()
-	cmd := exec.Command(binary, "run", "--config", smokeConfig, "--set", "run.out_dir="+out, "--set", "run.epochs=50")
+	cmd := exec.Command(binary, "run", "--config", smokeConfig(), "--set", "run.out_dir="+out, "--set", "run.epochs=50")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	cmd.Stdout = &stderr
@@ -154,14 +161,14 @@ func TestSmokeCalibrate(t *testing.T) {
 	exportSmokeModels(t)
 	out := t.TempDir()
 	psi := filepath.Join(out, "psi.json")
-	stdout, stderr, code := runBinary(t, ".", nil, "calibrate", "--config", smokeConfig, "--out", psi)
+	stdout, stderr, code := runBinary(t, ".", nil, "calibrate", "--config", smokeConfig(), "--out", psi)
 	if code != 0 {
 		t.Fatalf("calibrate: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 	if !strings.Contains(stdout, "ψ start") || !strings.Contains(stdout, "train with --set sampler.psi="+psi) {
 		t.Errorf("calibrate output lacks the ψ table or the hint:\n%s", stdout)
 	}
-	stdout, stderr, code = runBinary(t, ".", nil, "run", "--config", smokeConfig, "--set", "run.out_dir="+out,
+	stdout, stderr, code = runBinary(t, ".", nil, "run", "--config", smokeConfig(), "--set", "run.out_dir="+out,
 		"--set", "sampler.psi="+psi, "--set", "run.epochs=1")
 	if code != 0 {
 		t.Fatalf("run with ψ: exit %d\n%s\n%s", code, stdout, stderr)
