@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math"
 	"slices"
 	"sort"
 	"strings"
 
 	"github.com/densegrpo/densegrpo/pipeline/progress"
 	"github.com/densegrpo/densegrpo/pipeline/promptfile"
+	"github.com/densegrpo/densegrpo/pipeline/runfiles"
 	"github.com/densegrpo/densegrpo/rewards"
 	"github.com/densegrpo/densegrpo/rl"
 )
@@ -279,53 +279,16 @@ func (r EvalResult) Summary() string {
 }
 
 // EvalChange compares two evaluations of the same prompts with the same initial noise (before
-// and after training) prompt by prompt. Scores of single prompts move in coarse steps (an OCR
-// score of a 4-character string in quarters), so the difference of two means over a few dozen
-// prompts is noisy; the standard error of the paired differences says how noisy.
-type EvalChange struct {
-	N int
-	// Mean is the mean of after − before over the prompts, StdErr its standard error
-	// (sample standard deviation of the differences / √N).
-	Mean, StdErr float64
-	// Better, Worse and Same count the prompts whose score rose, fell or stayed.
-	Better, Worse, Same int
-}
+// and after training) prompt by prompt: runfiles.Change.
+type EvalChange = runfiles.Change
 
 // CompareEvals pairs before and after prompt by prompt. It needs the per-prompt totals of both,
 // for the same number of prompts, at least two; where both list their prompts (a run's restored
 // base evaluation has totals only), the lists must be equal, or the pairs would mean nothing.
 func CompareEvals(before, after EvalResult) (EvalChange, error) {
-	n := len(after.Totals)
-	switch {
-	case len(before.Totals) != n:
-		return EvalChange{}, fmt.Errorf("compare evaluations: %d prompts before, %d after", len(before.Totals), n)
-	case n < 2:
-		return EvalChange{}, fmt.Errorf("compare evaluations: %d prompts, want at least 2", n)
-	case len(before.Prompts) > 0 && len(after.Prompts) > 0 && !slices.Equal(before.Prompts, after.Prompts):
+	if len(before.Prompts) > 0 && len(after.Prompts) > 0 && len(before.Totals) == len(after.Totals) && !slices.Equal(before.Prompts, after.Prompts) {
 		return EvalChange{}, fmt.Errorf("compare evaluations: %d and %d prompts that differ; want evaluations of the same prompts (same config and eval.prompts)",
 			len(before.Prompts), len(after.Prompts))
 	}
-	c := EvalChange{N: n}
-	diffs := make([]float64, n)
-	for i := range diffs {
-		d := after.Totals[i] - before.Totals[i]
-		diffs[i] = d
-		switch {
-		case d > 0:
-			c.Better++
-		case d < 0:
-			c.Worse++
-		default:
-			c.Same++
-		}
-	}
-	// meanStd's std divides by n; the sample std divides by n−1, and StdErr = sample std / √n.
-	mean, std := rl.MeanStd(diffs)
-	c.Mean, c.StdErr = mean, std/math.Sqrt(float64(n-1))
-	return c, nil
-}
-
-// String is e.g. "+0.0312 ± 0.0150 (standard error; 9 prompts better, 4 worse, 19 same)".
-func (c EvalChange) String() string {
-	return fmt.Sprintf("%+.4f ± %.4f (standard error; %d prompts better, %d worse, %d same)", c.Mean, c.StdErr, c.Better, c.Worse, c.Same)
+	return runfiles.Paired(before.Totals, after.Totals)
 }

@@ -162,13 +162,16 @@ func layout(w, h int, legend []legendEntry, yLabels []string) frame {
 	return f
 }
 
-// series is one line of a line chart, with an optional band lo..hi around it.
+// series is one line of a line chart, with an optional band lo..hi around it, optional ±err
+// whiskers at its points, and drawn as points only (no line) when points is set.
 type series struct {
 	label  string
 	color  color.RGBA
 	dash   bool
 	x, y   []float64
 	lo, hi []float64 // band, nil or the length of x
+	err    []float64 // whisker half-widths, nil or the length of x
+	points bool
 }
 
 // lineChart is a set of series on shared axes.
@@ -196,6 +199,9 @@ func (c *lineChart) axes() (xa, ya axis) {
 			ylo, yhi = math.Min(ylo, s.y[i]), math.Max(yhi, s.y[i])
 			if s.lo != nil {
 				ylo, yhi = math.Min(ylo, s.lo[i]), math.Max(yhi, s.hi[i])
+			}
+			if s.err != nil {
+				ylo, yhi = math.Min(ylo, s.y[i]-s.err[i]), math.Max(yhi, s.y[i]+s.err[i])
 			}
 		}
 	}
@@ -305,7 +311,12 @@ func (c *lineChart) svg(w, h int) string {
 	}
 	for _, s := range c.series {
 		col := hexColor(s.color)
-		if len(s.x) > 1 {
+		for i := range s.err {
+			x, lo, hi := px(s.x[i]), py(s.y[i]-s.err[i]), py(s.y[i]+s.err[i])
+			fmt.Fprintf(&b, `<path d="M%s,%sV%sM%s,%sH%sM%s,%sH%s" stroke="%s" stroke-width="1.2" fill="none"/>`,
+				num(x), num(lo), num(hi), num(x-3), num(lo), num(x+3), num(x-3), num(hi), num(x+3), col)
+		}
+		if len(s.x) > 1 && !s.points {
 			var pts strings.Builder
 			for i := range s.x {
 				fmt.Fprintf(&pts, "%s,%s ", num(px(s.x[i])), num(py(s.y[i])))
@@ -314,9 +325,17 @@ func (c *lineChart) svg(w, h int) string {
 				strings.TrimSpace(pts.String()), col, dashAttr(s.dash))
 		}
 		if len(s.x) <= maxMarkers {
+			r := "2.4"
+			if s.points || s.err != nil {
+				r = "3.2"
+			}
 			for i := range s.x {
-				fmt.Fprintf(&b, `<circle cx="%s" cy="%s" r="2.4" fill="%s"><title>%s: %s %s = %s</title></circle>`,
-					num(px(s.x[i])), num(py(s.y[i])), col, esc(s.label), esc(c.xLabel), fmtValue(s.x[i]), fmtValue(s.y[i]))
+				tip := fmtValue(s.y[i])
+				if s.err != nil {
+					tip += " ± " + fmtValue(s.err[i])
+				}
+				fmt.Fprintf(&b, `<circle cx="%s" cy="%s" r="%s" fill="%s"><title>%s: %s %s = %s</title></circle>`,
+					num(px(s.x[i])), num(py(s.y[i])), r, col, esc(s.label), esc(c.xLabel), fmtValue(s.x[i]), tip)
 			}
 		}
 	}
@@ -332,7 +351,8 @@ func fmtValue(v float64) string {
 	return strconv.FormatFloat(v, 'g', 4, 64)
 }
 
-// barSeries is one colour of bars, one value per category, with optional ± whiskers.
+// barSeries is one colour of bars, one value per category (NaN: none), with optional ±
+// whiskers.
 type barSeries struct {
 	label  string
 	color  color.RGBA
@@ -359,6 +379,9 @@ func (c *barChart) axis() axis {
 				continue
 			}
 			v := s.values[i]
+			if math.IsNaN(v) { // no value in this category
+				continue
+			}
 			e := 0.0
 			if s.err != nil && i < len(s.err) {
 				e = s.err[i]
@@ -441,7 +464,7 @@ func (c *barChart) svg(w, h int) string {
 		}
 		bw := band * 0.8 / float64(max(len(c.series), 1))
 		for j, s := range c.series {
-			if i >= len(s.values) {
+			if i >= len(s.values) || math.IsNaN(s.values[i]) {
 				continue
 			}
 			v := s.values[i]

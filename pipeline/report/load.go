@@ -25,6 +25,8 @@ type Run struct {
 	// Epochs are the lines of metrics.jsonl, sorted by epoch; a later line for the same epoch
 	// (a resumed run re-writing it) replaces the earlier one.
 	Epochs []Epoch
+	// Sampler is config.toml's [sampler] kind ("sde", "cps"), "" when it cannot be told.
+	Sampler string
 	// Psi is psi.json, nil when the run has none.
 	Psi *runfiles.Psi
 	// Sample is the path of the newest samples/*.png by name, "" when there is none.
@@ -55,6 +57,8 @@ type Epoch struct {
 	Vectors map[string][]float64
 	// Stages is "stage_seconds": seconds spent per pipeline stage in this epoch.
 	Stages map[string]float64
+	// Totals is "eval_totals" on evaluation epochs: each test prompt's reward, in prompt order.
+	Totals []float64
 }
 
 // epochOf is the chart view of a metrics line.
@@ -62,6 +66,9 @@ func epochOf(l runfiles.Line) Epoch {
 	e := Epoch{Epoch: l.Epoch, Scalars: l.Scalars(), Vectors: l.Vectors()}
 	if l.Train != nil {
 		e.Stages = l.Train.StageSeconds
+	}
+	if l.Eval != nil {
+		e.Totals = l.Eval.Totals
 	}
 	return e
 }
@@ -83,7 +90,7 @@ func LoadRun(dir string) (*Run, error) {
 	if r.Epochs, err = readMetrics(filepath.Join(dir, runfiles.MetricsFile)); err != nil {
 		return nil, err
 	}
-	if r.Dense, err = readDense(filepath.Join(dir, "config.toml")); err != nil {
+	if r.Dense, r.Sampler, err = readConfig(filepath.Join(dir, "config.toml")); err != nil {
 		return nil, err
 	}
 	if r.Psi, err = readPsi(filepath.Join(dir, runfiles.PsiFile)); err != nil {
@@ -119,29 +126,33 @@ func readMetrics(path string) ([]Epoch, error) {
 	return epochs, nil
 }
 
-// readDense reads [dense] enabled from the resolved config; a missing file or key is "".
-func readDense(path string) (string, error) {
+// readConfig reads [dense] enabled ("on"/"off") and [sampler] kind from the resolved config;
+// a missing file or key is "".
+func readConfig(path string) (dense, sampler string, err error) {
 	var cfg map[string]any
 	if _, err := toml.DecodeFile(path, &cfg); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return "", nil
+			return "", "", nil
 		}
-		return "", fmt.Errorf("read config %s: %w", path, err)
+		return "", "", fmt.Errorf("read config %s: %w", path, err)
 	}
-	dense, ok := cfg["dense"].(map[string]any)
+	if s, ok := cfg["sampler"].(map[string]any); ok {
+		sampler, _ = s["kind"].(string)
+	}
+	d, ok := cfg["dense"].(map[string]any)
 	if !ok {
-		return "", nil
+		return "", sampler, nil
 	}
-	switch v := dense["enabled"].(type) {
+	switch v := d["enabled"].(type) {
 	case bool:
 		if v {
-			return "on", nil
+			return "on", sampler, nil
 		}
-		return "off", nil
+		return "off", sampler, nil
 	case nil:
-		return "", nil
+		return "", sampler, nil
 	default:
-		return "", fmt.Errorf("read config %s: dense.enabled: got %v (%T), want a boolean", path, v, v)
+		return "", "", fmt.Errorf("read config %s: dense.enabled: got %v (%T), want a boolean", path, v, v)
 	}
 }
 

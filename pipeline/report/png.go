@@ -295,7 +295,25 @@ func (lc *lineChart) raster(w, h int) *image.RGBA {
 		}
 	}
 	for _, s := range lc.series {
-		c.stroke(px(s.x), py(s.y), 2, s.color, s.dash)
+		xs, ys := px(s.x), py(s.y)
+		if !s.points {
+			c.stroke(xs, ys, 2, s.color, s.dash)
+		}
+		if s.err == nil && !s.points {
+			continue
+		}
+		// Points (with their ± whiskers) are drawn as small squares: legible at PNG size.
+		for i := range xs {
+			if s.err != nil {
+				lo, hi := ya.scale(s.y[i]-s.err[i], f.bottom, f.top), ya.scale(s.y[i]+s.err[i], f.bottom, f.top)
+				m := newMask(w, h)
+				m.polyline([]float64{xs[i], xs[i]}, []float64{lo, hi}, 1.3, false)
+				m.polyline([]float64{xs[i] - 3, xs[i] + 3}, []float64{lo, lo}, 1.3, false)
+				m.polyline([]float64{xs[i] - 3, xs[i] + 3}, []float64{hi, hi}, 1.3, false)
+				c.paint(m, s.color)
+			}
+			c.fillRect(int(math.Round(xs[i]))-2, int(math.Round(ys[i]))-2, int(math.Round(xs[i]))+3, int(math.Round(ys[i]))+3, s.color, 1)
+		}
 	}
 	return c.img
 }

@@ -99,9 +99,15 @@ func curveChart(runs []*Run, metric, xKey string) *lineChart {
 	if xKey == runfiles.KeySamples {
 		c.xLabel = "samples (trajectories trained on)"
 	}
-	banded := false
+	banded, whiskers := false, false
 	for i, r := range runs {
 		s := series{label: r.Label(), color: runColor(i), dash: r.Dense == "off"}
+		// An evaluation's mean gets ± its standard error over the test prompts, and a run with
+		// one or two evaluations (before and after) is drawn as points: a line between two
+		// means reads as a trend that two noisy points do not show.
+		eval := metric == runfiles.KeyEvalRewardMean
+		var errs []float64
+		hasErr := false
 		var std []float64
 		hasStd := false
 		for _, e := range r.Epochs {
@@ -118,6 +124,16 @@ func curveChart(runs []*Run, metric, xKey string) *lineChart {
 			sd, ok := e.Value(stdKey)
 			hasStd = hasStd || ok
 			s.x, s.y, std = append(s.x, x), append(s.y, y), append(std, sd)
+			if eval {
+				_, se := runfiles.MeanStdErr(e.Totals)
+				errs, hasErr = append(errs, se), hasErr || len(e.Totals) > 1
+			}
+		}
+		if eval {
+			s.points = len(s.x) < 3
+			if hasErr {
+				s.err, whiskers = errs, true
+			}
 		}
 		if hasStd {
 			banded = true
@@ -129,6 +145,9 @@ func curveChart(runs []*Run, metric, xKey string) *lineChart {
 	}
 	if banded {
 		title += " ± " + stdKey
+	}
+	if whiskers {
+		title += " ± standard error over the test prompts"
 	}
 	c.title = title + " vs " + xKey
 	return c
@@ -316,35 +335,6 @@ func rewardSection(p *page, runs []*Run) error {
 		p.note("no run logs samples: reward against samples omitted")
 	}
 	componentCharts(p, runs, runfiles.RewardPrefix)
-	return nil
-}
-
-func evalSection(p *page, runs []*Run) error {
-	p.f("<h2 id=\"eval\">Evaluation</h2>\n")
-	c := curveChart(runs, runfiles.KeyEvalRewardMean, runfiles.KeyEpoch)
-	if c.empty() {
-		p.note("no run logs eval_reward_mean: evaluation omitted")
-		return nil
-	}
-	p.f("%s\n", c.svg(wideW, wideH))
-	for _, r := range runs {
-		if _, _, ok := last(r, runfiles.KeyEvalRewardMean); !ok {
-			p.note("%s: no evaluation logged", r.Name)
-		}
-	}
-	componentCharts(p, runs, runfiles.EvalPrefix)
-	if h := pairedChart(runs, []string{runfiles.KeyEvalRewardMean, runfiles.KeyEvalHeldoutMean}); hasMetric(runs, runfiles.KeyEvalHeldoutMean) {
-		p.f("<h3>Training judge against held-out judges</h3>\n")
-		p.note("eval_reward_mean is the evaluation scored by the rewards the policy trains on; eval_heldout_mean by the [[eval.reward]] blocks it never sees. Reward hacking shows as the two parting.")
-		p.f("%s\n", h.svg(wideW, wideH))
-		if keys := keysWithPrefix(runs, runfiles.HeldoutPrefix); len(keys) > 1 {
-			p.f("<div class=\"grid\">")
-			for _, k := range keys {
-				p.f("%s\n", curveChart(runs, k, runfiles.KeyEpoch).svg(smallW, smallH))
-			}
-			p.f("</div>\n")
-		}
-	}
 	return nil
 }
 
@@ -536,7 +526,14 @@ func psiSection(p *page, runs []*Run) error {
 	p.f("<h2 id=\"psi\">Calibrated noise ψ(k)</h2>\n")
 	for i, r := range runs {
 		if r.Psi == nil {
-			p.note("%s: no psi.json (ψ not calibrated, the default a·sqrt(σ/(1−σ)) was used)", r.Label())
+			switch r.Sampler {
+			case "cps":
+				p.note("%s: CPS sampling, which has no ψ (its noise is s = σ_{k+1}·sin(a·π/2))", r.Label())
+			case "sde":
+				p.note("%s: no psi.json: trained without a calibrated ψ (sampler.psi), with s_k = a·sqrt(σ_k/(1−σ_k))", r.Label())
+			default:
+				p.note("%s: no psi.json (no calibrated ψ recorded in the run directory)", r.Label())
+			}
 			continue
 		}
 		ps, col := r.Psi, runColor(i)

@@ -457,3 +457,40 @@ func TestHeldoutCharts(t *testing.T) {
 		t.Error("a run without held-out rewards has the held-out chart")
 	}
 }
+
+// A run evaluated only before and after training (as `just demo`): the eval chart shows two
+// points with ± standard-error whiskers and no line between them, and the change against epoch
+// 0 is a bar and a table row with its paired standard error. Totals as in runfiles.TestPaired:
+// change +0.25 ± sqrt(0.625/3)/2 = 0.2282 (1.1 SEs), 2 prompts better, 1 worse, 1 same; the
+// after-mean 0.6875 has SE sqrt(0.171875/3)/2 = 0.1197. A CPS run's ψ note says CPS has none.
+func TestEvalBeforeAfter(t *testing.T) {
+	dir := fakeRun{name: "demo", config: "[sampler]\nkind = \"cps\"\n\n[dense]\nenabled = true\n", metrics: []string{
+		`{"epoch":0,"eval_reward_mean":0.4375,"eval_n":4,"eval_totals":[0,0.5,1,0.25]}`,
+		`{"epoch":1,"samples":64,"reward_mean":0.5,"reward_std":0.2}`,
+		`{"epoch":2,"samples":128,"reward_mean":0.6,"reward_std":0.2,"eval_reward_mean":0.6875,"eval_n":4,"eval_totals":[0.5,0.5,0.75,1]}`,
+	}}.write(t, t.TempDir())
+	out := filepath.Join(t.TempDir(), "report.html")
+	must(t, Write(context.Background(), []string{dir}, out))
+	data, err := os.ReadFile(out)
+	must(t, err)
+	html := string(data)
+	for _, want := range []string{
+		"<td>2</td><td>4</td><td>0.6875 ± 0.1197</td><td>+0.2500 ± 0.2282</td><td>+1.1</td><td>2 / 1 / 1</td>",
+		esc("eval_reward_mean − epoch 0, prompt by prompt (± paired standard error)"),
+		esc("demo (dense on): CPS sampling, which has no ψ"),
+	} {
+		if !strings.Contains(html, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	evalChart := regexp.MustCompile(`(?s)<svg [^>]*><title>eval_reward_mean ± standard error over the test prompts vs epoch</title>.*?</svg>`).FindString(html)
+	if evalChart == "" {
+		t.Fatal("no eval chart with standard errors")
+	}
+	if strings.Contains(evalChart, "<polyline") {
+		t.Error("the eval chart joins two evaluations with a line")
+	}
+	if n := strings.Count(evalChart, `stroke-width="1.2" fill="none"/>`); n != 2 {
+		t.Errorf("eval chart has %d whiskers, want 2", n)
+	}
+}
