@@ -64,7 +64,9 @@ type generator struct {
 	seed   int64
 }
 
-func newGenerator(cfg Config, policy *Policy, f *Frozen, steps, batch int, seed int64) (*generator, error) {
+// newGenerator makes the ODE sampler of the policy: with its adapters, or (base) the base model
+// alone.
+func newGenerator(cfg Config, policy *Policy, f *Frozen, steps, batch int, seed int64, base bool) (*generator, error) {
 	if err := policy.Check(f.TextEncoder, f.VAE); err != nil {
 		return nil, err
 	}
@@ -73,7 +75,7 @@ func newGenerator(cfg Config, policy *Policy, f *Frozen, steps, batch int, seed 
 		return nil, err
 	}
 	engines := &engineSet{cfg: cfg, policy: policy, latent: f.VAE.LatentShape()}
-	flow, closeFlow, err := engines.flow(true)
+	flow, closeFlow, err := engines.flow(!base)
 	if err != nil {
 		return nil, err
 	}
@@ -111,6 +113,8 @@ type EvalOptions struct {
 	Prompts []rewards.Prompt
 	// KeepImages keeps the decoded images in the result (for a grid).
 	KeepImages bool
+	// Base evaluates the base model (the adapters switched off) instead of the policy.
+	Base bool
 	// Progress receives a progress bar (nil: none).
 	Progress io.Writer
 }
@@ -172,7 +176,7 @@ func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions)
 	if err := checkPrompts(prompts, where, sets...); err != nil {
 		return EvalResult{}, fmt.Errorf("evaluate: %w", err)
 	}
-	gen, err := newGenerator(cfg, policy, f, cfg.Eval.Steps, min(cfg.Eval.BatchSize, len(prompts)), cfg.Run.Seed)
+	gen, err := newGenerator(cfg, policy, f, cfg.Eval.Steps, min(cfg.Eval.BatchSize, len(prompts)), cfg.Run.Seed, opts.Base)
 	if err != nil {
 		return EvalResult{}, fmt.Errorf("evaluate: %w", err)
 	}

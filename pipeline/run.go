@@ -137,6 +137,9 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 		return res, err
 	}
 	defer metrics.Close()
+	// beforeImages is the base model's evaluation with its images, for the before/after grid
+	// (a resumed run draws them again).
+	var beforeImages *EvalResult
 	if opts.Resume {
 		ck, ckDir, ok, err := ckpt.Latest()
 		if err != nil {
@@ -158,7 +161,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 		if err != nil {
 			return res, err
 		}
-		res.EvalBefore = &before
+		res.EvalBefore, beforeImages = &before, &before
 		fmt.Fprintf(log, "eval before training: %s\n", before.Summary())
 		if err := metrics.Write(runfiles.Line{Eval: evalRecord(before)}); err != nil {
 			return res, err
@@ -233,9 +236,15 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 				return res, fmt.Errorf("epoch %d: %w", epoch, err)
 			}
 			line.Eval = evalRecord(after)
+			if err := t.writeSamples(dir, epoch, after); err != nil {
+				return res, err
+			}
 			if last {
 				res.EvalAfter = &after
-				if err := t.writeSamples(dir, epoch, after); err != nil {
+				if err := t.writeBeforeAfter(ctx, dir, beforeImages, after); err != nil {
+					if errors.Is(err, context.Canceled) {
+						return interrupted(err)
+					}
 					return res, err
 				}
 			}

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -131,6 +132,22 @@ func TestRunResumeIsExact(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkResumedBaseEval(t, c, a)
+	// Both write the before/after grid of the same images: the straight run from its base
+	// evaluation, the resumed one by drawing the base model's images again.
+	ga, errA := os.ReadFile(filepath.Join(a.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
+	gc, errC := os.ReadFile(filepath.Join(c.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
+	if errA != nil || errC != nil || !bytes.Equal(ga, gc) {
+		t.Errorf("before/after grids: straight %d bytes (%v), resumed %d bytes (%v); want the same file", len(ga), errA, len(gc), errC)
+	}
+	layout, err := ReadGridLayout(filepath.Join(a.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
+	if err != nil || layout == nil || len(layout.Cells) != 2*len(a.EvalAfter.Prompts) {
+		t.Fatalf("before/after layout %+v, %v; want a before and an after cell per test prompt", layout, err)
+	}
+	for i, c := range layout.Cells {
+		if c.Prompt != a.EvalAfter.Prompts[i/2] {
+			t.Errorf("before/after cell %d: prompt %q, want %q", i, c.Prompt, a.EvalAfter.Prompts[i/2])
+		}
+	}
 	la, lb := readMetrics(t, a.Dir), readMetrics(t, b.Dir)
 	if len(la) != 4 || len(lb) != 4 {
 		t.Fatalf("got %d and %d metrics lines, want 4 each", len(la), len(lb))
@@ -227,9 +244,12 @@ func TestRunTimeBudgetEndsWithFinalEval(t *testing.T) {
 			if last := lines[len(lines)-1]; last["epoch"].(float64) != float64(tc.wantEpochs) || last["eval_reward_mean"] == nil {
 				t.Errorf("last metrics line %v, want epoch %d with its evaluation", last, tc.wantEpochs)
 			}
-			grid := filepath.Join(res.Dir, "samples", fmt.Sprintf("eval-%04d.png", tc.wantEpochs))
-			if _, err := os.Stat(grid); err != nil {
-				t.Errorf("no final eval sample grid: %v", err)
+			// Every evaluation (eval.every = 1) leaves its grid, the base one included.
+			for e := 0; e <= tc.wantEpochs; e++ {
+				grid := filepath.Join(res.Dir, "samples", fmt.Sprintf("eval-%04d.png", e))
+				if _, err := os.Stat(grid); err != nil {
+					t.Errorf("no eval sample grid of epoch %d: %v", e, err)
+				}
 			}
 		})
 	}
@@ -267,6 +287,22 @@ func TestRunInterruptCheckpointsAndResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkResumedBaseEval(t, c, a)
+	// Both write the before/after grid of the same images: the straight run from its base
+	// evaluation, the resumed one by drawing the base model's images again.
+	ga, errA := os.ReadFile(filepath.Join(a.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
+	gc, errC := os.ReadFile(filepath.Join(c.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
+	if errA != nil || errC != nil || !bytes.Equal(ga, gc) {
+		t.Errorf("before/after grids: straight %d bytes (%v), resumed %d bytes (%v); want the same file", len(ga), errA, len(gc), errC)
+	}
+	layout, err := ReadGridLayout(filepath.Join(a.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
+	if err != nil || layout == nil || len(layout.Cells) != 2*len(a.EvalAfter.Prompts) {
+		t.Fatalf("before/after layout %+v, %v; want a before and an after cell per test prompt", layout, err)
+	}
+	for i, c := range layout.Cells {
+		if c.Prompt != a.EvalAfter.Prompts[i/2] {
+			t.Errorf("before/after cell %d: prompt %q, want %q", i, c.Prompt, a.EvalAfter.Prompts[i/2])
+		}
+	}
 	la, lb := readMetrics(t, a.Dir), readMetrics(t, b.Dir)
 	if len(lb) != len(la) {
 		t.Fatalf("resumed run logged %d lines, straight run %d", len(lb), len(la))

@@ -33,6 +33,8 @@ type SampleOptions struct {
 	Seed int64
 	// Score also scores the images with the config's rewards.
 	Score bool
+	// Base draws with the base model (the adapters switched off) instead of the policy.
+	Base bool
 	// Frozen are the opened text encoder, VAE and rewards; nil opens them from the config and
 	// closes them at the end.
 	Frozen *Frozen
@@ -74,7 +76,7 @@ func Sample(ctx context.Context, cfg Config, policy *Policy, opts SampleOptions)
 		}
 		defer f.Close()
 	}
-	gen, err := newGenerator(cfg, policy, f, opts.Steps, min(cfg.Eval.BatchSize, len(res.Prompts)), opts.Seed)
+	gen, err := newGenerator(cfg, policy, f, opts.Steps, min(cfg.Eval.BatchSize, len(res.Prompts)), opts.Seed, opts.Base)
 	if err != nil {
 		return SampleResult{}, fmt.Errorf("sample: %w", err)
 	}
@@ -240,6 +242,36 @@ func WriteGrid(path string, images []rewards.Image, labels, prompts []string, co
 		return fmt.Errorf("write grid %s: %w", path, err)
 	}
 	return writeGridPNG(path, img, layout)
+}
+
+// beforeAfterPairs is how many before/after pairs a row of WriteBeforeAfter holds.
+const beforeAfterPairs = 2
+
+// WriteBeforeAfter writes the grid of each prompt's image before and after training (the same
+// prompt and initial noise; before: the base model, after: the trained adapters) side by side,
+// two pairs a row, each labelled with the prompt and, where totals are given, its reward (and
+// the change, under the after image). The grid records its prompts, so `pipeline rewards
+// score` scores it cell by cell.
+func WriteBeforeAfter(path string, prompts []string, before, after []rewards.Image, beforeTotals, afterTotals []float64) error {
+	n := len(prompts)
+	if len(before) != n || len(after) != n || (beforeTotals != nil && len(beforeTotals) != n) || (afterTotals != nil && len(afterTotals) != n) {
+		return fmt.Errorf("write before/after grid %s: %d prompts, %d/%d images, %d/%d totals; want one of each per prompt",
+			path, n, len(before), len(after), len(beforeTotals), len(afterTotals))
+	}
+	images := make([]rewards.Image, 0, 2*n)
+	labels := make([]string, 0, 2*n)
+	cells := make([]string, 0, 2*n)
+	for i, p := range prompts {
+		b, a := "before", "after"
+		if beforeTotals != nil && afterTotals != nil {
+			b = fmt.Sprintf("before %.2f", beforeTotals[i])
+			a = fmt.Sprintf("after %.2f (%+.2f)", afterTotals[i], afterTotals[i]-beforeTotals[i])
+		}
+		images = append(images, before[i], after[i])
+		labels = append(labels, p+"\n"+b, p+"\n"+a)
+		cells = append(cells, p, p)
+	}
+	return WriteGrid(path, images, labels, cells, 2*beforeAfterPairs)
 }
 
 // WriteImages writes image i to dir/NNN-<slug of labels[i]>.png (NNN = i, zero-padded), each

@@ -417,7 +417,7 @@ func (t *trainer) restore(ck checkpoint.Checkpoint) error {
 
 // writeSamples writes a grid of evaluation images with their prompts and rewards.
 func (t *trainer) writeSamples(dir string, epoch int, r EvalResult) error {
-	n := min(len(r.Images), 16)
+	n := min(len(r.Images), gridSamples)
 	if n == 0 {
 		return nil
 	}
@@ -426,6 +426,31 @@ func (t *trainer) writeSamples(dir string, epoch int, r EvalResult) error {
 		labels[i] = fmt.Sprintf("%s  %.2f", r.Prompts[i], r.Totals[i])
 	}
 	return WriteGrid(filepath.Join(dir, "samples", fmt.Sprintf("eval-%04d.png", epoch)), r.Images[:n], labels, r.Prompts[:n], 4)
+}
+
+// gridSamples is how many images (or before/after pairs) the run's grids show.
+const gridSamples = 16
+
+// writeBeforeAfter writes samples/before-after.png: the first test prompts as the base model and
+// the final EMA adapters draw them from the same noise, with their rewards. before is the base
+// evaluation with its images, or nil (a resumed run), when they are drawn again.
+func (t *trainer) writeBeforeAfter(ctx context.Context, dir string, before *EvalResult, after EvalResult) error {
+	n := min(len(after.Images), gridSamples)
+	if n == 0 {
+		return nil
+	}
+	if before == nil || len(before.Images) < n {
+		// The same prompts, noise and batching as the base evaluation's first batch.
+		cfg := t.cfg
+		cfg.Eval.Prompts = n
+		b, err := Evaluate(ctx, cfg, t.policy, EvalOptions{Frozen: t.frozen, KeepImages: true, Base: true})
+		if err != nil {
+			return fmt.Errorf("before/after grid: base model: %w", err)
+		}
+		before = &b
+	}
+	return WriteBeforeAfter(filepath.Join(dir, runfiles.SamplesDir, runfiles.BeforeAfterFile), after.Prompts[:n],
+		before.Images[:n], after.Images[:n], before.Totals[:n], after.Totals[:n])
 }
 
 // writeRolloutSamples writes the final images of the newest epoch's first minibatch.
@@ -440,7 +465,7 @@ func (t *trainer) writeRolloutSamples(dir string, epoch int) error {
 			idx = append(idx, j)
 		}
 	}
-	idx = idx[:min(len(idx), 16)]
+	idx = idx[:min(len(idx), gridSamples)]
 	imgs := make([]rewards.Image, len(idx))
 	labels := make([]string, len(idx))
 	prompts := make([]string, len(idx))

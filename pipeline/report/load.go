@@ -6,7 +6,9 @@ import (
 	"io/fs"
 	"math"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/BurntSushi/toml"
 
@@ -29,8 +31,10 @@ type Run struct {
 	Sampler string
 	// Psi is psi.json, nil when the run has none.
 	Psi *runfiles.Psi
-	// Sample is the path of the newest samples/*.png by name, "" when there is none.
-	Sample string
+	// Samples are the paths of samples/*.png in the order the report shows them: the
+	// before/after grid, the evaluation grids (eval-*.png), the training grids (epoch-*.png),
+	// then any other, each group by name.
+	Samples []string
 }
 
 // Label is the run's legend entry: its name plus "dense on/off" when known.
@@ -100,11 +104,31 @@ func LoadRun(dir string) (*Run, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list samples of %s: %w", dir, err)
 	}
-	if len(pngs) > 0 {
-		sort.Strings(pngs)
-		r.Sample = pngs[len(pngs)-1]
-	}
+	r.Samples = sampleOrder(pngs)
 	return r, nil
+}
+
+// sampleOrder sorts sample grid paths as Run.Samples lists them.
+func sampleOrder(paths []string) []string {
+	group := func(p string) int {
+		switch b := filepath.Base(p); {
+		case b == runfiles.BeforeAfterFile:
+			return 0
+		case strings.HasPrefix(b, "eval-"):
+			return 1
+		case strings.HasPrefix(b, "epoch-"):
+			return 2
+		}
+		return 3
+	}
+	out := slices.Clone(paths)
+	sort.Slice(out, func(i, j int) bool {
+		if gi, gj := group(out[i]), group(out[j]); gi != gj {
+			return gi < gj
+		}
+		return out[i] < out[j]
+	})
+	return out
 }
 
 // readMetrics reads metrics.jsonl (runfiles.ReadMetrics), one Epoch per epoch: a later line

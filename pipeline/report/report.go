@@ -11,19 +11,16 @@ package report
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"image/color"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 
 	"github.com/densegrpo/densegrpo/internal/atomicfile"
-	"github.com/densegrpo/densegrpo/internal/imagefile"
 	"github.com/densegrpo/densegrpo/pipeline/runfiles"
 )
 
@@ -713,39 +710,5 @@ func timingSection(p *page, runs []*Run) error {
 		}
 	}
 	p.f("</div>\n")
-	return nil
-}
-
-func sampleSection(p *page, runs []*Run) error {
-	p.f("<h2 id=\"samples\">Latest samples</h2>\n")
-	for i, r := range runs {
-		if r.Sample == "" {
-			p.note("%s: no samples/*.png", r.Label())
-			continue
-		}
-		// The header is checked before the file is read whole (it is embedded as it is).
-		cfg, err := imagefile.ReadFileHeader(r.Sample)
-		if err == nil && cfg.Format != "png" {
-			err = fmt.Errorf("%s is a %s file, want PNG", r.Sample, cfg.Format)
-		}
-		if err == nil {
-			err = imagefile.DefaultLimits.Check(cfg)
-		}
-		if err != nil {
-			return fmt.Errorf("sample grid: %w", err)
-		}
-		data, err := os.ReadFile(r.Sample)
-		if err != nil {
-			return fmt.Errorf("read sample grid: %w", err)
-		}
-		// Small grids are shown at twice their size, pixelated, so that a 64-px sample is legible.
-		w := cfg.Width
-		if w < 540 {
-			w *= 2
-		}
-		p.f("<figure><figcaption>%s%s — %s (%d×%d)</figcaption><img class=\"grid\" width=\"%d\" alt=\"%s\" src=\"data:image/png;base64,%s\"></figure>\n",
-			swatch(runColor(i)), esc(r.Label()), esc(filepath.Base(r.Sample)), cfg.Width, cfg.Height, w, esc(r.Name+" "+filepath.Base(r.Sample)),
-			base64.StdEncoding.EncodeToString(data))
-	}
 	return nil
 }

@@ -88,7 +88,7 @@ const psiJSON = `{"sigmas":[1,0.66,0.33,0],"start":[0.7,0.5,0.35],"psi":[0.72,0.
 func twoRuns(t *testing.T) (on, off string) {
 	root := t.TempDir()
 	on = fakeRun{name: "dense-run", config: "[dense]\nenabled = true\nlookahead = 0\n", metrics: denseOnMetrics, psi: psiJSON,
-		samples: []string{"epoch-0001.png", "epoch-0002.png"}}.write(t, root)
+		samples: []string{"epoch-0002.png", "eval-0002.png", "epoch-0001.png", "before-after.png", "eval-0000.png"}}.write(t, root)
 	off = fakeRun{name: "sparse-run", config: "[dense]\nenabled = false\n", metrics: denseOffMetrics,
 		samples: []string{"epoch-0002.png"}}.write(t, root)
 	return on, off
@@ -148,12 +148,16 @@ func TestWriteHTML(t *testing.T) {
 			}
 		}
 	}
-	// The newest grid by name of each run is embedded, byte for byte.
+	// Every grid of each run is embedded, byte for byte: the before/after grid, the evaluation
+	// grids, the training grids.
 	imgs := regexp.MustCompile(`data:image/png;base64,([A-Za-z0-9+/=]+)`).FindAllStringSubmatch(html, -1)
-	if len(imgs) != 2 {
-		t.Fatalf("got %d embedded images, want 2", len(imgs))
+	order := []string{filepath.Join(on, "samples", "before-after.png"), filepath.Join(on, "samples", "eval-0000.png"),
+		filepath.Join(on, "samples", "eval-0002.png"), filepath.Join(on, "samples", "epoch-0001.png"),
+		filepath.Join(on, "samples", "epoch-0002.png"), filepath.Join(off, "samples", "epoch-0002.png")}
+	if len(imgs) != len(order) {
+		t.Fatalf("got %d embedded images, want %d", len(imgs), len(order))
 	}
-	for i, want := range []string{filepath.Join(on, "samples", "epoch-0002.png"), filepath.Join(off, "samples", "epoch-0002.png")} {
+	for i, want := range order {
 		got, err := base64.StdEncoding.DecodeString(imgs[i][1])
 		must(t, err)
 		wantData, err := os.ReadFile(want)
@@ -233,8 +237,8 @@ func TestLoadRun(t *testing.T) {
 	if r.Name != "r" || r.Dense != "" || r.Label() != "r" || r.Psi != nil {
 		t.Errorf("run %+v: want name r, dense unknown, no psi", r)
 	}
-	if got := filepath.Base(r.Sample); got != "epoch-0010.png" {
-		t.Errorf("sample %s, want the newest by name epoch-0010.png", got)
+	if len(r.Samples) != 3 || filepath.Base(r.Samples[0]) != "epoch-0002.png" || filepath.Base(r.Samples[2]) != "epoch-0010.png" {
+		t.Errorf("samples %v, want the three grids by name", r.Samples)
 	}
 	if len(r.Epochs) != 2 || r.Epochs[0].Epoch != 1 || r.Epochs[1].Epoch != 2 {
 		t.Fatalf("epochs %+v, want 1 and 2 in order", r.Epochs)

@@ -23,6 +23,10 @@ import (
 const (
 	MetricsFile = "metrics.jsonl"
 	PsiFile     = "psi.json"
+	// SamplesDir holds the PNG grids: eval-EPOCH.png, epoch-EPOCH.png and BeforeAfterFile.
+	SamplesDir = "samples"
+	// BeforeAfterFile (in SamplesDir) shows the first test prompts before and after training.
+	BeforeAfterFile = "before-after.png"
 )
 
 // Stage names, the keys of Train.StageSeconds, in pipeline order (Stages).
