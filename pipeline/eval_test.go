@@ -219,6 +219,13 @@ func TestPolicyErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "takes latents [3 4 8]; the transformer wants [4,h,w]") {
 		t.Errorf("wrong latent channels: error %v", err)
 	}
+	// LoRA targets matching no layer name the config and its table.
+	bad := cfg
+	bad.Model.LoRA.Targets = []string{"attn.to_qq"}
+	_, err = NewPolicy(bad, PolicyOptions{Backend: nntest.Backend(t)})
+	if err == nil || !strings.Contains(err.Error(), "config "+cfg.Path+`: model.lora: lora target "attn.to_qq": matches no linear layer`) {
+		t.Errorf("unknown LoRA target: error %v", err)
+	}
 	// A missing weight file.
 	os.Remove(files.Weights)
 	_, err = NewPolicy(cfg, PolicyOptions{Backend: nntest.Backend(t)})

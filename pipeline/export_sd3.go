@@ -90,8 +90,9 @@ func findRepoFile(rel string) (string, error) {
 	return "", errors.New("no " + rel + " in the working directory, the binary's directory or their parents (run from the repository)")
 }
 
-// lastLine is the last non-empty line of s (a Python exporter's one-line error).
+// lastLine is the last non-empty line of s — the Python exporter's one-line error, without
+// its "error: " prefix.
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return strings.TrimSpace(lines[len(lines)-1])
+	return strings.TrimPrefix(strings.TrimSpace(lines[len(lines)-1]), "error: ")
 }

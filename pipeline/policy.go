@@ -69,6 +69,9 @@ func NewPolicy(cfg Config, opts PolicyOptions) (*Policy, error) {
 		return nil, fmt.Errorf("new policy: %w", err)
 	}
 	lora := &mmdit.LoRAConfig{Rank: cfg.Model.LoRA.Rank, Alpha: cfg.Model.LoRA.Alpha, Targets: cfg.Model.LoRA.Targets}
+	if err := lora.Validate(mcfg); err != nil {
+		return nil, fmt.Errorf("config %s: model.lora: %w", cfg.Path, err)
+	}
 	model, err := mmdit.New(mcfg, lora)
 	if err != nil {
 		return nil, fmt.Errorf("new policy: %w", err)

@@ -198,7 +198,7 @@ sed -i 's|"../snapshot/transformer"|"`+fixture+`/snapshot/transformer"|' "$6/man
 	}
 
 	failing := filepath.Join(tmp, "failing")
-	if err := os.WriteFile(failing, []byte("#!/bin/sh\necho progress\necho 'export-models: /s/model_index.json: component text_encoder_2 is missing' >&2\nexit 1\n"), 0o755); err != nil {
+	if err := os.WriteFile(failing, []byte("#!/bin/sh\necho progress\necho 'error: /s/model_index.json: component text_encoder_2 is missing' >&2\nexit 1\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err = Load(sd3TinyConfig, []string{"model.diffusers=" + filepath.Join(tmp, "other"), "model.snapshot=" + fixture + "/snapshot"})
@@ -206,7 +206,7 @@ sed -i 's|"../snapshot/transformer"|"`+fixture+`/snapshot/transformer"|' "$6/man
 		t.Fatal(err)
 	}
 	err = exportSD3(ctx, cfg, ExportOptions{Python: failing}, io.Discard)
-	if err == nil || !strings.HasSuffix(err.Error(), "export-models: /s/model_index.json: component text_encoder_2 is missing") ||
+	if err == nil || !strings.HasSuffix(err.Error(), "snapshot: /s/model_index.json: component text_encoder_2 is missing") ||
 		!strings.Contains(err.Error(), "export SD3 snapshot "+fixture+"/snapshot") {
 		t.Fatalf("error %v: want the snapshot and the exporter's last line", err)
 	}

@@ -329,7 +329,7 @@ def main() -> None:
     try:
         export(args.model_dir, args.out, args.t5_dtype)
     except ExportError as e:
-        print(f"export-models: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
