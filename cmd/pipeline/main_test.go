@@ -17,9 +17,10 @@ import (
 // binary is the real pipeline binary, built once for the end-to-end tests of this package.
 var binary string
 
-// repoConfigs holds the shipped configs the end-to-end tests run (smoke.toml, tiny-ocr.toml),
-// rewritten to read the committed weights and prompt lists in place and to write their ONNX
-// exports and runs under the test binary's temp dir: tests never write into the source tree.
+// repoConfigs holds the shipped configs the end-to-end tests run (smoke.toml, tiny-ocr.toml,
+// sd3-tiny.toml), rewritten to read the committed weights, fixtures and prompt lists in place
+// and to write their ONNX exports and runs under the test binary's temp dir: tests never write
+// into the source tree.
 var repoConfigs string
 
 func TestMain(m *testing.M) {
@@ -34,7 +35,7 @@ func TestMain(m *testing.M) {
 		panic("build pipeline: " + err.Error())
 	}
 	repoConfigs = filepath.Join(dir, "configs")
-	if err := writeRepoConfigs(filepath.Join("..", ".."), dir, "smoke.toml", "tiny-ocr.toml"); err != nil {
+	if err := writeRepoConfigs(filepath.Join("..", ".."), dir, "smoke.toml", "tiny-ocr.toml", "sd3-tiny.toml"); err != nil {
 		panic(err)
 	}
 	code := m.Run()
@@ -62,6 +63,7 @@ func writeRepoConfigs(root, out string, names ...string) error {
 			`"../models/tinyocr/onnx/`, `"`+filepath.Join(out, "onnx")+`/`,
 			`"../models/`, `"`+filepath.Join(root, "models")+`/`,
 			`"../datasets/`, `"`+filepath.Join(root, "datasets")+`/`,
+			`"../testdata/`, `"`+filepath.Join(root, "testdata")+`/`,
 			`"../runs"`, `"`+filepath.Join(out, "runs")+`"`,
 		).Replace(string(data))
 		if strings.Contains(doc, `"../`) {

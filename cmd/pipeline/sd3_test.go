@@ -9,14 +9,15 @@ import (
 	"github.com/densegrpo/densegrpo/models/mmdit"
 )
 
-const sd3TinyConfig = "../../configs/sd3-tiny.toml"
+// sd3TinyConfig is configs/sd3-tiny.toml as the tests run it (repoConfigs).
+func sd3TinyConfig() string { return filepath.Join(repoConfigs, "sd3-tiny.toml") }
 
 // TestSD3TinyRun: the real binary on configs/sd3-tiny.toml — the tiny random SD3.5 fixture's
 // export (diffusers transformer folder, CLIP-L/G + T5, 16-channel VAE) with the OCR reward —
 // exports, trains two epochs and leaves a checkpoint whose pytorch_lora_weights.safetensors
 // carries the LoRA config diffusers' load_lora_weights reads.
 func TestSD3TinyRun(t *testing.T) {
-	stdout, stderr, code := runBinary(t, ".", nil, "export-models", "--config", sd3TinyConfig)
+	stdout, stderr, code := runBinary(t, ".", nil, "export-models", "--config", sd3TinyConfig())
 	if code != 0 {
 		t.Fatalf("export-models: exit %d\n%s\n%s", code, stdout, stderr)
 	}
@@ -24,7 +25,7 @@ func TestSD3TinyRun(t *testing.T) {
 		t.Errorf("export-models output:\n%s", stdout)
 	}
 	out := t.TempDir()
-	stdout, stderr, code = runBinary(t, ".", nil, "run", "--config", sd3TinyConfig, "--set", "run.out_dir="+out)
+	stdout, stderr, code = runBinary(t, ".", nil, "run", "--config", sd3TinyConfig(), "--set", "run.out_dir="+out)
 	if code != 0 {
 		t.Fatalf("run: exit %d\n%s\n%s", code, stdout, stderr)
 	}
