@@ -5,17 +5,22 @@ import (
 	"slices"
 )
 
-// Want is a tensor a loader needs: its name in the file and the shape its model declares.
+// Want is a tensor a loader needs: its name in the file, the shape its model declares and,
+// when the loader knows it (files the project writes itself are F32), the dtype.
 type Want struct {
 	Name  string
 	Shape []int
+	// DType is the dtype the file must store the tensor in; "" accepts any dtype Tensor
+	// decodes (F32, F64, F16, BF16).
+	DType string
 }
 
 // Check verifies from the header alone that the file holds every wanted tensor with the
-// wanted shape in a dtype Tensor can decode, and no other tensor except the names in extra
-// (which may also be absent; the caller checks those itself). Nothing is read, so a file that
-// does not fit the model costs only its header. Errors name the tensor and both shapes:
-// `missing tensor "x" (want [4 4])`, `tensor "x": file has shape [2 4], model wants [4 4]`.
+// wanted shape in the wanted dtype (one Tensor can decode), and no other tensor except the
+// names in extra (which may also be absent; the caller checks those itself). Nothing is read,
+// so a file that does not fit the model costs only its header. Errors name the tensor and
+// both shapes: `missing tensor "x" (want [4 4])`, `tensor "x": file has shape [2 4], model
+// wants [4 4]`.
 func (f *File) Check(want []Want, extra ...string) error {
 	wanted := make(map[string]bool, len(want))
 	var missing []Want
@@ -31,6 +36,9 @@ func (f *File) Check(want []Want, extra ...string) error {
 		}
 		if _, ok := dtypeSize[info.DType]; !ok {
 			return fmt.Errorf("tensor %q: unsupported dtype %q (want F32, F64, F16 or BF16)", w.Name, info.DType)
+		}
+		if w.DType != "" && info.DType != w.DType {
+			return fmt.Errorf("tensor %q: file has dtype %s, want %s", w.Name, info.DType, w.DType)
 		}
 	}
 	switch len(missing) {
@@ -60,16 +68,25 @@ func ReadWanted(path string, want []Want) (map[string]Tensor, map[string]string,
 		return nil, nil, err
 	}
 	defer f.Close()
+	out, err := f.ReadWanted(want)
+	if err != nil {
+		return nil, nil, err
+	}
+	return out, f.meta, nil
+}
+
+// ReadWanted is the package's ReadWanted for an open file.
+func (f *File) ReadWanted(want []Want) (map[string]Tensor, error) {
 	if err := f.Check(want); err != nil {
-		return nil, nil, fmt.Errorf("read safetensors %q: %w", path, err)
+		return nil, fmt.Errorf("read safetensors %q: %w", f.path, err)
 	}
 	out := make(map[string]Tensor, len(want))
 	for _, w := range want {
 		t, err := f.Tensor(w.Name)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		out[w.Name] = t
 	}
-	return out, f.meta, nil
+	return out, nil
 }

@@ -20,7 +20,7 @@ func TestCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	half := rawFile(t, `{"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},"i":{"dtype":"I32","shape":[1],"data_offsets":[4,8]}}`, make([]byte, 8))
-	all := []Want{{"a", []int{2, 3}}, {"b", []int{4}}, {"c", []int{}}}
+	all := []Want{{"a", []int{2, 3}, ""}, {"b", []int{4}, ""}, {"c", []int{}, ""}}
 	cases := []struct {
 		name  string
 		path  string
@@ -30,12 +30,14 @@ func TestCheck(t *testing.T) {
 	}{
 		{"exact", path, all, nil, ""},
 		{"extra allowed", path, all[:2], []string{"c", "absent"}, ""},
-		{"missing one", path, append(all, Want{"d", []int{1}}), nil, `missing tensor "d" (want [1])`},
-		{"missing two", path, append(all, Want{"d", []int{1}}, Want{"e", nil}), nil, `missing tensor "d" (want [1]) and 1 more missing tensors`},
-		{"shape", path, []Want{{"a", []int{3, 2}}, all[1], all[2]}, nil, `tensor "a": file has shape [2 3], model wants [3 2]`},
+		{"missing one", path, append(all, Want{"d", []int{1}, ""}), nil, `missing tensor "d" (want [1])`},
+		{"missing two", path, append(all, Want{"d", []int{1}, ""}, Want{"e", nil, ""}), nil, `missing tensor "d" (want [1]) and 1 more missing tensors`},
+		{"shape", path, []Want{{"a", []int{3, 2}, ""}, all[1], all[2]}, nil, `tensor "a": file has shape [2 3], model wants [3 2]`},
 		{"undeclared", path, all[:1], nil, `2 tensors not declared by the model config, e.g. ["b" "c"]`},
-		{"half is readable", half, []Want{{"h", []int{2}}}, []string{"i"}, ""},
-		{"int32 is not", half, []Want{{"h", []int{2}}, {"i", []int{1}}}, nil, `tensor "i": unsupported dtype "I32"`},
+		{"half is readable", half, []Want{{"h", []int{2}, ""}}, []string{"i"}, ""},
+		{"int32 is not", half, []Want{{"h", []int{2}, ""}, {"i", []int{1}, ""}}, nil, `tensor "i": unsupported dtype "I32"`},
+		{"dtype wanted", path, []Want{{"a", []int{2, 3}, "F32"}, {"b", []int{4}, "F32"}, {"c", []int{}, ""}}, nil, ""},
+		{"other dtype", half, []Want{{"h", []int{2}, "F32"}}, []string{"i"}, `tensor "h": file has dtype F16, want F32`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -74,11 +76,11 @@ func TestReadWantedSparse(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	_, _, err = ReadWanted(path, []Want{{"w", []int{2}}})
+	_, _, err = ReadWanted(path, []Want{{"w", []int{2}, ""}})
 	if err == nil || !strings.Contains(err.Error(), `1 tensors not declared by the model config, e.g. ["junk"]`) {
 		t.Fatalf("ReadWanted error %v, want the undeclared tensor named", err)
 	}
-	_, _, err = ReadWanted(path, []Want{{"w", []int{2}}, {"bias", []int{2}}})
+	_, _, err = ReadWanted(path, []Want{{"w", []int{2}, ""}, {"bias", []int{2}, ""}})
 	if err == nil || !strings.Contains(err.Error(), `missing tensor "bias" (want [2])`) {
 		t.Fatalf("ReadWanted error %v, want the missing tensor named", err)
 	}
@@ -89,7 +91,7 @@ func TestReadWanted(t *testing.T) {
 	if err := Write(path, map[string]Tensor{"a": {Shape: []int{2}, Data: []float32{1, 2}}, "b": {Shape: []int{1}, Data: []float32{3}}}, map[string]string{"k": "v"}); err != nil {
 		t.Fatal(err)
 	}
-	ts, meta, err := ReadWanted(path, []Want{{"b", []int{1}}, {"a", []int{2}}})
+	ts, meta, err := ReadWanted(path, []Want{{"b", []int{1}, ""}, {"a", []int{2}, ""}})
 	if err != nil {
 		t.Fatal(err)
 	}
