@@ -141,14 +141,20 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 	// (a resumed run draws them again).
 	var beforeImages *EvalResult
 	if opts.Resume {
-		ck, ckDir, ok, err := ckpt.Latest()
+		ckDir, ok, err := ckpt.Latest()
 		if err != nil {
 			return res, err
 		}
 		if !ok {
 			return res, fmt.Errorf("resume %s: no checkpoint in %s", dir, ckpt.Dir)
 		}
-		if err := t.restore(ck); err != nil {
+		ck, err := checkpoint.Load(ckDir)
+		if err != nil {
+			return res, fmt.Errorf("resume: %w", err)
+		}
+		err = t.restore(ck)
+		ck.Close()
+		if err != nil {
 			return res, fmt.Errorf("resume from %s: %w", ckDir, err)
 		}
 		if err := metrics.TruncateAfter(ck.Epoch); err != nil {
@@ -336,7 +342,7 @@ func prepareRunDir(cfg Config, dir string, resume bool, ckpt *checkpoint.Checkpo
 			return fmt.Errorf("resume: run directory %s: %w", dir, err)
 		}
 	} else {
-		if _, _, ok, _ := ckpt.Latest(); ok {
+		if _, ok, _ := ckpt.Latest(); ok {
 			return fmt.Errorf("run directory %s already holds a run; resume it with --resume %s or set run.name", dir, dir)
 		}
 		if err := os.MkdirAll(filepath.Join(dir, "samples"), 0o755); err != nil {

@@ -127,6 +127,7 @@ func TestRunResumeIsExact(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkTrainerGroup(t, b.Dir, resumed)
 	c, err := Run(context.Background(), resumed, RunOptions{Backend: nntest.Backend(t), Resume: true})
 	if err != nil {
 		t.Fatal(err)
@@ -209,6 +210,40 @@ func TestResumeFinishedRun(t *testing.T) {
 	res, err = Run(context.Background(), bagain, RunOptions{Backend: nntest.Backend(t), Resume: true})
 	if err != nil || !strings.Contains(res.Finished, "its time budget run.time_budget = 10m is spent") || !strings.Contains(res.Finished, "--set run.time_budget=20m") {
 		t.Fatalf("resume of a budget-finished run: %+v, error %v", res, err)
+	}
+}
+
+// checkTrainerGroup checks the trainer state of the newest checkpoint of a run: it holds no
+// frozen base weight, and a resume refuses it (before reading it) when it carries a tensor the
+// trainer does not expect. The file is put back as it was.
+func checkTrainerGroup(t *testing.T, dir string, cfg Config) {
+	t.Helper()
+	path := filepath.Join(dir, "checkpoints", "epoch-000002", "trainer.safetensors")
+	infos, _, err := safetensors.ReadHeader(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, base := range []string{"/proj_out/weight", "/context_embedder/bias"} {
+		if _, ok := infos[base]; ok {
+			t.Errorf("%s holds the frozen base weight %q", path, base)
+		}
+	}
+	saved, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.WriteFile(path, saved, 0o644)
+	tensors, meta, err := safetensors.Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tensors["/unrelated"] = safetensors.Tensor{Shape: []int{4}, Data: make([]float32, 4)}
+	if err := safetensors.Write(path, tensors, meta); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t), Resume: true})
+	if err == nil || !strings.Contains(err.Error(), `trainer.safetensors: 1 tensors not declared by the model config, e.g. ["/unrelated"]`) {
+		t.Errorf("resume from a trainer state with an unrelated tensor: error %v, want it named", err)
 	}
 }
 

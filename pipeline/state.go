@@ -31,8 +31,13 @@ func trainerVariable(ctx *mlctx.Context, model *mmdit.Model) func(v *mlctx.Varia
 	for _, p := range model.LoRA.Params(model.Config) {
 		modelKeys[p.Key] = true
 	}
+	// Model scopes are relative to the context's (in the root context, they are absolute).
+	root := ctx.Scope()
+	if root == mlctx.RootScope {
+		root = ""
+	}
 	return func(v *mlctx.Variable) bool {
-		key, err := mmdit.ScopeToKey(strings.TrimPrefix(v.Scope(), ctx.Scope()), v.Name())
+		key, err := mmdit.ScopeToKey(strings.TrimPrefix(v.Scope(), root), v.Name())
 		return err != nil || !modelKeys[key]
 	}
 }

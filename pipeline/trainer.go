@@ -389,27 +389,45 @@ func (t *trainer) checkpoint() (checkpoint.Checkpoint, error) {
 	}, Metadata: map[string]map[string]string{groupDiffusers: meta}}, nil
 }
 
-// restore puts a checkpoint back: adapters, EMA, optimizer state, RNG, counters.
-func (t *trainer) restore(ck checkpoint.Checkpoint) error {
+// restore puts a checkpoint back: adapters, EMA, optimizer state, RNG, counters. Each group's
+// header is checked against what the model and the trainer expect (names, shapes, F32) before
+// any tensor is read, so a checkpoint that does not fit costs only its headers.
+func (t *trainer) restore(ck *checkpoint.Stored) error {
 	var st trainState
 	if err := json.Unmarshal(ck.State, &st); err != nil {
 		return fmt.Errorf("decode state: %w", err)
 	}
-	for _, g := range []string{groupLoRA, groupEMA} {
-		if _, ok := ck.Tensors[g]; !ok {
-			return fmt.Errorf("checkpoint has no %s.safetensors", g)
+	var adapters []safetensors.Want
+	for _, p := range t.policy.Model.LoRA.Params(t.policy.Model.Config) {
+		adapters = append(adapters, safetensors.Want{Name: p.Key, Shape: p.Shape, DType: "F32"})
+	}
+	// The trainer group holds the GRPO trainer's state and, in checkpoints written before
+	// trainerVariable left them out, copies of the frozen base weights (variables of the context).
+	names := ck.Names(groupTrainer)
+	state := nn.StateWants(names, t.grpo.StateShapes(names), nn.VariableShapes(t.policy.Ctx, nil))
+	wants := map[string][]safetensors.Want{groupLoRA: adapters, groupEMA: adapters, groupTrainer: state}
+	for _, g := range []string{groupLoRA, groupEMA, groupTrainer} {
+		if err := ck.Check(g, wants[g]); err != nil {
+			return err
 		}
 	}
-	if err := t.policy.Model.SetLoRATensors(t.policy.Ctx, ck.Tensors[groupLoRA]); err != nil {
+	tensors := map[string]map[string]safetensors.Tensor{}
+	for _, g := range []string{groupLoRA, groupEMA, groupTrainer} {
+		var err error
+		if tensors[g], err = ck.Read(g, wants[g]); err != nil {
+			return err
+		}
+	}
+	if err := t.policy.Model.SetLoRATensors(t.policy.Ctx, tensors[groupLoRA]); err != nil {
 		return err
 	}
-	if err := restoreTrainerVariables(t.policy.Ctx, t.policy.Model, ck.Tensors[groupTrainer], st.Ints); err != nil {
+	if err := restoreTrainerVariables(t.policy.Ctx, t.policy.Model, tensors[groupTrainer], st.Ints); err != nil {
 		return err
 	}
 	if err := t.rngSrc.UnmarshalBinary(st.RNG); err != nil {
 		return fmt.Errorf("restore RNG state: %w", err)
 	}
-	t.ema = nn.NewEMA(t.cfg.GRPO.EMADecayMax, ck.Tensors[groupEMA])
+	t.ema = nn.NewEMA(t.cfg.GRPO.EMADecayMax, tensors[groupEMA])
 	t.ema.Updates = st.EMAUpdates
 	t.epoch, t.samples, t.elapsed = ck.Epoch, st.Samples, st.Elapsed
 	return nil

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/gomlx/gomlx/backends"
@@ -15,6 +17,8 @@ import (
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
 	"github.com/gomlx/gomlx/pkg/ml/train/optimizers"
+
+	"github.com/densegrpo/densegrpo/models/nn"
 )
 
 // accScope is the absolute scope of the gradient accumulators: one per trainable variable and
@@ -119,6 +123,45 @@ func NewTrainer(backend backends.Backend, ctx *mlctx.Context, vel Velocity, cfg 
 	}
 	return &Trainer{backend: backend, ctx: ctx.Checked(false), vel: vel, cfg: cfg, opt: opt, nCond: -1,
 		compiled: map[[2]int]bool{}}, nil
+}
+
+// StateShapes returns the shapes of the variables the trainer keeps beside the model's, keyed
+// as nn.SnapshotVariables keys them: per trainable variable of its context, AdamW's two moments,
+// the learning rate, and the gradient accumulators among names (the keys of a checkpoint's
+// trainer state) — those of any worker, so that a run resumed with fewer workers than it saved
+// with still loads (Apply left them zero). A resumed run checks a checkpoint's trainer state
+// against it before reading a tensor.
+func (t *Trainer) StateShapes(names []string) map[string][]int {
+	out := nn.AdamMoments(t.ctx, optScope)
+	out[nn.VariableKey(mlctx.RootScope+optScope+mlctx.ScopeSeparator+optimizers.Scope, optimizers.ParamLearningRate)] = []int{}
+	trainable := nn.VariableShapes(t.ctx, func(v *mlctx.Variable) bool { return v.Trainable })
+	for _, name := range names {
+		if key, ok := accumulated(name); ok {
+			if shape, ok := trainable[key]; ok {
+				out[name] = shape
+			}
+		}
+	}
+	return out
+}
+
+// accumulated returns the key of the variable whose accumulator key is (of any worker).
+func accumulated(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, accScope)
+	if !ok {
+		return "", false
+	}
+	if w, ok := strings.CutPrefix(rest, "_"); ok {
+		i := strings.Index(w, mlctx.ScopeSeparator)
+		if i < 0 {
+			return "", false
+		}
+		if n, err := strconv.Atoi(w[:i]); err != nil || n < 1 || accScopeOf(n) != accScope+"_"+w[:i] {
+			return "", false
+		}
+		rest = w[i:]
+	}
+	return rest, strings.HasPrefix(rest, mlctx.ScopeSeparator)
 }
 
 // refInput reports whether the accumulation graphs take the reference velocity as an input.

@@ -4,7 +4,7 @@
 # RSS and wall time from /usr/bin/time -v.
 #   scripts/malicious.sh [BIN] [DIR]     (defaults: bin/pipeline, /tmp/malicious)
 # LIMIT_KB=N caps each run's virtual memory (ulimit -v) — for binaries that would otherwise
-# take the machine's memory on the bombs.
+# take the machine's memory on the bombs. ONLY=REGEX runs only the cases whose name matches.
 # Run from the repository root after `just export-models`; DIR holds ~10 GB of sparse files
 # (about 100 MB on disk).
 set -euo pipefail
@@ -14,6 +14,18 @@ dir=${2:-/tmp/malicious}
 cfg=configs/tiny-ocr.toml
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+# A one-epoch run to resume (seconds), and a copy whose trainer state carries an unrelated
+# 1 GiB tensor (sparse). Each case resumes a fresh copy, so the script can run again.
+tiny=(--set prompts.per_epoch=2 --set sampler.group_size=2 --set sampler.steps=3 --set pipeline.rollout_batch=2
+  --set grpo.minibatch=2 --set eval.prompts=2 --set eval.steps=3 --set eval.batch_size=2 --set run.checkpoint_every=1)
+if [ ! -d "$dir/run-sparse-1gib" ]; then
+  rm -rf "$dir/run-valid"
+  $bin run --config "$cfg" --set "run.out_dir=$dir" --set run.name=run-valid --set run.epochs=1 "${tiny[@]}" > /dev/null
+  cp -r "$dir/run-valid" "$dir/run-sparse-1gib.tmp"
+  go run ./scripts/malicious -add-unrelated "$dir/run-sparse-1gib.tmp/checkpoints/epoch-000001/trainer.safetensors"
+  mv "$dir/run-sparse-1gib.tmp" "$dir/run-sparse-1gib"
+fi
+cp -r "$dir/run-valid" "$dir/run-sparse-1gib" "$out/"
 
 sample=(sample --config "$cfg" --prompt K4RT --steps 1 --out "$out/s.png")
 score=(rewards score --config "$cfg" --prompt K4RT)
@@ -27,6 +39,8 @@ cases=(
   "LoRA: adapters + unrelated 1 GiB tensor (sparse)|${sample[*]} --lora $dir/lora-sparse-1gib.safetensors"
   "checkpoint: valid (committed, 2.4 MB)|${sample[*]}"
   "checkpoint: every tensor on the same bytes|${sample[*]} --set model.weights=$dir/checkpoint-overlap.safetensors"
+  "run: resume a valid checkpoint, train 1 more epoch|run --resume $out/run-valid --set run.epochs=2"
+  "run: resume, trainer state + unrelated 1 GiB tensor (sparse)|run --resume $out/run-sparse-1gib --set run.epochs=2"
   "VAE weights: valid (committed)|${export_vae[*]}"
   "VAE weights: one unrelated 1 GiB tensor (sparse)|${export_vae[*]} --vae-weights $dir/vae-sparse-1gib.safetensors"
   "image: valid PNG 128×64|${score[*]} --image $dir/image-valid.png"
@@ -47,6 +61,7 @@ echo "|---|---|---|---|---|"
 for c in "${cases[@]}"; do
   name=${c%%|*}
   cmd=${c#*|}
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then continue; fi
   log="$out/log"
   # shellcheck disable=SC2086
   set +e

@@ -157,3 +157,50 @@ func RestoreVariables(mctx *mlctx.Context, floats map[string]safetensors.Tensor,
 	}
 	return nil
 }
+
+// VariableShapes returns the shape of every variable of mctx that keep selects (all when keep
+// is nil), keyed by VariableKey.
+func VariableShapes(mctx *mlctx.Context, keep func(v *mlctx.Variable) bool) map[string][]int {
+	out := map[string][]int{}
+	for v := range mctx.IterVariables() {
+		if keep == nil || keep(v) {
+			out[VariableKey(v.Scope(), v.Name())] = slices.Clone(v.Shape().Dimensions)
+		}
+	}
+	return out
+}
+
+// AdamMoments returns the shape of the two moments GoMLX's Adam keeps for each trainable
+// variable of mctx, keyed as SnapshotVariables keys them: the variable's scope under
+// "/"+optScope (optimizers.AdamDefaultScope unless the optimizer was given another), its name
+// suffixed "_1st_moment" and "_2nd_moment" (getMomentVariables in GoMLX's optimizers/adam.go).
+// Restores check a checkpoint's optimizer state against it before reading a tensor.
+func AdamMoments(mctx *mlctx.Context, optScope string) map[string][]int {
+	out := map[string][]int{}
+	for v := range mctx.IterVariables() {
+		if !v.Trainable {
+			continue
+		}
+		scope := mlctx.RootScope + optScope + v.Scope()
+		for _, suffix := range []string{"_1st_moment", "_2nd_moment"} {
+			out[VariableKey(scope, v.Name()+suffix)] = slices.Clone(v.Shape().Dimensions)
+		}
+	}
+	return out
+}
+
+// StateWants returns the F32 wants (SnapshotVariables writes float32) of the names of a
+// checkpoint group that one of expected expects, with the expected shape. Names none expects
+// are left out, so a File.Check of the group refuses them by name before a tensor is read.
+func StateWants(names []string, expected ...map[string][]int) []safetensors.Want {
+	var out []safetensors.Want
+	for _, name := range names {
+		for _, shapes := range expected {
+			if shape, ok := shapes[name]; ok {
+				out = append(out, safetensors.Want{Name: name, Shape: shape, DType: "F32"})
+				break
+			}
+		}
+	}
+	return out
+}

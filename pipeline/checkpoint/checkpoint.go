@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -17,7 +18,8 @@ import (
 	"github.com/densegrpo/densegrpo/models/safetensors"
 )
 
-// Checkpoint is everything a resumed run needs to continue exactly where it stopped.
+// Checkpoint is everything a resumed run needs to continue exactly where it stopped, as Save
+// writes it (Load returns a Stored, whose tensors are read on demand).
 type Checkpoint struct {
 	// Epoch is the number of completed epochs.
 	Epoch int
@@ -27,7 +29,7 @@ type Checkpoint struct {
 	// safetensors file each.
 	Tensors map[string]map[string]safetensors.Tensor
 	// Metadata is the safetensors metadata of some groups' files (for files other tools
-	// read, such as diffusers' LoRA format); nil for the rest. Load does not return it.
+	// read, such as diffusers' LoRA format); nil for the rest.
 	Metadata map[string]map[string]string
 }
 
@@ -153,41 +155,120 @@ func (c *Checkpointer) prune() error {
 	return nil
 }
 
-// Latest returns the newest complete checkpoint, or ok=false when there is none.
-func (c *Checkpointer) Latest() (ck Checkpoint, dir string, ok bool, err error) {
+// Latest returns the directory of the newest complete checkpoint, or ok=false when there is
+// none; Load opens it.
+func (c *Checkpointer) Latest() (dir string, ok bool, err error) {
 	epochs, err := c.list()
 	if err != nil || len(epochs) == 0 {
-		return Checkpoint{}, "", false, err
+		return "", false, err
 	}
-	dir = filepath.Join(c.Dir, checkpointName(epochs[len(epochs)-1]))
-	ck, err = Load(dir)
-	return ck, dir, err == nil, err
+	return filepath.Join(c.Dir, checkpointName(epochs[len(epochs)-1])), true, nil
 }
 
-// Load reads a checkpoint directory written by Save.
-func Load(dir string) (Checkpoint, error) {
-	data, err := os.ReadFile(filepath.Join(dir, stateFile))
+// maxStateBytes bounds state.json, which Load reads whole: the trainers' states (RNG and
+// counters) are a few KB.
+const maxStateBytes = 16 << 20
+
+// Stored is a checkpoint directory opened by Load: its epoch and JSON state, and one open
+// safetensors file per tensor group whose header was validated. No tensor is read until the
+// caller says what it expects of a group (Read), so a checkpoint that does not fit the model
+// — an unrelated tensor, a wrong shape or dtype — costs only its headers.
+type Stored struct {
+	Dir   string
+	Epoch int
+	State json.RawMessage
+	files map[string]*safetensors.File
+}
+
+// Load opens a checkpoint directory written by Save: state.json (at most 16 MiB) is read and
+// every *.safetensors header validated; Close releases the files.
+func Load(dir string) (*Stored, error) {
+	raw, err := readState(filepath.Join(dir, stateFile))
 	if err != nil {
-		return Checkpoint{}, fmt.Errorf("load checkpoint %s: %w", dir, err)
+		return nil, fmt.Errorf("load checkpoint %s: %w", dir, err)
 	}
 	var doc struct {
 		Epoch int             `json:"epoch"`
 		State json.RawMessage `json:"state"`
 	}
-	if err := json.Unmarshal(data, &doc); err != nil {
-		return Checkpoint{}, fmt.Errorf("load checkpoint %s: %s: %w", dir, stateFile, err)
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, fmt.Errorf("load checkpoint %s: %s: %w", dir, stateFile, err)
 	}
-	ck := Checkpoint{Epoch: doc.Epoch, State: doc.State, Tensors: map[string]map[string]safetensors.Tensor{}}
-	files, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	paths, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
 	if err != nil {
-		return Checkpoint{}, fmt.Errorf("load checkpoint %s: %w", dir, err)
+		return nil, fmt.Errorf("load checkpoint %s: %w", dir, err)
 	}
-	for _, f := range files {
-		tensors, _, err := safetensors.Read(f)
+	s := &Stored{Dir: dir, Epoch: doc.Epoch, State: doc.State, files: map[string]*safetensors.File{}}
+	for _, p := range paths {
+		f, err := safetensors.Open(p)
 		if err != nil {
-			return Checkpoint{}, fmt.Errorf("load checkpoint %s: %w", dir, err)
+			s.Close()
+			return nil, fmt.Errorf("load checkpoint %s: %w", dir, err)
 		}
-		ck.Tensors[strings.TrimSuffix(filepath.Base(f), ".safetensors")] = tensors
+		s.files[strings.TrimSuffix(filepath.Base(p), ".safetensors")] = f
 	}
-	return ck, nil
+	return s, nil
+}
+
+// readState reads path whole if it has at most maxStateBytes.
+func readState(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(io.LimitReader(f, maxStateBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) > maxStateBytes {
+		return nil, fmt.Errorf("%s: more than %d bytes, want a trainer state of a few KB", filepath.Base(path), maxStateBytes)
+	}
+	return raw, nil
+}
+
+// Close closes the group files.
+func (s *Stored) Close() error {
+	var errs []error
+	for _, f := range s.files {
+		errs = append(errs, f.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Has reports whether the checkpoint holds the group.
+func (s *Stored) Has(group string) bool { return s.files[group] != nil }
+
+// Names returns the tensor names of a group's header (none for a missing group): for
+// callers that decide tensor by tensor what they expect (optimizer state).
+func (s *Stored) Names(group string) []string {
+	if f := s.files[group]; f != nil {
+		return f.Names()
+	}
+	return nil
+}
+
+// Check verifies from the header that the group holds exactly the wanted tensors, with their
+// shapes and dtypes (safetensors.File.Check); nothing is read.
+func (s *Stored) Check(group string, want []safetensors.Want) error {
+	f := s.files[group]
+	if f == nil {
+		return fmt.Errorf("checkpoint %s has no %s.safetensors", s.Dir, group)
+	}
+	if err := f.Check(want); err != nil {
+		return fmt.Errorf("checkpoint %s: %s.safetensors: %w", s.Dir, group, err)
+	}
+	return nil
+}
+
+// Read checks a group as Check does and then reads only the wanted tensors.
+func (s *Stored) Read(group string, want []safetensors.Want) (map[string]safetensors.Tensor, error) {
+	if err := s.Check(group, want); err != nil {
+		return nil, err
+	}
+	out, err := s.files[group].ReadWanted(want)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", s.Dir, err)
+	}
+	return out, nil
 }

@@ -435,4 +435,32 @@ func TestExportCheckpoint(t *testing.T) {
 	if _, err := Export(cfg, filepath.Join(cfg.Output.Dir, "nonexistent"), opts); err == nil || !strings.Contains(err.Error(), "nonexistent") {
 		t.Errorf("export of a missing checkpoint: got %v, want an error naming it", err)
 	}
+
+	// A checkpoint whose state carries a tensor the trainer does not expect, or a variable of
+	// another shape, is refused from its header.
+	for _, c := range []struct {
+		name   string
+		change func(map[string]safetensors.Tensor)
+		err    string
+	}{
+		{"unrelated", func(ts map[string]safetensors.Tensor) {
+			ts["/unrelated"] = safetensors.Tensor{Shape: []int{4}, Data: make([]float32, 4)}
+		}, `variables.safetensors: 1 tensors not declared by the model config, e.g. ["/unrelated"]`},
+		{"shape", func(ts map[string]safetensors.Tensor) {
+			ts["/optimizers/learning_rate"] = safetensors.Tensor{Shape: []int{2}, Data: make([]float32, 2)}
+		}, `variables.safetensors: tensor "/optimizers/learning_rate": file has shape [2], model wants []`},
+	} {
+		path := filepath.Join(ckpt(2), stateGroup+".safetensors")
+		ts, meta, err := safetensors.Read(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.change(ts)
+		if err := safetensors.Write(path, ts, meta); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Export(cfg, ckpt(2), opts); err == nil || !strings.Contains(err.Error(), c.err) {
+			t.Errorf("export of a checkpoint with %s: got %v, want %q", c.name, err, c.err)
+		}
+	}
 }

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -385,7 +387,7 @@ func (t *trainer) close() {
 func (t *trainer) start() (trainState, error) {
 	dir := t.cfg.Output.Dir
 	state := trainState{Seed: t.cfg.Train.Seed, BatchSize: t.cfg.Train.BatchSize}
-	ck, ckDir, ok, err := t.ckpt.Latest()
+	ckDir, ok, err := t.ckpt.Latest()
 	if err != nil {
 		return state, fmt.Errorf("pretrain: %w", err)
 	}
@@ -396,7 +398,7 @@ func (t *trainer) start() (trainState, error) {
 		return state, fmt.Errorf("pretrain: output dir %s already holds checkpoint %s: pass --resume to continue it, or choose another output.dir", dir, ckDir)
 	}
 	if ok {
-		if state, err = t.restore(ck, ckDir); err != nil {
+		if state, err = t.restoreDir(ckDir); err != nil {
 			return state, err
 		}
 	}
@@ -416,29 +418,58 @@ func (t *trainer) start() (trainState, error) {
 	return state, nil
 }
 
-// restore loads the checkpoint ck, read from ckDir, into the trainer's variables and weight
-// average and returns its training state.
-func (t *trainer) restore(ck checkpoint.Checkpoint, ckDir string) (trainState, error) {
+// restoreDir loads the checkpoint in ckDir into the trainer (restore).
+func (t *trainer) restoreDir(ckDir string) (trainState, error) {
+	ck, err := checkpoint.Load(ckDir)
+	if err != nil {
+		return trainState{}, fmt.Errorf("pretrain: %w", err)
+	}
+	defer ck.Close()
+	return t.restore(ck)
+}
+
+// restore loads the checkpoint ck into the trainer's variables and weight average and returns
+// its training state. Each group's header is checked against what the trainer expects — the
+// variables of its context and Adam's moments of the trainable ones, the average of the model
+// weights — before any tensor is read.
+func (t *trainer) restore(ck *checkpoint.Stored) (trainState, error) {
 	var state trainState
 	if err := json.Unmarshal(ck.State, &state); err != nil {
-		return state, fmt.Errorf("pretrain: checkpoint %s: decode state: %w", ckDir, err)
+		return state, fmt.Errorf("pretrain: checkpoint %s: decode state: %w", ck.Dir, err)
 	}
 	if state.Seed != t.cfg.Train.Seed || state.BatchSize != t.cfg.Train.BatchSize {
 		return state, fmt.Errorf("pretrain: checkpoint %s has seed %d and batch size %d, config has %d and %d",
-			ckDir, state.Seed, state.BatchSize, t.cfg.Train.Seed, t.cfg.Train.BatchSize)
+			ck.Dir, state.Seed, state.BatchSize, t.cfg.Train.Seed, t.cfg.Train.BatchSize)
 	}
-	if err := nn.RestoreVariables(t.mctx, ck.Tensors[stateGroup], state.Integers, nil); err != nil {
-		return state, fmt.Errorf("pretrain: checkpoint %s: %w", ckDir, err)
+	if t.ema != nil && !ck.Has(emaGroup) {
+		return state, fmt.Errorf("pretrain: checkpoint %s: train.ema_decay is %g but the checkpoint has no weight average (it was written with ema_decay = 0)",
+			ck.Dir, t.cfg.Train.EMADecay)
+	}
+	names := ck.Names(stateGroup)
+	vars := nn.StateWants(names, nn.VariableShapes(t.mctx, nil), nn.AdamMoments(t.mctx, optimizers.AdamDefaultScope))
+	var avg []safetensors.Want
+	if t.ema != nil {
+		weights := nn.VariableShapes(t.mctx, isModelWeight)
+		avg = nn.StateWants(slices.Sorted(maps.Keys(weights)), weights)
+		if err := ck.Check(emaGroup, avg); err != nil {
+			return state, fmt.Errorf("pretrain: %w", err)
+		}
+	}
+	floats, err := ck.Read(stateGroup, vars)
+	if err != nil {
+		return state, fmt.Errorf("pretrain: %w", err)
+	}
+	if err := nn.RestoreVariables(t.mctx, floats, state.Integers, nil); err != nil {
+		return state, fmt.Errorf("pretrain: checkpoint %s: %w", ck.Dir, err)
 	}
 	if t.ema != nil {
-		avg, ok := ck.Tensors[emaGroup]
-		if !ok {
-			return state, fmt.Errorf("pretrain: checkpoint %s: train.ema_decay is %g but the checkpoint has no weight average (it was written with ema_decay = 0)",
-				ckDir, t.cfg.Train.EMADecay)
+		values, err := ck.Read(emaGroup, avg)
+		if err != nil {
+			return state, fmt.Errorf("pretrain: %w", err)
 		}
 		// Every step of a run with an average was folded into it: a checkpoint without
 		// one is refused above, so the average has seen exactly state.Step updates.
-		t.ema = nn.NewEMA(t.cfg.Train.EMADecay, avg)
+		t.ema = nn.NewEMA(t.cfg.Train.EMADecay, values)
 		t.ema.Updates = state.Step
 	}
 	return state, nil
@@ -454,12 +485,13 @@ func Export(cfg Config, ckDir string, opts Options) (res Result, err error) {
 	if err != nil {
 		return res, fmt.Errorf("pretrain: export: %w", err)
 	}
+	defer ck.Close()
 	t, err := newTrainer(cfg, opts)
 	if err != nil {
 		return res, err
 	}
 	defer t.close()
-	state, err := t.restore(ck, ckDir)
+	state, err := t.restore(ck)
 	if err != nil {
 		return res, err
 	}

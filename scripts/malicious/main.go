@@ -3,6 +3,7 @@
 // binary under /usr/bin/time. Large files are sparse: a few KB on disk.
 //
 //	go run ./scripts/malicious DIR
+//	go run ./scripts/malicious -add-unrelated FILE   (adds a sparse 1 GiB tensor to a safetensors file)
 package main
 
 import (
@@ -27,11 +28,17 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: malicious DIR")
+	var err error
+	switch {
+	case len(os.Args) == 3 && os.Args[1] == "-add-unrelated":
+		err = addUnrelated(os.Args[2])
+	case len(os.Args) == 2:
+		err = run(os.Args[1])
+	default:
+		fmt.Fprintln(os.Stderr, "usage: malicious DIR | malicious -add-unrelated FILE")
 		os.Exit(2)
 	}
-	if err := run(os.Args[1]); err != nil {
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "malicious:", err)
 		os.Exit(1)
 	}
@@ -203,6 +210,17 @@ func adapters(dir string) error {
 	}
 	vae := header{kv("__metadata__", vaeHeader.Meta), kv("unrelated", entry{"F32", []int64{1 << 28}, [2]any{0, 1 << 30}})}
 	return writeSafetensors(filepath.Join(dir, "vae-sparse-1gib.safetensors"), vae.encode(), nil, 1<<30)
+}
+
+// addUnrelated rewrites a safetensors file (a checkpoint's group written by a run) with one
+// more tensor, "unrelated", of 1 GiB (sparse) after its data.
+func addUnrelated(path string) error {
+	h, data, err := readHeader(path)
+	if err != nil {
+		return err
+	}
+	h = append(h, kv("unrelated", entry{"F32", []int64{1 << 28}, [2]any{len(data), len(data) + 1<<30}}))
+	return writeSafetensors(path, h.encode(), data, int64(len(data))+1<<30)
 }
 
 // checkpoints writes base-weight files of the tiny-ocr transformer.
