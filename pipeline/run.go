@@ -300,10 +300,16 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 // finishedRun says why a run whose newest checkpoint is already at its end (run.epochs done, or
 // run.time_budget spent) is finished, and how to continue it; "" when it is not.
 func finishedRun(cfg Config, ckpt *checkpoint.Checkpointer) (why, ckDir string, err error) {
-	ck, ckDir, ok, err := ckpt.Latest()
+	ckDir, ok, err := ckpt.Latest()
 	if err != nil || !ok {
 		return "", "", err // no checkpoint: Run says so
 	}
+	// Only the state is needed: Load reads no tensor.
+	ck, err := checkpoint.Load(ckDir)
+	if err != nil {
+		return "", "", fmt.Errorf("resume: %w", err)
+	}
+	ck.Close()
 	var st trainState
 	if err := json.Unmarshal(ck.State, &st); err != nil {
 		return "", "", fmt.Errorf("resume from %s: decode state: %w", ckDir, err)
