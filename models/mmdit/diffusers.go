@@ -46,7 +46,8 @@ func LoadDiffusersConfig(dir string) (Config, error) {
 }
 
 // LoadDiffusers reads the base weights of a diffusers folder: dir/diffusion_pytorch_model.safetensors,
-// or the shards its index lists. Checks are those of Load, over all shards together.
+// or the shards its index lists. Checks are those of Load, shard by shard (each must hold
+// exactly the tensors the index places in it), all before a tensor is read.
 func (m *Model) LoadDiffusers(ctx *mlctx.Context, dir string) error {
 	single := filepath.Join(dir, DiffusersWeights)
 	if _, err := os.Stat(single); err == nil {
@@ -86,25 +87,27 @@ func (m *Model) LoadDiffusers(ctx *mlctx.Context, dir string) error {
 		}
 		shards[file] = f
 	}
+	// Every shard's header is checked — the tensors the index places in it, with their shapes
+	// and a dtype Tensor decodes, and nothing else — before any tensor is read.
 	params := m.Config.Params()
 	declared := map[string]bool{}
+	wanted := map[string][]safetensors.Want{}
 	for _, p := range params {
 		declared[p.Key] = true
 		file, ok := index.WeightMap[p.Key]
 		if !ok {
 			return fmt.Errorf("load mmdit %s: missing tensor %q (want %v)", indexPath, p.Key, p.Shape)
 		}
-		info, ok := shards[file].Info(p.Key)
-		if !ok {
-			return fmt.Errorf("load mmdit %s: missing tensor %q (the index places it there; want %v)", filepath.Join(dir, file), p.Key, p.Shape)
-		}
-		if !slices.Equal(info.Shape, p.Shape) {
-			return fmt.Errorf("load mmdit %s: tensor %q: file has shape %v, model wants %v", filepath.Join(dir, file), p.Key, info.Shape, p.Shape)
-		}
+		wanted[file] = append(wanted[file], safetensors.Want{Name: p.Key, Shape: p.Shape})
 	}
 	for key := range index.WeightMap {
 		if !declared[key] && key != posEmbedKey {
 			return fmt.Errorf("load mmdit %s: tensor %q is not declared by the model config", indexPath, key)
+		}
+	}
+	for _, file := range files {
+		if err := shards[file].Check(wanted[file], posEmbedKey); err != nil {
+			return fmt.Errorf("load mmdit %s: %w", filepath.Join(dir, file), err)
 		}
 	}
 	for _, p := range params {

@@ -1,6 +1,7 @@
 package mmdit
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -109,28 +111,7 @@ func TestVelocityMatchesDiffusers(t *testing.T) {
 // TestLoadDiffusersShards: the same weights split into two shards with an index (as large
 // snapshots ship them) load to the same model.
 func TestLoadDiffusersShards(t *testing.T) {
-	src := filepath.Join(sd3Fixture, "snapshot", "transformer")
-	all, meta, err := safetensors.Read(filepath.Join(src, DiffusersWeights))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	shards := []map[string]safetensors.Tensor{{}, {}}
-	weightMap := map[string]string{}
-	i := 0
-	for _, k := range sortedNames(all) {
-		shards[i%2][k] = all[k]
-		weightMap[k] = fmt.Sprintf("diffusion_pytorch_model-%05d-of-00002.safetensors", i%2+1)
-		i++
-	}
-	for s, group := range shards {
-		if err := safetensors.Write(filepath.Join(dir, fmt.Sprintf("diffusion_pytorch_model-%05d-of-00002.safetensors", s+1)), group, meta); err != nil {
-			t.Fatal(err)
-		}
-	}
-	writeJSON(t, filepath.Join(dir, DiffusersWeightsIndex), map[string]any{"metadata": map[string]any{}, "weight_map": weightMap})
-	copyFile(t, filepath.Join(src, DiffusersConfig), filepath.Join(dir, DiffusersConfig))
-
+	dir := writeShards(t, nil)
 	m, ctxSingle := loadSD3Fixture(t, nil)
 	ctxShards := mlctx.New()
 	if err := m.LoadDiffusers(ctxShards, dir); err != nil {
@@ -141,6 +122,103 @@ func TestLoadDiffusersShards(t *testing.T) {
 	b := flat(t, forward(t, ctxShards, m, in, false))
 	if i := bitEqual(a, b); i >= 0 {
 		t.Fatalf("sharded load differs at %d: %g vs %g", i, b[i], a[i])
+	}
+}
+
+// shardName is the file of shard s (0 or 1) of two.
+func shardName(s int) string {
+	return fmt.Sprintf("diffusion_pytorch_model-%05d-of-00002.safetensors", s+1)
+}
+
+// writeShards writes the fixture's transformer weights as two shards with an index (tensors
+// alternate between them in name order) into a new folder, after change (if any) edited the
+// shards' tensors and the index's weight map.
+func writeShards(t *testing.T, change func(shards []map[string]safetensors.Tensor, weightMap map[string]string)) string {
+	t.Helper()
+	src := filepath.Join(sd3Fixture, "snapshot", "transformer")
+	all, meta, err := safetensors.Read(filepath.Join(src, DiffusersWeights))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	shards := []map[string]safetensors.Tensor{{}, {}}
+	weightMap := map[string]string{}
+	for i, k := range sortedNames(all) {
+		shards[i%2][k] = all[k]
+		weightMap[k] = shardName(i % 2)
+	}
+	if change != nil {
+		change(shards, weightMap)
+	}
+	for s, group := range shards {
+		if err := safetensors.Write(filepath.Join(dir, shardName(s)), group, meta); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeJSON(t, filepath.Join(dir, DiffusersWeightsIndex), map[string]any{"metadata": map[string]any{}, "weight_map": weightMap})
+	copyFile(t, filepath.Join(src, DiffusersConfig), filepath.Join(dir, DiffusersConfig))
+	return dir
+}
+
+// TestLoadDiffusersShardsChecked: every shard's header is checked before a tensor is read — a
+// tensor in a dtype that is not a float (the last one of the last shard), a tensor no index
+// entry places in its shard, a tensor missing from the shard the index names — and nothing is
+// written to the context.
+func TestLoadDiffusersShardsChecked(t *testing.T) {
+	cfg, err := LoadDiffusersConfig(filepath.Join(sd3Fixture, "snapshot", "transformer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last string
+	intDType := func(dir string) {
+		path := filepath.Join(dir, shardName(1))
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// "F32" → "I32" keeps the header's length: the same bytes, declared as int32.
+		at := bytes.Index(raw, []byte(strconv.Quote(last)+`:{"dtype":"F32"`))
+		if at < 0 {
+			t.Fatalf("no F32 entry of %q in %s", last, path)
+		}
+		copy(raw[at+len(strconv.Quote(last))+len(`:{"dtype":"`):], "I32")
+		if err := os.WriteFile(path, raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		name   string
+		change func(shards []map[string]safetensors.Tensor, weightMap map[string]string)
+		after  func(dir string)
+		want   string
+	}{
+		{"int32 tensor", func(shards []map[string]safetensors.Tensor, _ map[string]string) {
+			last = sortedNames(shards[1])[len(shards[1])-1]
+		}, intDType, `unsupported dtype "I32"`},
+		{"unrelated tensor", func(shards []map[string]safetensors.Tensor, _ map[string]string) {
+			shards[0]["unrelated"] = safetensors.Tensor{Shape: []int{4}, Data: make([]float32, 4)}
+		}, nil, shardName(0) + `: 1 tensors not declared by the model config, e.g. ["unrelated"]`},
+		{"index names the other shard", func(shards []map[string]safetensors.Tensor, weightMap map[string]string) {
+			last = sortedNames(shards[1])[len(shards[1])-1]
+			weightMap[last] = shardName(0)
+		}, nil, shardName(0) + `: missing tensor "`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := writeShards(t, c.change)
+			if c.after != nil {
+				c.after(dir)
+			}
+			ctx := mlctx.New()
+			checkOneLine(t, m.LoadDiffusers(ctx, dir), c.want)
+			for v := range ctx.IterVariables() {
+				t.Fatalf("a refused folder set variable %s/%s", v.Scope(), v.Name())
+			}
+		})
 	}
 }
 
