@@ -212,9 +212,10 @@ interop *FLAGS: venv
     #!/usr/bin/env bash
     set -euo pipefail
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-    # The Go side's LoRA file, which diffusers' load_lora_weights must read to the Go velocity.
-    go test ./models/mmdit -run '^TestGoLoRAMatchesDiffusers$' -count=1 -args -sd3.golora-out="$tmp/go_lora.safetensors" >/dev/null
-    .venv/bin/python -m exporters.sd3.interop --committed testdata/sd3-tiny --go-lora "$tmp/go_lora.safetensors" {{FLAGS}}
+    # The Go side's LoRA file, which diffusers' load_lora_weights must read to the Go velocity,
+    # and the same adapter as a PEFT folder, which PeftModel.from_pretrained must load alike.
+    go test ./models/mmdit -run '^TestGoLoRAMatchesDiffusers$' -count=1 -args -sd3.golora-out="$tmp/go_lora.safetensors" -sd3.gopeft-out="$tmp/go_peft" >/dev/null
+    .venv/bin/python -m exporters.sd3.interop --committed testdata/sd3-tiny --go-lora "$tmp/go_lora.safetensors" --go-peft "$tmp/go_peft" {{FLAGS}}
     .venv/bin/python -m pytest -q exporters/sd3
 
 # The project against what users would run instead — PyTorch + diffusers + peft (and

@@ -1,6 +1,6 @@
 """Regenerate the SD3 fixture, its export and its references, and compare with the committed ones.
 
-    python -m exporters.sd3.interop [--committed testdata/sd3-tiny] [--go-lora FILE] [--update]
+    python -m exporters.sd3.interop [--committed testdata/sd3-tiny] [--go-lora FILE [--go-peft DIR]] [--update]
 
 Builds, in a temporary directory, snapshot/ (exporters.sd3.fixture), export/
 (exporters.sd3.export) and reference/ (exporters.sd3.reference, loading the Go-written LoRA
@@ -125,6 +125,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--committed", type=Path, default=Path("testdata/sd3-tiny"))
     ap.add_argument("--go-lora", type=Path, help="LoRA file the Go side wrote (go test ./models/mmdit -run TestSD3GoLoRAFile)")
+    ap.add_argument("--go-peft", type=Path, help="the same adapter as a PEFT folder the Go side wrote (checked with PeftModel.from_pretrained)")
     ap.add_argument("--update", action="store_true", help="replace the committed files with the regenerated ones")
     args = ap.parse_args()
     import torch
@@ -138,7 +139,7 @@ def main() -> None:
         if args.go_lora is not None:
             go_lora = work / "reference_go_lora.safetensors"
             shutil.copy(args.go_lora, go_lora)
-        reference.write(work / "reference", work / "snapshot", go_lora)
+        reference.write(work / "reference", work / "snapshot", go_lora, args.go_peft)
         if go_lora is not None:
             shutil.copy(go_lora, work / "reference" / "go_lora.safetensors")
         if args.update:

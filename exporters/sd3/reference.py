@@ -20,6 +20,10 @@ writes into REF what the Go parity tests compare with, all float32:
   holds the transformer's velocity with it on the "square" inputs.
 - go_lora_velocity.safetensors (with --go-lora): the velocity on the "square" inputs after
   load_lora_weights of a LoRA file the Go side wrote.
+
+With --go-peft DIR (and --go-lora), DIR is the same Go-made adapter as a PEFT folder
+(mmdit.WritePEFTLoRA): PeftModel.from_pretrained must load it and give the velocity of
+load_lora_weights, or this fails; nothing is written for it.
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ def random_lora(transformer):
     return cfg
 
 
-def write(out: Path, snap: Path, go_lora: Path | None) -> None:
+def write(out: Path, snap: Path, go_lora: Path | None, go_peft: Path | None = None) -> None:
     from diffusers import StableDiffusion3Pipeline
 
     out.mkdir(parents=True, exist_ok=True)
@@ -170,8 +174,25 @@ def write(out: Path, snap: Path, go_lora: Path | None) -> None:
             raise RuntimeError(f"{go_lora}: load_lora_weights left the velocity unchanged (adapter not applied?)")
         save_file(flat(cases, v, "velocity"), out / "go_lora_velocity.safetensors")
         pipe.delete_adapters("go")
+        if go_peft is not None:
+            check_go_peft(snap, go_peft, cases, v)
 
     lora_cases(out, snap, cases)
+
+
+def check_go_peft(snap: Path, go_peft: Path, cases, want) -> None:
+    """The Go-written PEFT folder loads with PeftModel.from_pretrained and gives `want`."""
+    from diffusers import SD3Transformer2DModel
+    from peft import PeftModel
+
+    base = SD3Transformer2DModel.from_pretrained(snap / "transformer", torch_dtype=torch.float32).eval()
+    model = PeftModel.from_pretrained(base, str(go_peft)).eval()
+    for c, inp in cases.items():
+        got = velocity(model, inp)
+        err = (got - want[c]).abs().max().item()
+        if not torch.allclose(got, want[c], atol=1e-6, rtol=1e-5):
+            raise RuntimeError(f"{go_peft}: PeftModel.from_pretrained gives another velocity ({c}: max abs diff {err:.3g})")
+        print(f"go PEFT folder {go_peft}: PeftModel velocity {c} equals load_lora_weights' (max abs diff {err:.3g})")
 
 
 def lora_cases(out: Path, snap: Path, cases) -> None:
@@ -214,9 +235,10 @@ def main() -> None:
     ap.add_argument("--model-dir", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--go-lora", type=Path, help="a LoRA file written by the Go side, to load with load_lora_weights")
+    ap.add_argument("--go-peft", type=Path, help="the same adapter as a PEFT folder written by the Go side, to load with PeftModel.from_pretrained")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    write(args.out, args.model_dir, args.go_lora)
+    write(args.out, args.model_dir, args.go_lora, args.go_peft)
     print(f"wrote references {args.out}")
 
 

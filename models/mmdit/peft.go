@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 )
@@ -22,6 +23,10 @@ const (
 	DiffusersLoRAFile = "pytorch_lora_weights.safetensors"
 	// PEFTAdapterConfig sits beside adapter_model.safetensors in a PEFT save_pretrained folder.
 	PEFTAdapterConfig = "adapter_config.json"
+	// PEFTAdapterModel holds the tensors of a PEFT save_pretrained folder.
+	PEFTAdapterModel = "adapter_model.safetensors"
+	// peftPrefix is the key prefix of PeftModel.save_pretrained's tensors.
+	peftPrefix = "base_model.model."
 	// loraMetadataKey is diffusers' LORA_ADAPTER_METADATA_KEY.
 	loraMetadataKey = "lora_adapter_metadata"
 	// diffusersPrefix is the component prefix of the transformer's keys in pipeline LoRA files.
@@ -76,6 +81,73 @@ func (m *Model) SaveDiffusersLoRA(ctx *mlctx.Context, path string) error {
 	return WriteDiffusersLoRA(path, *m.LoRA, adapters)
 }
 
+// WritePEFTLoRA writes adapters (PEFT keys, as LoRATensors returns them) as a LoRA adapter
+// folder the way peft's PeftModel.save_pretrained lays it out: dir/adapter_model.safetensors
+// (keys "base_model.model.<module>.lora_A.weight", metadata format pt) and
+// dir/adapter_config.json (peft_type LORA, r, lora_alpha, target_modules, and the plain-LoRA
+// values of the options this package does not implement), so that
+// PeftModel.from_pretrained(SD3Transformer2DModel, dir) loads it, as does ReadLoRAConfig and
+// LoadLoRA here. The adapters must be exactly lora's tensors of model. Each file is written
+// atomically; dir is created.
+func WritePEFTLoRA(dir string, model Config, lora LoRAConfig, adapters map[string]safetensors.Tensor) error {
+	fail := func(err error) error { return fmt.Errorf("write PEFT lora %s: %w", dir, err) }
+	if err := lora.Validate(model); err != nil {
+		return fail(err)
+	}
+	params := lora.Params(model)
+	if len(adapters) != len(params) {
+		return fail(fmt.Errorf("%d adapter tensors, want %d (rank %d on %v)", len(adapters), len(params), lora.Rank, lora.targets()))
+	}
+	out := make(map[string]safetensors.Tensor, len(adapters))
+	for _, p := range params {
+		t, ok := adapters[p.Key]
+		if !ok {
+			return fail(fmt.Errorf("missing adapter tensor %q (want %v)", p.Key, p.Shape))
+		}
+		if !slices.Equal(t.Shape, p.Shape) {
+			return fail(fmt.Errorf("adapter tensor %q: shape %v, want %v", p.Key, t.Shape, p.Shape))
+		}
+		out[peftPrefix+p.Key] = t
+	}
+	cfg, err := json.MarshalIndent(map[string]any{
+		"peft_type": "LORA", "r": lora.Rank, "lora_alpha": lora.Alpha, "target_modules": lora.targets(),
+		"bias": "none", "lora_dropout": 0.0, "fan_in_fan_out": false, "use_dora": false, "use_rslora": false,
+		"lora_bias": false, "init_lora_weights": true, "inference_mode": true, "rank_pattern": map[string]any{},
+		"alpha_pattern": map[string]any{}, "layers_to_transform": nil, "layers_pattern": nil,
+		"exclude_modules": nil, "modules_to_save": nil, "task_type": nil, "base_model_name_or_path": nil,
+		"revision": nil,
+		"auto_mapping": map[string]string{"base_model_class": "SD3Transformer2DModel",
+			"parent_library": "diffusers.models.transformers.transformer_sd3"},
+	}, "", "  ")
+	if err != nil {
+		return fail(err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fail(err)
+	}
+	if err := safetensors.Write(filepath.Join(dir, PEFTAdapterModel), out, map[string]string{"format": "pt"}); err != nil {
+		return fail(err)
+	}
+	if err := atomicfile.WriteBytes(filepath.Join(dir, PEFTAdapterConfig), append(cfg, '\n')); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// ReadRecordedLoRAConfig is ReadLoRAConfig for files that record their config (diffusers'
+// metadata, a PEFT adapter_config.json beside them, this package's metadata); ok is false for
+// a file that does not, whose alpha could only be guessed.
+func ReadRecordedLoRAConfig(path string, model Config) (lc LoRAConfig, ok bool, err error) {
+	lc, src, err := readLoRAConfig(path, model)
+	if err != nil || src == srcShapes {
+		return LoRAConfig{}, false, err
+	}
+	return lc, true, nil
+}
+
+// srcShapes is readLoRAConfig's source when the file records no config.
+const srcShapes = "tensor shapes"
+
 // peftConfig is the part of PEFT's LoraConfig this package can honour.
 type peftConfig struct {
 	R             *int            `json:"r"`
@@ -98,12 +170,18 @@ type peftConfig struct {
 // package does not implement (rank/alpha patterns, DoRA, rsLoRA, LoRA biases, regex targets,
 // layer selections) are errors, as are targets no linear layer of model matches.
 func ReadLoRAConfig(path string, model Config) (LoRAConfig, error) {
+	lc, _, err := readLoRAConfig(path, model)
+	return lc, err
+}
+
+// readLoRAConfig is ReadLoRAConfig that also says where the config came from.
+func readLoRAConfig(path string, model Config) (LoRAConfig, string, error) {
 	infos, meta, err := safetensors.ReadHeader(path)
 	if err != nil {
-		return LoRAConfig{}, fmt.Errorf("read lora config: %w", err)
+		return LoRAConfig{}, "", fmt.Errorf("read lora config: %w", err)
 	}
-	fail := func(format string, args ...any) (LoRAConfig, error) {
-		return LoRAConfig{}, fmt.Errorf("read lora config %s: %s", path, fmt.Sprintf(format, args...))
+	fail := func(format string, args ...any) (LoRAConfig, string, error) {
+		return LoRAConfig{}, "", fmt.Errorf("read lora config %s: %s", path, fmt.Sprintf(format, args...))
 	}
 	var lc LoRAConfig
 	var src string
@@ -134,7 +212,7 @@ func ReadLoRAConfig(path string, model Config) (LoRAConfig, error) {
 			return fail("%v", err)
 		}
 		if lc, err = parsePEFTConfig(doc); err != nil {
-			return LoRAConfig{}, fmt.Errorf("read lora config %s: %w", src, err)
+			return LoRAConfig{}, "", fmt.Errorf("read lora config %s: %w", src, err)
 		}
 	case meta["lora_rank"] != "":
 		src = "metadata lora_rank"
@@ -150,7 +228,7 @@ func ReadLoRAConfig(path string, model Config) (LoRAConfig, error) {
 			}
 		}
 	default:
-		src = "tensor shapes"
+		src = srcShapes
 		for name, info := range infos {
 			name = trimLoRAPrefix(name)
 			if !strings.HasSuffix(name, ".lora_A.weight") || len(info.Shape) != 2 {
@@ -171,7 +249,7 @@ func ReadLoRAConfig(path string, model Config) (LoRAConfig, error) {
 	if err := lc.Validate(model); err != nil {
 		return fail("%s: %v", src, err)
 	}
-	return lc, nil
+	return lc, src, nil
 }
 
 // parsePEFTConfig reads a LoraConfig dict, refusing the options this package does not implement.

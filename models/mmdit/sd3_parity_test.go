@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -324,6 +325,11 @@ func sortedNames(m map[string]safetensors.Tensor) []string {
 // (`just interop` hands it to diffusers' load_lora_weights).
 var goLoRAOut = flag.String("sd3.golora-out", "", "write the Go-made SD3 fixture LoRA to this path")
 
+// goPEFTOut, when set, makes TestGoLoRAMatchesDiffusers also write the same adapter as a PEFT
+// folder (WritePEFTLoRA) there; `just interop` loads it with PeftModel.from_pretrained and
+// checks its velocity against load_lora_weights' of the diffusers file.
+var goPEFTOut = flag.String("sd3.gopeft-out", "", "write the Go-made SD3 fixture LoRA as a PEFT folder to this directory")
+
 // TestPythonLoRAMatchesDiffusers: an adapter made by PEFT in Python (Flow-GRPO's targets,
 // r = 32, α = 64), saved by diffusers' save_lora_weights and by PEFT's save_pretrained, loads
 // into the Go model with its config read from the file and gives diffusers' velocity.
@@ -361,6 +367,97 @@ func TestPythonLoRAMatchesDiffusers(t *testing.T) {
 	}
 }
 
+// TestGoPEFTLayout: the Python-made adapter, written again by WritePEFTLoRA, is the folder
+// PeftModel.save_pretrained wrote (testdata lora_peft): the same tensors under the same keys with
+// the same metadata, and an adapter_config.json whose every entry equals PEFT's
+// (init_lora_weights aside, which only matters when an adapter is created); read back, it gives
+// diffusers' velocity.
+func TestGoPEFTLayout(t *testing.T) {
+	refDir := filepath.Join(sd3Fixture, "reference", "lora_peft")
+	base := filepath.Join(sd3Fixture, "snapshot", "transformer")
+	cfg, err := LoadDiffusersConfig(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refPath := filepath.Join(refDir, PEFTAdapterModel)
+	lc, err := ReadLoRAConfig(refPath, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, refMeta, err := safetensors.Read(refPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adapters := map[string]safetensors.Tensor{}
+	for k, v := range ref {
+		adapters[strings.TrimPrefix(k, "base_model.model.")] = v
+	}
+	dir := filepath.Join(t.TempDir(), "adapter")
+	if err := WritePEFTLoRA(dir, cfg, lc, adapters); err != nil {
+		t.Fatal(err)
+	}
+	got, gotMeta, err := safetensors.Read(filepath.Join(dir, PEFTAdapterModel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(gotMeta, refMeta) || len(got) != len(ref) {
+		t.Fatalf("wrote %d tensors with metadata %v; PEFT wrote %d with %v", len(got), gotMeta, len(ref), refMeta)
+	}
+	for k, v := range ref {
+		if !slices.Equal(got[k].Data, v.Data) || !slices.Equal(got[k].Shape, v.Shape) {
+			t.Fatalf("tensor %s differs from PEFT's", k)
+		}
+	}
+	var gotCfg, refCfg map[string]any
+	for path, into := range map[string]*map[string]any{filepath.Join(dir, PEFTAdapterConfig): &gotCfg, filepath.Join(refDir, PEFTAdapterConfig): &refCfg} {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(data, into); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for k, v := range gotCfg {
+		if k == "init_lora_weights" {
+			continue
+		}
+		if w, ok := refCfg[k]; !ok || !reflect.DeepEqual(v, w) {
+			t.Errorf("adapter_config.json %s: %v, PEFT wrote %v (present %v)", k, v, w, ok)
+		}
+	}
+	for _, k := range []string{"peft_type", "r", "lora_alpha", "target_modules", "bias", "use_dora", "use_rslora", "fan_in_fan_out"} {
+		if _, ok := gotCfg[k]; !ok {
+			t.Errorf("adapter_config.json lacks %s", k)
+		}
+	}
+	back, ok, err := ReadRecordedLoRAConfig(filepath.Join(dir, PEFTAdapterModel), cfg)
+	if err != nil || !ok || back.Rank != lc.Rank || back.Alpha != lc.Alpha || !slices.Equal(back.Targets, lc.Targets) {
+		t.Fatalf("ReadRecordedLoRAConfig = %+v, %v, %v; want %+v recorded", back, ok, err, lc)
+	}
+	m, ctx := loadSD3Fixture(t, &back)
+	if err := m.LoadLoRA(ctx, filepath.Join(dir, PEFTAdapterModel)); err != nil {
+		t.Fatal(err)
+	}
+	in, want := referenceCase(t, "lora.safetensors", "square", "velocity")
+	if _, rel := maxErr(t, flat(t, forward(t, ctx, m, in, true)), want); rel > velocityTolerance {
+		t.Errorf("velocity with the rewritten PEFT folder differs from diffusers' by %.3g relative", rel)
+	}
+	// Adapters that are not the config's tensors are refused, naming the tensor.
+	delete(adapters, "transformer_blocks.0.attn.to_q.lora_A.weight")
+	if err := WritePEFTLoRA(t.TempDir(), cfg, lc, adapters); err == nil || !strings.Contains(err.Error(), "adapter tensors, want") {
+		t.Errorf("a missing tensor: error %v", err)
+	}
+	// A file without a recorded config says so (its alpha would be a guess).
+	bare := filepath.Join(t.TempDir(), "bare.safetensors")
+	if err := safetensors.Write(bare, ref, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := ReadRecordedLoRAConfig(bare, cfg); ok || err != nil {
+		t.Errorf("bare file: recorded %v, error %v; want not recorded", ok, err)
+	}
+}
+
 // goLoRA is the adapter the Go side hands to diffusers: the pipeline's default targets (both
 // streams' attention projections, attn2 of the dual-attention blocks included), r 4, α 8,
 // A and B from a fixed seed (B ≠ 0, so the adapter changes the velocity).
@@ -380,6 +477,15 @@ func TestGoLoRAMatchesDiffusers(t *testing.T) {
 		// `just interop`: write the file for diffusers; Python compares it with the committed one.
 		if err := m.SaveDiffusersLoRA(ctx, *goLoRAOut); err != nil {
 			t.Fatal(err)
+		}
+		if *goPEFTOut != "" {
+			adapters, err := m.LoRATensors(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := WritePEFTLoRA(*goPEFTOut, m.Config, *m.LoRA, adapters); err != nil {
+				t.Fatal(err)
+			}
 		}
 		return
 	}
