@@ -167,6 +167,29 @@ hour seed="1" *sets: export-models
     {{bin}} compare-evals runs/$tag-eval-base.json runs/$tag-eval-sparse.json runs/$tag-eval-dense.json
     {{bin}} compare-evals runs/$tag-eval-sparse.json runs/$tag-eval-dense.json
 
+# From `just hour SEED`'s runs: each run's final EMA adapters as a PEFT folder
+# (models/tinyocr/adapters/{densegrpo,flowgrpo}-cps-sSEED/: adapter_model.safetensors,
+# adapter_config.json, densegrpo.json), each with its evaluation on all 400 test prompts
+# (eval.json, seed-1 noise), the base model's (base-eval.json), and the prompt-by-prompt
+# comparisons (compare-sSEED.txt). Everything the shipped adapters need, ready to commit.
+# The hour runs' adapters into models/tinyocr/adapters/ with their eval figures.
+adapters seed="1" runs="runs": build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=models/tinyocr/adapters
+    dense=$out/densegrpo-cps-s{{seed}}
+    sparse=$out/flowgrpo-cps-s{{seed}}
+    {{bin}} export-lora --run {{runs}}/hour-s{{seed}}-dense --out $dense
+    {{bin}} export-lora --run {{runs}}/hour-s{{seed}}-sparse --out $sparse
+    ev=(--config configs/tiny-ocr.toml --set run.seed=1 --set eval.prompts=0 --json)
+    [ -f $out/base-eval.json ] || {{bin}} eval "${ev[@]}" > $out/base-eval.json
+    {{bin}} eval "${ev[@]}" --lora $dense > $dense/eval.json
+    {{bin}} eval "${ev[@]}" --lora $sparse > $sparse/eval.json
+    {
+        {{bin}} compare-evals $out/base-eval.json $sparse/eval.json $dense/eval.json
+        {{bin}} compare-evals $sparse/eval.json $dense/eval.json
+    } | tee $out/compare-s{{seed}}.txt
+
 # The whole test suite (needs the setup cache; CPU ONNX Runtime tests never skip).
 test: setup
     go vet ./...

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/models/nn/nntest"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/models/tinyocr"
 	"github.com/densegrpo/densegrpo/rl"
 )
@@ -191,14 +193,28 @@ func TestEvaluateCheckpointLoRA(t *testing.T) {
 func TestPolicyErrors(t *testing.T) {
 	cfg, files := fixture(t)
 	ctx := context.Background()
-	// A LoRA file of another rank names the tensor and both shapes.
+	// A LoRA file of another rank that records its config is loaded as it says; without a
+	// recorded config it must fit [model.lora], and a misfit names the tensor and both shapes.
 	other := filepath.Join(t.TempDir(), "r4.safetensors")
 	if err := frozentest.WriteLoRA(other, frozentest.TinyMMDiT, mmdit.LoRAConfig{Rank: 4, Alpha: 4}, 1, 0.1); err != nil {
 		t.Fatal(err)
 	}
-	_, err := NewPolicy(cfg, PolicyOptions{Backend: nntest.Backend(t), LoRA: other})
+	p, err := NewPolicy(cfg, PolicyOptions{Backend: nntest.Backend(t), LoRA: other})
+	if err != nil || p.Model.LoRA.Rank != 4 || p.Model.LoRA.Alpha != 4 {
+		t.Fatalf("rank-4 LoRA with its config: %v; want it loaded at rank 4, alpha 4", err)
+	}
+	p.Close()
+	ts, _, err := safetensors.Read(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare := filepath.Join(t.TempDir(), "bare.safetensors")
+	if err := safetensors.Write(bare, ts, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err = NewPolicy(cfg, PolicyOptions{Backend: nntest.Backend(t), LoRA: bare})
 	if err == nil || !strings.Contains(err.Error(), "file has shape [4 16], model wants [2 16]") {
-		t.Errorf("rank-4 LoRA: error %v", err)
+		t.Errorf("rank-4 LoRA without a config: error %v", err)
 	}
 	// A text encoder of the wrong width is caught before any sampling.
 	if err := frozentest.WriteTextEncoder(files.TextEncoder, 12, 8, 0); err != nil {
@@ -410,5 +426,53 @@ func TestCompareEvals(t *testing.T) {
 	c := EvalChange{N: 32, Mean: 0.03125, StdErr: 0.015, Better: 9, Worse: 4, Same: 19}
 	if got, want := c.String(), "+0.0312 ± 0.0150 (standard error; 9 prompts better, 4 worse, 19 same)"; got != want {
 		t.Errorf("String() = %q, want %q", got, want)
+	}
+}
+
+// ExportLoRA writes a run's EMA adapters as a PEFT folder that evaluates exactly as the
+// checkpoint does, from the run directory (newest checkpoint) or a checkpoint directory.
+func TestExportLoRA(t *testing.T) {
+	cfg, _ := fixture(t, append(append([]string{}, smallRun...), "run.epochs=1")...)
+	res, err := Run(context.Background(), cfg, RunOptions{Backend: nntest.Backend(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "adapter")
+	info, err := ExportLoRA(res.Dir, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Epoch != 1 || info.Method != "DenseGRPO" || info.Checkpoint != "epoch-000001" || info.Rank != cfg.Model.LoRA.Rank {
+		t.Errorf("info %+v", info)
+	}
+	if got, ok, err := ReadAdapterInfo(out); err != nil || !ok || got != info {
+		t.Errorf("ReadAdapterInfo = %+v, %v, %v; want %+v", got, ok, err, info)
+	}
+	for _, name := range []string{mmdit.PEFTAdapterModel, mmdit.PEFTAdapterConfig} {
+		if _, err := os.Stat(filepath.Join(out, name)); err != nil {
+			t.Error(err)
+		}
+	}
+	ema, err := CheckpointLoRA(res.Checkpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	want, err := Evaluate(ctx, cfg, newTestPolicy(t, cfg, ema), EvalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Evaluate(ctx, cfg, newTestPolicy(t, cfg, out), EvalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.Totals, want.Totals) {
+		t.Errorf("exported adapter evaluates to %v, the checkpoint's EMA to %v", got.Totals, want.Totals)
+	}
+	if _, err := ExportLoRA(res.Checkpoint, filepath.Join(t.TempDir(), "b")); err != nil {
+		t.Errorf("from the checkpoint directory: %v", err)
+	}
+	if _, err := ExportLoRA(t.TempDir(), filepath.Join(t.TempDir(), "c")); err == nil || !strings.Contains(err.Error(), "want a run directory or one of its checkpoints") {
+		t.Errorf("from an empty directory: error %v", err)
 	}
 }

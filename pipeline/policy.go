@@ -33,8 +33,8 @@ type PolicyOptions struct {
 	// Backend, if not nil, is used instead of nn.NewBackend(string(cfg.Run.Backend)) (tests share
 	// one); the policy does not finalize it.
 	Backend backends.Backend
-	// LoRA is a safetensors file of adapters to load; "" initialises them from cfg.Run.Seed
-	// (lora_B = 0, so the policy starts as the base model).
+	// LoRA is the adapters to load: a safetensors file or a folder (AdapterFile); ""
+	// initialises them from cfg.Run.Seed (lora_B = 0, so the policy starts as the base model).
 	LoRA string
 }
 
@@ -53,24 +53,32 @@ type Policy struct {
 }
 
 // NewPolicy builds the policy of cfg: the MMDiT of cfg.Model.Config with the base weights of
-// cfg.Model.Weights and adapters of cfg.Model.LoRA, initialised or loaded from opts.LoRA.
+// cfg.Model.Weights and adapters of cfg.Model.LoRA, initialised, or loaded from opts.LoRA (a file
+// or folder, AdapterFile) with the rank, alpha and targets it records.
 func NewPolicy(cfg Config, opts PolicyOptions) (*Policy, error) {
-	var mcfg mmdit.Config
-	var export *sd3.Manifest
-	var err error
-	if cfg.Model.Diffusers != "" {
-		if export, err = sd3.ReadManifest(cfg.Resolve(cfg.Model.Diffusers)); err == nil {
-			mcfg, err = export.TransformerConfig()
-		}
-	} else {
-		mcfg, err = mmdit.LoadConfig(cfg.Resolve(cfg.Model.Config))
-	}
+	mcfg, export, err := modelConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("new policy: %w", err)
 	}
 	lora := &mmdit.LoRAConfig{Rank: cfg.Model.LoRA.Rank, Alpha: cfg.Model.LoRA.Alpha, Targets: cfg.Model.LoRA.Targets}
 	if err := lora.Validate(mcfg); err != nil {
 		return nil, fmt.Errorf("config %s: model.lora: %w", cfg.Path, err)
+	}
+	adapter := ""
+	if opts.LoRA != "" {
+		if adapter, err = AdapterFile(opts.LoRA); err != nil {
+			return nil, fmt.Errorf("new policy: %w", err)
+		}
+		// An adapter that records its rank, alpha and targets (a PEFT folder, a diffusers
+		// file, a file of this project's SaveLoRA) is loaded as it says, whatever
+		// [model.lora] holds; one that does not (a checkpoint's tensors) takes [model.lora].
+		recorded, ok, err := mmdit.ReadRecordedLoRAConfig(adapter, mcfg)
+		if err != nil {
+			return nil, fmt.Errorf("new policy: %w", err)
+		}
+		if ok {
+			lora = &recorded
+		}
 	}
 	model, err := mmdit.New(mcfg, lora)
 	if err != nil {
@@ -85,8 +93,8 @@ func NewPolicy(cfg Config, opts PolicyOptions) (*Policy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new policy: %w", err)
 	}
-	if opts.LoRA != "" {
-		err = p.LoadLoRA(opts.LoRA)
+	if adapter != "" {
+		err = p.LoadLoRA(adapter)
 	} else {
 		err = model.InitLoRA(p.Ctx, uint64(cfg.Run.Seed))
 	}
@@ -105,9 +113,52 @@ func NewPolicy(cfg Config, opts PolicyOptions) (*Policy, error) {
 	return p, nil
 }
 
+// modelConfig reads the transformer's config: model.config, or the SD3 export's (then also
+// returned) for model.diffusers.
+func modelConfig(cfg Config) (mmdit.Config, *sd3.Manifest, error) {
+	if cfg.Model.Diffusers == "" {
+		mcfg, err := mmdit.LoadConfig(cfg.Resolve(cfg.Model.Config))
+		return mcfg, nil, err
+	}
+	export, err := sd3.ReadManifest(cfg.Resolve(cfg.Model.Diffusers))
+	if err != nil {
+		return mmdit.Config{}, nil, err
+	}
+	mcfg, err := export.TransformerConfig()
+	return mcfg, export, err
+}
+
 // LoadLoRA replaces the adapters with those of a safetensors file (PEFT names).
 func (p *Policy) LoadLoRA(path string) error {
 	return p.Model.LoadLoRA(p.Ctx, path)
+}
+
+// AdapterFile returns the safetensors file of an adapter given as a file or as a folder: a PEFT
+// folder (mmdit.PEFTAdapterModel, as `pipeline export-lora` and peft's save_pretrained write
+// it), a diffusers LoRA folder (mmdit.DiffusersLoRAFile) or a run checkpoint (CheckpointLoRA).
+func AdapterFile(path string) (string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("adapter %w", err)
+	}
+	if !st.IsDir() {
+		return path, nil
+	}
+	for _, name := range []string{mmdit.PEFTAdapterModel, mmdit.DiffusersLoRAFile} {
+		if p := filepath.Join(path, name); fileExists(p) {
+			return p, nil
+		}
+	}
+	if p, err := CheckpointLoRA(path); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("adapter folder %s: no %s (PEFT), %s (diffusers), %s or %s (a run checkpoint)",
+		path, mmdit.PEFTAdapterModel, mmdit.DiffusersLoRAFile, EMALoRAFile, LoRAFile)
+}
+
+func fileExists(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && !st.IsDir()
 }
 
 // CheckpointLoRA returns the adapter file of a run checkpoint directory: EMALoRAFile if

@@ -29,7 +29,7 @@ func addPolicyFlags(fs *flag.FlagSet) *policyFlags {
 	pf := &policyFlags{}
 	fs.StringVar(&pf.config, "config", "", "training TOML (required)")
 	fs.Var((*setFlag)(&pf.sets), "set", "override a config value, key=value (repeatable), e.g. eval.prompts=16")
-	fs.StringVar(&pf.lora, "lora", "", "LoRA safetensors file (PEFT names) to apply")
+	fs.StringVar(&pf.lora, "lora", "", "adapters to apply: a PEFT folder (export-lora, peft's save_pretrained), a diffusers LoRA file or folder, or a safetensors file of PEFT names; their recorded rank and alpha are used")
 	fs.StringVar(&pf.checkpoint, "checkpoint", "", "run checkpoint directory: its ema.safetensors if present, else lora.safetensors")
 	return pf
 }
@@ -56,7 +56,11 @@ func (pf *policyFlags) load() (cfg pipeline.Config, policy *pipeline.Policy, des
 	}
 	desc = "base model (LoRA off: adapters initialised with lora_B = 0)"
 	if lora != "" {
-		desc = "base model + LoRA " + lora
+		l := policy.Model.LoRA
+		desc = fmt.Sprintf("base model + LoRA %s (r %d, alpha %g)", lora, l.Rank, l.Alpha)
+		if info, ok, err := pipeline.ReadAdapterInfo(lora); err == nil && ok {
+			desc += fmt.Sprintf(": EMA of %s %s, %s + %s, seed %d, epoch %d", info.Run, info.Checkpoint, info.Method, info.Sampler, info.Seed, info.Epoch)
+		}
 	}
 	return cfg, policy, desc, nil
 }

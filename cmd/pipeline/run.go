@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 
@@ -76,6 +77,13 @@ func runRun(ctx context.Context, args []string, out io.Writer) error {
 			res.EvalAfter.RewardMean-res.EvalBefore.RewardMean)
 		if change, err := pipeline.CompareEvals(*res.EvalBefore, *res.EvalAfter); err == nil {
 			fmt.Fprintf(out, "prompt by prompt: %s\n", change)
+			if s := change.Sigmas(); !math.IsNaN(s) && !math.IsInf(s, 0) {
+				side := "above"
+				if s < 0 {
+					side = "below"
+				}
+				fmt.Fprintf(out, "the change is %.1f standard errors %s zero\n", math.Abs(s), side)
+			}
 		}
 	}
 	fmt.Fprintf(out, "report:  %s\nsamples: %s\ncheckpoint: %s\n", res.Report, filepath.Join(res.Dir, "samples"), res.Checkpoint)

@@ -30,6 +30,7 @@ func runSample(ctx context.Context, args []string, out io.Writer) error {
 	outPath := fs.String("out", "", "x.png: one grid with each prompt under its image; dir/: one PNG per image (required)")
 	cols := fs.Int("cols", 0, "grid columns (default: n, or 4 for a single image per prompt)")
 	score := fs.Bool("score", false, "score the images with the config's rewards and add the reward to the labels")
+	beforeAfter := fs.Bool("before-after", false, "with --lora or --checkpoint: draw every image also with the base model from the same noise, side by side (a .png grid)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -51,6 +52,9 @@ func runSample(ctx context.Context, args []string, out io.Writer) error {
 	if *outPath == "" || (!toDir && !strings.EqualFold(filepath.Ext(*outPath), ".png")) {
 		return usageError("--out %q: want a .png file (a grid) or a directory ending in / (one PNG per image)", *outPath)
 	}
+	if *beforeAfter && (toDir || (pf.lora == "" && pf.checkpoint == "")) {
+		return usageError("--before-after wants --lora or --checkpoint (the after) and a .png --out")
+	}
 	seedSet := false
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "seed" {
@@ -66,11 +70,26 @@ func runSample(ctx context.Context, args []string, out io.Writer) error {
 		*seed = cfg.Run.Seed
 	}
 	fmt.Fprintf(out, "policy: %s\nbackend: %s\n", desc, policy.BackendDesc)
-	res, err := pipeline.Sample(ctx, cfg, policy, pipeline.SampleOptions{
-		Prompts: prompts, N: *n, Steps: *steps, Seed: *seed, Score: *score, Progress: os.Stderr,
-	})
+	opts := pipeline.SampleOptions{Prompts: prompts, N: *n, Steps: *steps, Seed: *seed, Score: *score, Progress: os.Stderr}
+	res, err := pipeline.Sample(ctx, cfg, policy, opts)
 	if err != nil {
 		return err
+	}
+	if *beforeAfter {
+		opts.Base = true
+		base, err := pipeline.Sample(ctx, cfg, policy, opts)
+		if err != nil {
+			return err
+		}
+		var before, after []float64
+		if *score {
+			before, after = base.Scores.Total, res.Scores.Total
+		}
+		if err := pipeline.WriteBeforeAfter(*outPath, res.Prompts, base.Images, res.Images, before, after); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "wrote %s (%d images, each before and after)\n", *outPath, len(res.Images))
+		return nil
 	}
 	labels := append([]string(nil), res.Prompts...)
 	if res.Scores != nil {

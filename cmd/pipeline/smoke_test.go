@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/densegrpo/densegrpo/pipeline"
 )
 
 // The end-to-end smoke test: the real binary on configs/smoke.toml (the embedded tiny-ocr
@@ -82,6 +85,26 @@ func TestSmokeRunAndResume(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "checkpoints", "epoch-000003", "ema.safetensors")); err != nil {
 		t.Errorf("no checkpoint of epoch 3: %v", err)
+	}
+	// The run's EMA adapters exported as a PEFT folder evaluate as the checkpoint does.
+	adapter := filepath.Join(t.TempDir(), "adapter")
+	stdout, stderr, code = runBinary(t, ".", nil, "export-lora", "--run", dir, "--out", adapter)
+	if code != 0 || !strings.Contains(stdout, "EMA adapters of smoke epoch-000003 (DenseGRPO") {
+		t.Fatalf("export-lora: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	viaLoRA := runEvalJSON(t, "--config", smokeConfig(), "--lora", adapter)
+	viaCkpt := runEvalJSON(t, "--config", smokeConfig(), "--checkpoint", filepath.Join(dir, "checkpoints", "epoch-000003"))
+	if len(viaLoRA.Totals) == 0 || fmt.Sprint(viaLoRA.Totals) != fmt.Sprint(viaCkpt.Totals) {
+		t.Errorf("eval --lora %s: %v; eval --checkpoint: %v", adapter, viaLoRA.Totals, viaCkpt.Totals)
+	}
+	ba := filepath.Join(t.TempDir(), "ba.png")
+	stdout, stderr, code = runBinary(t, ".", nil, "sample", "--config", smokeConfig(), "--lora", adapter, "--prompt", "K4RT", "--prompt", "AB",
+		"--steps", "2", "--score", "--before-after", "--out", ba)
+	if code != 0 || !strings.Contains(stdout, "EMA of smoke epoch-000003, DenseGRPO") || !strings.Contains(stdout, "(2 images, each before and after)") {
+		t.Errorf("sample --lora --before-after: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if l, err := pipeline.ReadGridLayout(ba); err != nil || l == nil || len(l.Cells) != 4 || l.Cells[1].Prompt != "K4RT" || l.Cells[2].Prompt != "AB" {
+		t.Errorf("before/after grid layout %+v, %v; want K4RT before, after, AB before, after", l, err)
 	}
 }
 
