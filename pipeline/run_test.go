@@ -97,6 +97,27 @@ func TestRunDenseAndSparse(t *testing.T) {
 	}
 }
 
+// checkBeforeAfter checks that a straight run a and a resumed run c wrote the same before/after
+// grid — a from its base evaluation, c by drawing the base model's images again — with a before
+// and an after cell per test prompt.
+func checkBeforeAfter(t *testing.T, a, c RunResult) {
+	t.Helper()
+	ga, errA := os.ReadFile(filepath.Join(a.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
+	gc, errC := os.ReadFile(filepath.Join(c.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
+	if errA != nil || errC != nil || !bytes.Equal(ga, gc) {
+		t.Errorf("before/after grids: straight %d bytes (%v), resumed %d bytes (%v); want the same file", len(ga), errA, len(gc), errC)
+	}
+	layout, err := ReadGridLayout(filepath.Join(a.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
+	if err != nil || layout == nil || len(layout.Cells) != 2*len(a.EvalAfter.Prompts) {
+		t.Fatalf("before/after layout %+v, %v; want a before and an after cell per test prompt", layout, err)
+	}
+	for i, cell := range layout.Cells {
+		if cell.Prompt != a.EvalAfter.Prompts[i/2] {
+			t.Errorf("before/after cell %d: prompt %q, want %q", i, cell.Prompt, a.EvalAfter.Prompts[i/2])
+		}
+	}
+}
+
 // checkResumedBaseEval checks that a resumed run read the base evaluation back from
 // metrics.jsonl, prompt by prompt, as the straight run made it.
 func checkResumedBaseEval(t *testing.T, resumed, straight RunResult) {
@@ -133,22 +154,7 @@ func TestRunResumeIsExact(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkResumedBaseEval(t, c, a)
-	// Both write the before/after grid of the same images: the straight run from its base
-	// evaluation, the resumed one by drawing the base model's images again.
-	ga, errA := os.ReadFile(filepath.Join(a.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
-	gc, errC := os.ReadFile(filepath.Join(c.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
-	if errA != nil || errC != nil || !bytes.Equal(ga, gc) {
-		t.Errorf("before/after grids: straight %d bytes (%v), resumed %d bytes (%v); want the same file", len(ga), errA, len(gc), errC)
-	}
-	layout, err := ReadGridLayout(filepath.Join(a.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
-	if err != nil || layout == nil || len(layout.Cells) != 2*len(a.EvalAfter.Prompts) {
-		t.Fatalf("before/after layout %+v, %v; want a before and an after cell per test prompt", layout, err)
-	}
-	for i, c := range layout.Cells {
-		if c.Prompt != a.EvalAfter.Prompts[i/2] {
-			t.Errorf("before/after cell %d: prompt %q, want %q", i, c.Prompt, a.EvalAfter.Prompts[i/2])
-		}
-	}
+	checkBeforeAfter(t, a, c)
 	la, lb := readMetrics(t, a.Dir), readMetrics(t, b.Dir)
 	if len(la) != 4 || len(lb) != 4 {
 		t.Fatalf("got %d and %d metrics lines, want 4 each", len(la), len(lb))
@@ -322,22 +328,7 @@ func TestRunInterruptCheckpointsAndResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkResumedBaseEval(t, c, a)
-	// Both write the before/after grid of the same images: the straight run from its base
-	// evaluation, the resumed one by drawing the base model's images again.
-	ga, errA := os.ReadFile(filepath.Join(a.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
-	gc, errC := os.ReadFile(filepath.Join(c.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
-	if errA != nil || errC != nil || !bytes.Equal(ga, gc) {
-		t.Errorf("before/after grids: straight %d bytes (%v), resumed %d bytes (%v); want the same file", len(ga), errA, len(gc), errC)
-	}
-	layout, err := ReadGridLayout(filepath.Join(a.Dir, runfiles.SamplesDir, runfiles.BeforeAfterFile))
-	if err != nil || layout == nil || len(layout.Cells) != 2*len(a.EvalAfter.Prompts) {
-		t.Fatalf("before/after layout %+v, %v; want a before and an after cell per test prompt", layout, err)
-	}
-	for i, c := range layout.Cells {
-		if c.Prompt != a.EvalAfter.Prompts[i/2] {
-			t.Errorf("before/after cell %d: prompt %q, want %q", i, c.Prompt, a.EvalAfter.Prompts[i/2])
-		}
-	}
+	checkBeforeAfter(t, a, c)
 	la, lb := readMetrics(t, a.Dir), readMetrics(t, b.Dir)
 	if len(lb) != len(la) {
 		t.Fatalf("resumed run logged %d lines, straight run %d", len(lb), len(la))
