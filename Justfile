@@ -171,7 +171,8 @@ hour seed="1" *sets: export-models
 # (models/tinyocr/adapters/{densegrpo,flowgrpo}-cps-sSEED/: adapter_model.safetensors,
 # adapter_config.json, densegrpo.json), each with its evaluation on all 400 test prompts
 # (eval.json, seed-1 noise), the base model's (base-eval.json), and the prompt-by-prompt
-# comparisons (compare-sSEED.txt). Everything the shipped adapters need, ready to commit.
+# comparisons (compare-sSEED.txt), and each adapter's before/after grid of the first 16 test
+# prompts (before-after.png). Everything the shipped adapters need, ready to commit.
 # The hour runs' adapters into models/tinyocr/adapters/ with their eval figures.
 adapters seed="1" runs="runs": build
     #!/usr/bin/env bash
@@ -189,6 +190,13 @@ adapters seed="1" runs="runs": build
         {{bin}} compare-evals $out/base-eval.json $sparse/eval.json $dense/eval.json
         {{bin}} compare-evals $sparse/eval.json $dense/eval.json
     } | tee $out/compare-s{{seed}}.txt
+    # The first 16 test prompts with the evaluation's noise, base model and adapters side by
+    # side: the grid a run writes as samples/before-after.png.
+    prompts=()
+    while IFS= read -r p; do prompts+=(--prompt "$p"); done < <(grep -v '^[[:space:]]*$' datasets/ocr-tiny/test.txt | head -n 16)
+    for a in $dense $sparse; do
+        {{bin}} sample --config configs/tiny-ocr.toml --set run.seed=1 --lora $a "${prompts[@]}" --score --before-after --out $a/before-after.png
+    done
 
 # The whole test suite (needs the setup cache; CPU ONNX Runtime tests never skip).
 test: setup
