@@ -41,6 +41,11 @@ import time
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, str(THREADS))
+# OpenMP threads that spin at barriers wait for a sibling the scheduler has parked whenever the
+# machine has more runnable threads than cores: on the shared 2-core machine (load 15–30) seven
+# forward passes took 42 s spinning and 0.3–1.2 s passive. Passive waiting is what a shared
+# machine needs; on an idle one it costs a thread wake-up per parallel region.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
