@@ -8,6 +8,7 @@ import (
 
 	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/densegrpo/densegrpo/models/mmdit"
+	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/pipeline/checkpoint"
 )
 
@@ -42,7 +43,7 @@ func ExportLoRA(src, out string) (AdapterInfo, error) {
 	ckDir, runDir := src, filepath.Dir(filepath.Dir(src))
 	if fileExists(filepath.Join(src, "config.toml")) {
 		runDir = src
-		_, dir, ok, err := checkpoint.New(filepath.Join(src, "checkpoints"), 1).Latest()
+		dir, ok, err := checkpoint.New(filepath.Join(src, "checkpoints"), 1).Latest()
 		if err != nil {
 			return fail(err)
 		}
@@ -66,12 +67,17 @@ func ExportLoRA(src, out string) (AdapterInfo, error) {
 	if err != nil {
 		return fail(err)
 	}
+	defer ck.Close()
 	var st trainState
 	if err := json.Unmarshal(ck.State, &st); err != nil {
 		return fail(fmt.Errorf("%s: decode state: %w", ckDir, err))
 	}
 	lora := mmdit.LoRAConfig{Rank: cfg.Model.LoRA.Rank, Alpha: cfg.Model.LoRA.Alpha, Targets: cfg.Model.LoRA.Targets}
-	if err := mmdit.WritePEFTLoRA(out, mcfg, lora, ck.Tensors[groupEMA]); err != nil {
+	ema, err := ck.Read(groupEMA, adapterWants(lora, mcfg))
+	if err != nil {
+		return fail(err)
+	}
+	if err := mmdit.WritePEFTLoRA(out, mcfg, lora, ema); err != nil {
 		return fail(err)
 	}
 	info := AdapterInfo{Run: filepath.Base(runDir), Checkpoint: filepath.Base(ckDir), Epoch: ck.Epoch, Samples: st.Samples,
@@ -103,4 +109,14 @@ func ReadAdapterInfo(dir string) (info AdapterInfo, ok bool, err error) {
 		return info, false, fmt.Errorf("read %s: %w", filepath.Join(dir, AdapterInfoFile), err)
 	}
 	return info, true, nil
+}
+
+// adapterWants lists the LoRA tensors a checkpoint group holds for the model: names, shapes and
+// float32, as the trainer writes them.
+func adapterWants(lora mmdit.LoRAConfig, c mmdit.Config) []safetensors.Want {
+	var want []safetensors.Want
+	for _, p := range lora.Params(c) {
+		want = append(want, safetensors.Want{Name: p.Key, Shape: p.Shape, DType: "F32"})
+	}
+	return want
 }

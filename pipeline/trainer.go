@@ -397,10 +397,7 @@ func (t *trainer) restore(ck *checkpoint.Stored) error {
 	if err := json.Unmarshal(ck.State, &st); err != nil {
 		return fmt.Errorf("decode state: %w", err)
 	}
-	var adapters []safetensors.Want
-	for _, p := range t.policy.Model.LoRA.Params(t.policy.Model.Config) {
-		adapters = append(adapters, safetensors.Want{Name: p.Key, Shape: p.Shape, DType: "F32"})
-	}
+	adapters := adapterWants(*t.policy.Model.LoRA, t.policy.Model.Config)
 	// The trainer group holds the GRPO trainer's state and, in checkpoints written before
 	// trainerVariable left them out, copies of the frozen base weights (variables of the context).
 	names := ck.Names(groupTrainer)
