@@ -10,13 +10,12 @@ import (
 )
 
 func init() {
-	register(command{name: "models inspect", summary: "print an ONNX model's inputs and outputs", run: runModelsInspect})
+	register(command{name: "models inspect", summary: "print an ONNX model's inputs and outputs (read from the file in Go; ONNX Runtime is not loaded)", run: runModelsInspect})
 }
 
 func runModelsInspect(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("models inspect", "FILE.onnx", out)
 	asJSON := fs.Bool("json", false, "print JSON for machines")
-	library := fs.String("onnx-library", "", "path of libonnxruntime.so (default: $ONNXRUNTIME_LIB, then the setup cache)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -24,7 +23,7 @@ func runModelsInspect(ctx context.Context, args []string, out io.Writer) error {
 	if len(pos) != 1 {
 		return usageError("want one ONNX file, got %d arguments", len(pos))
 	}
-	ins, outs, err := onnxrt.Inspect(pos[0], onnxrt.Config{Library: *library})
+	ins, outs, err := onnxrt.Inspect(pos[0], onnxrt.Config{})
 	if err != nil {
 		return err
 	}

@@ -37,68 +37,78 @@ func (c Config) maxModelBytes() int64 {
 	return int64(c.MaxModelMB) << 20
 }
 
-// checkModelFile checks the file at path before ONNX Runtime opens it: a regular file of at
+// scanModelFile checks the file at path before ONNX Runtime opens it — a regular file of at
 // most 2 GiB whose size plus the external data its tensors name is within cfg's limit, with
-// every external-data location inside the model's folder.
-func checkModelFile(path string, cfg Config) error {
+// every external-data location inside the model's folder — and returns the inputs and outputs
+// its graph declares.
+func scanModelFile(path string, cfg Config) (inputs, outputs []TensorInfo, err error) {
+	fail := func(err error) ([]TensorInfo, []TensorInfo, error) {
+		return nil, nil, fmt.Errorf("open ONNX model %s: %w", path, err)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("open ONNX model %s: file does not exist", path)
+			return fail(errors.New("file does not exist"))
 		}
-		return fmt.Errorf("open ONNX model %s: %w", path, err)
+		return fail(err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("open ONNX model %s: %w", path, err)
+		return fail(err)
 	}
 	if st.IsDir() {
-		return fmt.Errorf("open ONNX model %s: is a directory, want an .onnx file", path)
+		return fail(errors.New("is a directory, want an .onnx file"))
 	}
 	limit := cfg.maxModelBytes()
 	if st.Size() > maxProtoBytes {
-		return fmt.Errorf("open ONNX model %s: %d bytes, want at most %d (protobuf's 2 GiB limit; larger models keep their weights in external data)", path, st.Size(), int64(maxProtoBytes))
+		return fail(fmt.Errorf("%d bytes, want at most %d (protobuf's 2 GiB limit; larger models keep their weights in external data)", st.Size(), int64(maxProtoBytes)))
 	}
 	if st.Size() > limit {
-		return fmt.Errorf("open ONNX model %s: %d MiB, want at most onnx.max_model_mb = %d", path, st.Size()>>20, limit>>20)
+		return fail(fmt.Errorf("%d MiB, want at most onnx.max_model_mb = %d", st.Size()>>20, limit>>20))
 	}
 	ext, err := scanExternal(f, st.Size())
 	if err != nil {
-		return fmt.Errorf("open ONNX model %s: %w", path, err)
+		return fail(err)
 	}
 	total := st.Size()
 	dir := filepath.Dir(path)
 	realDir, err := filepath.EvalSymlinks(dir)
 	if err != nil {
-		return fmt.Errorf("open ONNX model %s: %w", path, err)
+		return fail(err)
 	}
 	for _, e := range ext {
 		size, err := e.resolve(dir, realDir)
 		if err != nil {
-			return fmt.Errorf("open ONNX model %s: %w", path, err)
+			return fail(err)
 		}
 		if total += size; total > limit {
-			return fmt.Errorf("open ONNX model %s: %d MiB with its external data (%s), want at most onnx.max_model_mb = %d", path, total>>20, e.location, limit>>20)
+			return fail(fmt.Errorf("%d MiB with its external data (%s), want at most onnx.max_model_mb = %d", total>>20, e.location, limit>>20))
 		}
 	}
-	return nil
+	if inputs, outputs, err = scanSignature(f, st.Size()); err != nil {
+		return fail(err)
+	}
+	return inputs, outputs, nil
 }
 
-// checkModelBytes checks a model held in memory: within the size limit and without external
-// data (there is no folder to find it in).
-func checkModelBytes(name string, data []byte, cfg Config) error {
+// scanModelBytes checks a model held in memory — within the size limit and without external
+// data (there is no folder to find it in) — and returns the inputs and outputs it declares.
+func scanModelBytes(name string, data []byte, cfg Config) (inputs, outputs []TensorInfo, err error) {
 	if int64(len(data)) > cfg.maxModelBytes() {
-		return fmt.Errorf("open ONNX model %s: %d MiB, want at most onnx.max_model_mb = %d", name, len(data)>>20, cfg.maxModelBytes()>>20)
+		return nil, nil, fmt.Errorf("open ONNX model %s: %d MiB, want at most onnx.max_model_mb = %d", name, len(data)>>20, cfg.maxModelBytes()>>20)
 	}
 	ext, err := scanExternal(bytes.NewReader(data), int64(len(data)))
 	if err != nil {
-		return fmt.Errorf("open ONNX model %s: %w", name, err)
+		return nil, nil, fmt.Errorf("open ONNX model %s: %w", name, err)
 	}
 	if len(ext) > 0 {
-		return fmt.Errorf("open ONNX model %s: tensor %q has external data %q, want the data inside a model held in memory", name, ext[0].tensor, ext[0].location)
+		return nil, nil, fmt.Errorf("open ONNX model %s: tensor %q has external data %q, want the data inside a model held in memory", name, ext[0].tensor, ext[0].location)
 	}
-	return nil
+	if inputs, outputs, err = scanSignature(bytes.NewReader(data), int64(len(data))); err != nil {
+		return nil, nil, fmt.Errorf("open ONNX model %s: %w", name, err)
+	}
+	return inputs, outputs, nil
 }
 
 // external is one tensor whose data lives in another file.
@@ -229,14 +239,17 @@ func (s *scanner) bytesAt(off int64, n int) ([]byte, error) {
 	return s.win[:min(n, m)], nil
 }
 
-// message walks the fields of the message in [start, end) of kind, calling found for each
-// TensorProto inside it.
-func (s *scanner) message(start, end int64, kind, depth int, found func(tensorRef)) error {
-	if depth > maxScanDepth {
-		return fmt.Errorf("messages nested more than %d deep", maxScanDepth)
-	}
-	var t tensorRef
-	t.length = -1
+// field is one field of a message: its number and wire type, the value of a varint, the
+// byte range of a length-delimited field.
+type field struct {
+	num        protowire.Number
+	typ        protowire.Type
+	varint     uint64
+	start, end int64
+}
+
+// fields calls fn for each field of the message in [start, end), in file order.
+func (s *scanner) fields(start, end int64, fn func(f field) error) error {
 	for off := start; off < end; {
 		head, err := s.bytesAt(off, int(min(20, end-off)))
 		if err != nil {
@@ -248,15 +261,14 @@ func (s *scanner) message(start, end int64, kind, depth int, found func(tensorRe
 		}
 		off += int64(n)
 		head = head[n:]
+		f := field{num: num, typ: typ}
 		switch typ {
 		case protowire.VarintType:
 			v, m := protowire.ConsumeVarint(head)
 			if m < 0 {
 				return fmt.Errorf("field %d at byte %d: %w", num, off, protowire.ParseError(m))
 			}
-			if kind == kindTensor && num == tensorDataLocation {
-				t.isExternal = v == locationExternal
-			}
+			f.varint = v
 			off += int64(m)
 		case protowire.Fixed32Type:
 			off += 4
@@ -271,31 +283,53 @@ func (s *scanner) message(start, end int64, kind, depth int, found func(tensorRe
 			if l > uint64(end-off) {
 				return fmt.Errorf("field %d at byte %d: length %d past the end of its message", num, off, l)
 			}
-			fieldEnd := off + int64(l)
-			child, isChild := children[kind][num]
-			switch {
-			case kind == kindTensor && num == tensorName && l <= maxEntryBytes:
-				b, err := s.bytesAt(off, int(l))
-				if err != nil {
-					return err
-				}
-				t.tensor = string(b)
-			case kind == kindTensor && num == tensorExternalData:
-				if err := s.entry(off, fieldEnd, &t.external); err != nil {
-					return err
-				}
-			case isChild:
-				if err := s.message(off, fieldEnd, child, depth+1, found); err != nil {
-					return err
-				}
-			}
-			off = fieldEnd
+			f.start, f.end = off, off+int64(l)
+			off = f.end
 		default: // groups (deprecated) do not occur in onnx.proto
 			return fmt.Errorf("field %d at byte %d: unsupported wire type %d", num, off, typ)
 		}
 		if off > end {
 			return fmt.Errorf("field %d ends past its message", num)
 		}
+		if err := fn(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// message walks the fields of the message in [start, end) of kind, calling found for each
+// TensorProto inside it.
+func (s *scanner) message(start, end int64, kind, depth int, found func(tensorRef)) error {
+	if depth > maxScanDepth {
+		return fmt.Errorf("messages nested more than %d deep", maxScanDepth)
+	}
+	var t tensorRef
+	t.length = -1
+	err := s.fields(start, end, func(f field) error {
+		if f.typ == protowire.VarintType && kind == kindTensor && f.num == tensorDataLocation {
+			t.isExternal = f.varint == locationExternal
+		}
+		if f.typ != protowire.BytesType {
+			return nil
+		}
+		child, isChild := children[kind][f.num]
+		switch {
+		case kind == kindTensor && f.num == tensorName && f.end-f.start <= maxEntryBytes:
+			b, err := s.bytesAt(f.start, int(f.end-f.start))
+			if err != nil {
+				return err
+			}
+			t.tensor = string(b)
+		case kind == kindTensor && f.num == tensorExternalData:
+			return s.entry(f.start, f.end, &t.external)
+		case isChild:
+			return s.message(f.start, f.end, child, depth+1, found)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if kind == kindTensor && t.isExternal {
 		if t.location == "" {

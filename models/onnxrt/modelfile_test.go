@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -244,14 +245,26 @@ func TestScanFindsNestedTensors(t *testing.T) {
 	}
 }
 
-// FuzzScanExternal: arbitrary bytes never panic the scan, and what it reports is well formed.
+// FuzzScanExternal: arbitrary bytes never panic the scans (external data, signature), and
+// what they report is well formed.
 func FuzzScanExternal(f *testing.F) {
 	f.Add(addModel(f, 4, onnx.ExternalData{Location: "w.bin", Length: 16}))
 	f.Add(addModel(f, 2, onnx.ExternalData{Location: "../../etc/passwd", Offset: 8}))
 	if data, err := os.ReadFile(filepath.Join("..", "tinyocr", "onnx", "text_encoder.onnx")); err == nil {
 		f.Add(data)
 	}
+	for _, m := range edgeModels() {
+		f.Add(m)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		ins, outs, err := scanSignature(bytes.NewReader(data), int64(len(data)))
+		if err == nil {
+			for _, info := range append(ins, outs...) {
+				if info.Type == "" || info.Dims == nil || slices.ContainsFunc(info.Dims, func(d int64) bool { return d < -1 }) {
+					t.Fatalf("signature scan reported %+v", info)
+				}
+			}
+		}
 		found, err := scanExternal(bytes.NewReader(data), int64(len(data)))
 		if err != nil {
 			return

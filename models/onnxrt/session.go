@@ -56,44 +56,15 @@ type Session struct {
 	s       *ort.DynamicAdvancedSession
 }
 
-// Inspect opens path only to read its declared inputs and outputs.
+// Inspect reads the inputs and outputs the model at path declares from its file, after the
+// checks Open makes (size, external data); ONNX Runtime does not read it. Callers check what
+// they need against them before Open, so that a model that does not fit costs no session.
 func Inspect(path string, cfg Config) (inputs, outputs []TensorInfo, err error) {
-	if err := checkModelFile(path, cfg); err != nil {
-		return nil, nil, err
-	}
-	if err := Init(cfg); err != nil {
-		return nil, nil, fmt.Errorf("inspect ONNX model %s: %w", path, err)
-	}
-	return inspect(path)
+	return scanModelFile(path, cfg)
 }
 
-func inspect(path string) (inputs, outputs []TensorInfo, err error) {
-	ins, outs, err := ort.GetInputOutputInfo(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("read ONNX model %s: %w", path, oneLine(err))
-	}
-	return convertInfos(ins), convertInfos(outs), nil
-}
-
-func convertInfos(in []ort.InputOutputInfo) []TensorInfo {
-	out := make([]TensorInfo, len(in))
-	for i, info := range in {
-		dims := make([]int64, len(info.Dimensions))
-		for j, d := range info.Dimensions {
-			if d < 0 {
-				d = -1
-			}
-			dims[j] = d
-		}
-		typ := elementTypeName(info.DataType)
-		if info.OrtValueType != ort.ONNXTypeTensor {
-			typ = strings.ToLower(strings.TrimPrefix(info.OrtValueType.String(), "ONNXType"))
-		}
-		out[i] = TensorInfo{Name: info.Name, Type: typ, Dims: dims}
-	}
-	return out
-}
-
+// elementTypeName names an ONNX element type (TensorProto.DataType, whose numbers ONNX
+// Runtime's enum shares) as TensorInfo.Type does.
 func elementTypeName(t ort.TensorElementDataType) string {
 	switch t {
 	case ort.TensorElementDataTypeFloat:
@@ -131,41 +102,34 @@ func oneLine(err error) error {
 
 // Open loads the model at path for execution with cfg's provider and threads.
 func Open(path string, cfg Config) (*Session, error) {
-	if err := checkModelFile(path, cfg); err != nil {
+	inputs, outputs, err := scanModelFile(path, cfg)
+	if err != nil {
 		return nil, err
 	}
-	return open(path, cfg, func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) { return ort.GetInputOutputInfo(path) },
-		func(in, out []string, opts *ort.SessionOptions) (*ort.DynamicAdvancedSession, error) {
-			return ort.NewDynamicAdvancedSession(path, in, out, opts)
-		})
+	return open(path, cfg, inputs, outputs, func(in, out []string, opts *ort.SessionOptions) (*ort.DynamicAdvancedSession, error) {
+		return ort.NewDynamicAdvancedSession(path, in, out, opts)
+	})
 }
 
 // OpenBytes loads a model held in memory (e.g. one the program has just built); name stands
 // for its path in errors.
 func OpenBytes(name string, data []byte, cfg Config) (*Session, error) {
-	if err := checkModelBytes(name, data, cfg); err != nil {
+	inputs, outputs, err := scanModelBytes(name, data, cfg)
+	if err != nil {
 		return nil, err
 	}
-	return open(name, cfg, func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) {
-		return ort.GetInputOutputInfoWithONNXData(data)
-	},
-		func(in, out []string, opts *ort.SessionOptions) (*ort.DynamicAdvancedSession, error) {
-			return ort.NewDynamicAdvancedSessionWithONNXData(data, in, out, opts)
-		})
+	return open(name, cfg, inputs, outputs, func(in, out []string, opts *ort.SessionOptions) (*ort.DynamicAdvancedSession, error) {
+		return ort.NewDynamicAdvancedSessionWithONNXData(data, in, out, opts)
+	})
 }
 
-// open creates the session of the model called name, reading its declared tensors with info
-// and creating it with create.
-func open(name string, cfg Config, info func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error),
+// open creates the session of the model called name, which declares inputs and outputs (as the
+// scan of its file read them), with create. ONNX Runtime reads the model once, here.
+func open(name string, cfg Config, inputs, outputs []TensorInfo,
 	create func(in, out []string, opts *ort.SessionOptions) (*ort.DynamicAdvancedSession, error)) (*Session, error) {
 	if err := Init(cfg); err != nil {
 		return nil, fmt.Errorf("open ONNX model %s: %w", name, err)
 	}
-	ins, outs, err := info()
-	if err != nil {
-		return nil, fmt.Errorf("read ONNX model %s: %w", name, oneLine(err))
-	}
-	inputs, outputs := convertInfos(ins), convertInfos(outs)
 	opts, err := sessionOptions(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open ONNX model %s: %w", name, err)

@@ -205,8 +205,11 @@ func TestMissingLibrary(t *testing.T) {
 		os.Exit(0)
 	}
 	dir := t.TempDir()
-	// An empty file is an empty ModelProto to the file check, so the library is looked for.
-	if err := os.WriteFile(filepath.Join(dir, "model.onnx"), nil, 0o644); err != nil {
+	// A valid model passes the file check, so the library is looked for.
+	g := onnx.NewGraph("identity")
+	g.Node("Identity", []string{g.Input("x", onnx.Float32, onnx.Fixed(2)...)}, []string{"y"})
+	g.Output("y", onnx.Float32, onnx.Fixed(2)...)
+	if err := (&onnx.Model{Graph: g}).WriteFile(filepath.Join(dir, "model.onnx")); err != nil {
 		t.Fatal(err)
 	}
 	exe, err := os.Executable()
