@@ -28,7 +28,7 @@ func BenchmarkOCROverhead(b *testing.B) {
 	}
 	data, width := ocr.RecInput(images, sc.cfg.OCR.MaxWidth)
 	in := map[string]onnxrt.Tensor{"x": {Shape: []int64{8, 3, ocr.RecHeight, int64(width)}, Float32: data}}
-	raw := sc.rec.info()
+	raw := sc.rec.sessions[0]
 	ctx := context.Background()
 	var rawT, layerT time.Duration
 	b.ResetTimer()

@@ -95,10 +95,10 @@ func openColor(c ColorConfig, rt onnxrt.Config) (*colorClassifier, error) {
 		return nil, fmt.Errorf("[reward.color]: %w", err)
 	}
 	cc := &colorClassifier{cfg: c, spec: c.colorSpec(), tok: tok, weights: map[string][][]float64{}}
-	if cc.image, err = openPool(c.ImageModel, 1, rt); err != nil {
+	if cc.image, err = newPool(c.ImageModel, 1, rt); err != nil {
 		return nil, err
 	}
-	if cc.text, err = openPool(c.TextModel, 1, rt); err != nil {
+	if cc.text, err = newPool(c.TextModel, 1, rt); err != nil {
 		cc.image.close()
 		return nil, err
 	}
@@ -122,6 +122,9 @@ func openColor(c ColorConfig, rt onnxrt.Config) (*colorClassifier, error) {
 			cc.close()
 			return nil, err
 		}
+	}
+	if err := openPools(cc.image, cc.text); err != nil {
+		return nil, err
 	}
 	return cc, nil
 }

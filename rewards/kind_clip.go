@@ -51,21 +51,24 @@ func openCLIP(ctx context.Context, c *Config, rt onnxrt.Config) (Scorer, error) 
 	}
 	s := &clipScorer{cfg: c, feeder: feeder}
 	if c.Model != "" {
-		if s.image, err = openPool(c.Model, c.Concurrency, rt); err != nil {
+		if s.image, err = newPool(c.Model, c.Concurrency, rt); err != nil {
 			return nil, err
 		}
 		s.text = s.image
 	} else {
-		if s.image, err = openPool(c.ImageModel, c.Concurrency, rt); err != nil {
+		if s.image, err = newPool(c.ImageModel, c.Concurrency, rt); err != nil {
 			return nil, err
 		}
-		if s.text, err = openPool(c.TextModel, c.Concurrency, rt); err != nil {
+		if s.text, err = newPool(c.TextModel, c.Concurrency, rt); err != nil {
 			s.image.close()
 			return nil, err
 		}
 	}
 	if err := s.check(); err != nil {
 		s.Close()
+		return nil, err
+	}
+	if err := openPools(s.image, s.text); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -85,9 +88,8 @@ func (s *clipScorer) check() error {
 		inputs []tensorWant
 		output string
 	}{{s.image, imgInputs, o.ImageEmbeds}, {s.text, txtInputs, o.TextEmbeds}} {
-		sess := side.p.info()
 		for _, w := range side.inputs {
-			t, err := w.check(side.p.path, sess.Inputs())
+			t, err := w.check(side.p.path, side.p.inputs())
 			if err != nil {
 				return err
 			}
@@ -95,21 +97,21 @@ func (s *clipScorer) check() error {
 				return err
 			}
 		}
-		if side.inputs != nil && len(sess.Inputs()) != len(side.inputs) {
-			return fmt.Errorf("model %s: graph has %d inputs (%v), the config feeds %d", side.p.path, len(sess.Inputs()), sess.Inputs(), len(side.inputs))
+		if side.inputs != nil && len(side.p.inputs()) != len(side.inputs) {
+			return fmt.Errorf("model %s: graph has %d inputs (%v), the config feeds %d", side.p.path, len(side.p.inputs()), side.p.inputs(), len(side.inputs))
 		}
-		if _, err := (tensorWant{role: "output", name: side.output, types: []string{"float32"}, dims: []int64{-1, -1}, what: "[reward.output] image_embeds/text_embeds"}).check(side.p.path, sess.Outputs()); err != nil {
+		if _, err := (tensorWant{role: "output", name: side.output, types: []string{"float32"}, dims: []int64{-1, -1}, what: "[reward.output] image_embeds/text_embeds"}).check(side.p.path, side.p.outputs()); err != nil {
 			return err
 		}
 	}
-	ie, _ := findInfo(s.image.info().Outputs(), o.ImageEmbeds)
-	te, _ := findInfo(s.text.info().Outputs(), o.TextEmbeds)
+	ie, _ := findInfo(s.image.outputs(), o.ImageEmbeds)
+	te, _ := findInfo(s.text.outputs(), o.TextEmbeds)
 	if ie.Dims[1] >= 0 && te.Dims[1] >= 0 && ie.Dims[1] != te.Dims[1] {
 		return fmt.Errorf("models %s, %s: outputs %q %s and %q %s differ in embedding width, want equal", s.image.path, s.text.path, ie.Name, onnxrt.FormatDims(ie.Dims), te.Name, onnxrt.FormatDims(te.Dims))
 	}
 	if o.LogitScaleOutput != "" {
 		for _, p := range []*pool{s.image, s.text} {
-			if t, ok := findInfo(p.info().Outputs(), o.LogitScaleOutput); ok {
+			if t, ok := findInfo(p.outputs(), o.LogitScaleOutput); ok {
 				n := int64(1)
 				for _, d := range t.Dims {
 					n *= d

@@ -75,7 +75,7 @@ func openGeneval(ctx context.Context, c *Config, rt onnxrt.Config) (Scorer, erro
 	if err != nil {
 		return nil, err
 	}
-	p, err := openPool(c.Model, c.Concurrency, rt)
+	p, err := newPool(c.Model, c.Concurrency, rt)
 	if err != nil {
 		return nil, err
 	}
@@ -84,25 +84,31 @@ func openGeneval(ctx context.Context, c *Config, rt onnxrt.Config) (Scorer, erro
 		p.close()
 		return nil, err
 	}
+	// openColor checks its two models and opens them; the detector's sessions come last.
 	if c.Color.set() {
 		if s.color, err = openColor(c.Color, rt); err != nil {
 			p.close()
 			return nil, err
 		}
 	}
+	if err := openPools(p); err != nil {
+		if s.color != nil {
+			s.color.close()
+		}
+		return nil, err
+	}
 	return s, nil
 }
 
 func (s *genevalScorer) check() error {
-	sess := s.pool.info()
-	t, err := imageWant(s.cfg, s.cfg.Image.Spec, s.cfg.Image.Input, "[reward.image]").check(s.pool.path, sess.Inputs())
+	t, err := imageWant(s.cfg, s.cfg.Image.Spec, s.cfg.Image.Input, "[reward.image]").check(s.pool.path, s.pool.inputs())
 	if err != nil {
 		return err
 	}
 	if err := checkBatchDim(s.cfg, s.pool.path, t); err != nil {
 		return err
 	}
-	boxes, ok := findInfo(sess.Outputs(), s.cfg.Output.Boxes)
+	boxes, ok := findInfo(s.pool.outputs(), s.cfg.Output.Boxes)
 	s.batched = !ok || len(boxes.Dims) != 2
 	if !s.batched && s.cfg.BatchSize != 1 {
 		return fmt.Errorf("model %s: output %q is %s (one image per run), want batch_size = 1 (got %d)", s.pool.path, boxes.Name, onnxrt.FormatDims(boxes.Dims), s.cfg.BatchSize)
@@ -124,7 +130,7 @@ func (s *genevalScorer) check() error {
 	var first *tensorWant
 	k := int64(-1)
 	for i, w := range wants {
-		t, err := w.check(s.pool.path, sess.Outputs())
+		t, err := w.check(s.pool.path, s.pool.outputs())
 		if err != nil {
 			return err
 		}

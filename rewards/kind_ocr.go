@@ -52,11 +52,11 @@ func openOCR(ctx context.Context, c *Config, rt onnxrt.Config) (Scorer, error) {
 		return nil, err
 	}
 	s := &ocrScorer{cfg: c, dict: dict}
-	if s.rec, err = openPool(c.Model, c.Concurrency, rt); err != nil {
+	if s.rec, err = newPool(c.Model, c.Concurrency, rt); err != nil {
 		return nil, err
 	}
 	if c.Detector != "" {
-		if s.det, err = openPool(c.Detector, c.Concurrency, rt); err != nil {
+		if s.det, err = newPool(c.Detector, c.Concurrency, rt); err != nil {
 			s.rec.close()
 			return nil, err
 		}
@@ -65,37 +65,40 @@ func openOCR(ctx context.Context, c *Config, rt onnxrt.Config) (Scorer, error) {
 		s.Close()
 		return nil, err
 	}
+	if err := openPools(s.rec, s.det); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
 func (s *ocrScorer) check() error {
-	rec := s.rec.info()
+	rec := s.rec
 	in := tensorWant{role: "input", name: s.cfg.OCR.RecInput, types: []string{"float32"}, dims: []int64{-1, 3, ocr.RecHeight, -1}, what: "the PP-OCR recogniser contract (x [N,3,48,W])"}
-	if _, err := in.check(s.rec.path, rec.Inputs()); err != nil {
+	if _, err := in.check(s.rec.path, rec.inputs()); err != nil {
 		return err
 	}
 	s.recOutput = s.cfg.Output.Name
 	if s.recOutput == "" {
-		s.recOutput = rec.Outputs()[0].Name
+		s.recOutput = rec.outputs()[0].Name
 	}
 	out := tensorWant{role: "output", name: s.recOutput, types: []string{"float32"}, dims: []int64{-1, -1, int64(s.dict.Classes())},
 		what: fmt.Sprintf("keys file %s: %d characters + blank + space", s.cfg.Keys, len(s.dict.Keys))}
-	if _, err := out.check(s.rec.path, rec.Outputs()); err != nil {
+	if _, err := out.check(s.rec.path, rec.outputs()); err != nil {
 		return err
 	}
 	if s.det == nil {
 		return nil
 	}
-	det := s.det.info()
-	if _, err := imageWant(s.cfg, s.cfg.Image.Spec, s.cfg.Image.Input, "[reward.image]").check(s.det.path, det.Inputs()); err != nil {
+	det := s.det
+	if _, err := imageWant(s.cfg, s.cfg.Image.Spec, s.cfg.Image.Input, "[reward.image]").check(s.det.path, det.inputs()); err != nil {
 		return err
 	}
 	s.detOutput = s.cfg.OCR.DetectorOutput
 	if s.detOutput == "" {
-		s.detOutput = det.Outputs()[0].Name
+		s.detOutput = det.outputs()[0].Name
 	}
 	dout := tensorWant{role: "output", name: s.detOutput, types: []string{"float32"}, dims: []int64{-1, 1, -1, -1}, what: "the DB detector contract (probability map [N,1,H,W])"}
-	_, err := dout.check(s.det.path, det.Outputs())
+	_, err := dout.check(s.det.path, det.outputs())
 	return err
 }
 

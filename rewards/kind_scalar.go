@@ -165,11 +165,18 @@ func openScalar(ctx context.Context, c *Config, rt onnxrt.Config) (Scorer, error
 	if err != nil {
 		return nil, err
 	}
-	p, err := openPool(c.Model, c.Concurrency, rt)
+	p, err := newPool(c.Model, c.Concurrency, rt)
 	if err != nil {
 		return nil, err
 	}
-	return newScalarScorer(c, p, text)
+	s, err := newScalarScorer(c, p, text)
+	if err != nil {
+		return nil, err
+	}
+	if err := openPools(p); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // newScalarScorer checks the model's declared tensors against c and closes m on a mismatch.

@@ -328,33 +328,56 @@ func (c *prepCache) entry(spec preprocess.Spec, i int) *prepEntry {
 }
 
 // pool holds `concurrency` sessions of one model; run borrows one for the duration of a call.
+// newPool reads what the model declares from its file; the reward checks that against its
+// config, and only then open creates the sessions (ONNX Runtime reads the model there).
 type pool struct {
 	path     string
+	n        int
+	rt       onnxrt.Config
+	ins      []onnxrt.TensorInfo
+	outs     []onnxrt.TensorInfo
 	sessions []*onnxrt.Session
 	free     chan *onnxrt.Session
 }
 
-func openPool(path string, n int, rt onnxrt.Config) (*pool, error) {
-	p := &pool{path: path, free: make(chan *onnxrt.Session, n)}
-	for i := 0; i < n; i++ {
-		s, err := onnxrt.Open(path, rt)
-		if err != nil {
-			p.close()
-			return nil, err
-		}
-		p.sessions = append(p.sessions, s)
-		p.free <- s
+func newPool(path string, n int, rt onnxrt.Config) (*pool, error) {
+	ins, outs, err := onnxrt.Inspect(path, rt)
+	if err != nil {
+		return nil, err
 	}
-	return p, nil
+	return &pool{path: path, n: n, rt: rt, ins: ins, outs: outs, free: make(chan *onnxrt.Session, n)}, nil
 }
 
-func (p *pool) info() *onnxrt.Session { return p.sessions[0] }
+// openPools creates the sessions of pools whose declared tensors the reward accepted (nil
+// pools and pools already open are skipped); on error every pool is closed.
+func openPools(pools ...*pool) error {
+	for _, p := range pools {
+		if p == nil || p.sessions != nil {
+			continue
+		}
+		for range p.n {
+			s, err := onnxrt.Open(p.path, p.rt)
+			if err != nil {
+				for _, q := range pools {
+					q.close()
+				}
+				return err
+			}
+			p.sessions = append(p.sessions, s)
+			p.free <- s
+		}
+	}
+	return nil
+}
 
 func (p *pool) where() string                { return p.path }
-func (p *pool) inputs() []onnxrt.TensorInfo  { return p.sessions[0].Inputs() }
-func (p *pool) outputs() []onnxrt.TensorInfo { return p.sessions[0].Outputs() }
+func (p *pool) inputs() []onnxrt.TensorInfo  { return p.ins }
+func (p *pool) outputs() []onnxrt.TensorInfo { return p.outs }
 
 func (p *pool) run(ctx context.Context, in map[string]onnxrt.Tensor, outputs ...string) (map[string]onnxrt.Tensor, error) {
+	if p.sessions == nil {
+		return nil, fmt.Errorf("model %s: no session (the pool was not opened)", p.path)
+	}
 	var s *onnxrt.Session
 	select {
 	case s = <-p.free:

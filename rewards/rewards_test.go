@@ -103,13 +103,8 @@ func TestSwapErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfgs, err := DecodeTOML([]byte(strings.Replace(swapTOML, tt.from, tt.to, 1)), dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			set, err := Open(context.Background(), cfgs, dir, onnxrt.Config{IntraOpThreads: 1})
+			err := openSwapped(t, dir, tt.from, tt.to)
 			if err == nil {
-				set.Close()
 				t.Fatal("Open succeeded, want an error")
 			}
 			for _, w := range tt.want {
@@ -119,6 +114,50 @@ func TestSwapErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDeclaredBeforeSession: a reward's declared tensors are checked from the file before
+// ONNX Runtime reads it. The model here also holds an operator ONNX Runtime does not know, so
+// it cannot be loaded at all: a config that does not fit it still gets the declaration error,
+// and only a config that fits reaches ONNX Runtime (and its refusal).
+func TestDeclaredBeforeSession(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "models"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	g := meanModel("brightness", "image", 8, 8)
+	g.Node("NoSuchOp", []string{"image"}, []string{"unloadable"})
+	model := writeModel(t, filepath.Join(dir, "models"), g)
+	for _, tt := range []struct {
+		from, to, want string
+	}{
+		{`size = [8, 8]`, `size = [16, 16]`, `input "image": got float32 [-1,3,8,8], want float32 [?,3,16,16]`},
+		{`name = "score"`, `name = "logits"`, `no output "logits"`},
+		{"", "", "NoSuchOp"},
+	} {
+		err := openSwapped(t, dir, tt.from, tt.to)
+		if err == nil {
+			t.Fatalf("%s → %s: Open succeeded, want an error", tt.from, tt.to)
+		}
+		if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), model) {
+			t.Errorf("%s → %s: error %q, want it to name %s and contain %q", tt.from, tt.to, err, model, tt.want)
+		}
+	}
+}
+
+// openSwapped opens the rewards of swapTOML with from replaced by to (models under dir) and
+// returns Open's error; a set that opens is closed.
+func openSwapped(t *testing.T, dir, from, to string) error {
+	t.Helper()
+	cfgs, err := DecodeTOML([]byte(strings.Replace(swapTOML, from, to, 1)), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := Open(context.Background(), cfgs, dir, onnxrt.Config{IntraOpThreads: 1})
+	if err == nil {
+		set.Close()
+	}
+	return err
 }
 
 // TestDecodePrimitive: the pipeline's config keeps the reward blocks as a primitive of its own

@@ -10,7 +10,7 @@
 set -euo pipefail
 bin=${1:-bin/pipeline}
 dir=${2:-/tmp/malicious}
-[ -f "$dir/lora-valid.safetensors" ] || go run ./scripts/malicious "$dir"
+[ -f "$dir/reward-1gib-valid.toml" ] || go run ./scripts/malicious "$dir"
 cfg=configs/tiny-ocr.toml
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -55,6 +55,9 @@ cases=(
   "ONNX: external data via a symlink out of the folder|models inspect $dir/onnx/external-symlink.onnx"
   "ONNX: a 4.5 GiB initializer in external data (sparse)|models inspect $dir/onnx/external-huge.onnx"
   "ONNX: 3 GiB .onnx file (sparse)|models inspect $dir/onnx/sparse-3gib.onnx"
+  "reward: onnx-scalar, 1 GiB weights (sparse), input fits|rewards score --config $dir/reward-1gib-valid.toml --any-size --image $dir/image-valid.png"
+  "reward: the same, config wants 224×224, graph declares 64×64|rewards score --config $dir/reward-1gib-mismatch.toml --any-size --image $dir/image-valid.png"
+  "reward: PP-OCRv4 rec (x [N,3,48,W]) asked for 224×224|rewards score --config $dir/reward-ocr-mismatch.toml --any-size --image $dir/image-valid.png"
 )
 echo "| case | exit | last line printed | peak RSS | wall |"
 echo "|---|---|---|---|---|"

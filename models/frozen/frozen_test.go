@@ -224,12 +224,8 @@ func TestTextEncoderOpenErrors(t *testing.T) {
 			`max_length: got 77, want 48 (tokenizer "chars" makes 48 ids per prompt)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			path := writeGraph(t, tc.build)
 			tc.opts.Runtime = rt
-			_, err := OpenTextEncoder(path, tc.opts)
-			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), path) {
-				t.Fatalf("error %v, want one naming %s and containing %q", err, path, tc.want)
-			}
+			checkOpenError(t, tc.build, tc.want, func(path string) error { _, err := OpenTextEncoder(path, tc.opts); return err })
 		})
 	}
 	_, err := OpenTextEncoder(filepath.Join(t.TempDir(), "missing.onnx"), TextEncoderOptions{Runtime: rt})
@@ -357,12 +353,39 @@ func TestVAEOpenErrors(t *testing.T) {
 		}, VAEOptions{}, `no input "latent" (want float32 [?,?,?,?]; graph inputs: z)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			path := writeGraph(t, tc.build)
 			tc.opts.Runtime = rt
-			_, err := OpenVAEDecoder(path, tc.opts)
-			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), path) {
-				t.Fatalf("error %v, want one naming %s and containing %q", err, path, tc.want)
-			}
+			checkOpenError(t, tc.build, tc.want, func(path string) error { _, err := OpenVAEDecoder(path, tc.opts); return err })
 		})
+	}
+	// ONNX Runtime refuses the unloadable graphs: the errors above came before it read them.
+	path := writeGraph(t, unloadable(func(g *onnx.Graph) {
+		x := g.Input(LatentInput, onnx.Float32, append([]onnx.Dim{b}, onnx.Fixed(3, 2, 2)...)...)
+		g.Node("Identity", []string{x}, []string{ImageOutput})
+		g.Output(ImageOutput, onnx.Float32, append([]onnx.Dim{b}, onnx.Fixed(3, 2, 2)...)...)
+	}))
+	if _, err := OpenVAEDecoder(path, VAEOptions{Runtime: rt}); err == nil || !strings.Contains(err.Error(), "NoSuchOp") {
+		t.Errorf("a fitting graph ONNX Runtime cannot load: error %v, want ONNX Runtime's naming NoSuchOp", err)
+	}
+}
+
+// checkOpenError checks that open refuses the graph build makes with an error naming the file
+// and containing want — also when the graph holds an operator ONNX Runtime cannot load, so
+// the check ran before ONNX Runtime read the file.
+func checkOpenError(t *testing.T, build func(g *onnx.Graph), want string, open func(path string) error) {
+	t.Helper()
+	for _, b := range []func(g *onnx.Graph){build, unloadable(build)} {
+		path := writeGraph(t, b)
+		if err := open(path); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), path) {
+			t.Fatalf("error %v, want one naming %s and containing %q", err, path, want)
+		}
+	}
+}
+
+// unloadable adds a node of an operator ONNX Runtime does not know to the graph build makes, so
+// that a test sees whether a check ran before ONNX Runtime read the file.
+func unloadable(build func(g *onnx.Graph)) func(g *onnx.Graph) {
+	return func(g *onnx.Graph) {
+		build(g)
+		g.Node("NoSuchOp", []string{g.Inputs[0].Name}, []string{"unloadable"})
 	}
 }

@@ -69,6 +69,8 @@ type sd3Session struct {
 	path string
 	sess *onnxrt.Session
 	tok  *tokenizers.Tokenizer
+	// inputs and outputs are what the graph declares, read from its file.
+	inputs, outputs []onnxrt.TensorInfo
 }
 
 // OpenSD3TextEncoder opens the three graphs and tokenizers and checks every declared input
@@ -96,8 +98,10 @@ func OpenSD3TextEncoder(opts SD3TextEncoderOptions) (*SD3TextEncoder, error) {
 			e.Close()
 		}
 	}()
+	// Every graph's declared tensors are checked from its file, alone and against the others,
+	// before ONNX Runtime reads any of them.
 	for i, part := range opts.CLIP {
-		s, err := e.open(part, tokenizers.CLIP, opts.Runtime)
+		s, err := inspectPart(part, tokenizers.CLIP, opts.Runtime)
 		if err != nil {
 			return nil, err
 		}
@@ -113,16 +117,26 @@ func OpenSD3TextEncoder(opts SD3TextEncoderOptions) (*SD3TextEncoder, error) {
 		return nil, fmt.Errorf("open SD3 text encoder: CLIP widths %d + %d exceed the joint attention dim %d", e.hidden[0], e.hidden[1], e.width)
 	}
 	e.pooled = e.proj[0] + e.proj[1]
+	parts := []*sd3Session{&e.clip[0], &e.clip[1]}
 	if opts.T5 != nil {
-		s, err := e.open(*opts.T5, tokenizers.T5, opts.Runtime)
+		s, err := inspectPart(*opts.T5, tokenizers.T5, opts.Runtime)
 		if err != nil {
+			return nil, err
+		}
+		if err := checkT5(s, e.width); err != nil {
 			return nil, err
 		}
 		e.t5 = &s
 		e.t5Len = s.tok.MaxLength()
-		if err := checkT5(s, e.width); err != nil {
-			return nil, err
+		parts = append(parts, e.t5)
+	}
+	for _, s := range parts {
+		sess, err := onnxrt.Open(s.path, opts.Runtime)
+		if err != nil {
+			return nil, fmt.Errorf("open SD3 text encoder: %w", err)
 		}
+		s.sess = sess
+		e.closers = append(e.closers, sess)
 	}
 	perPrompt := int64(4 * ((77+e.t5Len)*e.width + e.pooled))
 	e.cache = newPromptCache(int(max(1, opts.CacheBytes/perPrompt)))
@@ -130,35 +144,35 @@ func OpenSD3TextEncoder(opts SD3TextEncoderOptions) (*SD3TextEncoder, error) {
 	return e, nil
 }
 
-func (e *SD3TextEncoder) open(part SD3Part, kind tokenizers.Kind, rt onnxrt.Config) (sd3Session, error) {
+// inspectPart loads part's tokenizer and reads the tensors its graph declares from the file.
+func inspectPart(part SD3Part, kind tokenizers.Kind, rt onnxrt.Config) (sd3Session, error) {
 	tok, err := tokenizers.Load(part.Tokenizer, kind, part.MaxLength)
 	if err != nil {
 		return sd3Session{}, fmt.Errorf("open SD3 text encoder: %w", err)
 	}
-	sess, err := onnxrt.Open(part.Model, rt)
-	if err != nil {
+	s := sd3Session{path: part.Model, tok: tok}
+	if s.inputs, s.outputs, err = onnxrt.Inspect(part.Model, rt); err != nil {
 		return sd3Session{}, fmt.Errorf("open SD3 text encoder: %w", err)
 	}
-	e.closers = append(e.closers, sess)
-	return sd3Session{path: part.Model, sess: sess, tok: tok}, nil
+	return s, nil
 }
 
 // checkCLIP checks a CLIP graph and returns its hidden and projection widths (0 where dynamic).
 func checkCLIP(s sd3Session) (hidden, proj int, err error) {
 	const what = "CLIP text encoder"
 	l := int64(s.tok.MaxLength())
-	in, err := checkDeclared(what, s.path, s.sess.Inputs(), tensorWant{"input", InputIDs, "int64", []int64{-1, l}})
+	in, err := checkDeclared(what, s.path, s.inputs, tensorWant{"input", InputIDs, "int64", []int64{-1, l}})
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := checkOnlyInputs(what, s.path, s.sess.Inputs(), InputIDs); err != nil {
+	if err := checkOnlyInputs(what, s.path, s.inputs, InputIDs); err != nil {
 		return 0, 0, err
 	}
-	h, err := checkDeclared(what, s.path, s.sess.Outputs(), tensorWant{"output", CLIPHiddenStates, "float32", []int64{in.Dims[0], l, -1}})
+	h, err := checkDeclared(what, s.path, s.outputs, tensorWant{"output", CLIPHiddenStates, "float32", []int64{in.Dims[0], l, -1}})
 	if err != nil {
 		return 0, 0, err
 	}
-	p, err := checkDeclared(what, s.path, s.sess.Outputs(), tensorWant{"output", CLIPTextEmbeds, "float32", []int64{in.Dims[0], -1}})
+	p, err := checkDeclared(what, s.path, s.outputs, tensorWant{"output", CLIPTextEmbeds, "float32", []int64{in.Dims[0], -1}})
 	if err != nil {
 		return 0, 0, err
 	}
@@ -171,14 +185,14 @@ func checkCLIP(s sd3Session) (hidden, proj int, err error) {
 
 func checkT5(s sd3Session, width int) error {
 	const what = "T5 text encoder"
-	in, err := checkDeclared(what, s.path, s.sess.Inputs(), tensorWant{"input", InputIDs, "int64", []int64{-1, int64(s.tok.MaxLength())}})
+	in, err := checkDeclared(what, s.path, s.inputs, tensorWant{"input", InputIDs, "int64", []int64{-1, int64(s.tok.MaxLength())}})
 	if err != nil {
 		return err
 	}
-	if err := checkOnlyInputs(what, s.path, s.sess.Inputs(), InputIDs); err != nil {
+	if err := checkOnlyInputs(what, s.path, s.inputs, InputIDs); err != nil {
 		return err
 	}
-	_, err = checkDeclared(what, s.path, s.sess.Outputs(), tensorWant{"output", T5HiddenState, "float32",
+	_, err = checkDeclared(what, s.path, s.outputs, tensorWant{"output", T5HiddenState, "float32",
 		[]int64{in.Dims[0], int64(s.tok.MaxLength()), int64(width)}})
 	return err
 }

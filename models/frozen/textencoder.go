@@ -105,33 +105,36 @@ func OpenTextEncoder(path string, opts TextEncoderOptions) (*TextEncoder, error)
 	if opts.BatchSize < 1 || opts.CacheSize < 1 {
 		return nil, fmt.Errorf("open text encoder %s: batch size %d, cache size %d: want >= 1", path, opts.BatchSize, opts.CacheSize)
 	}
-	sess, err := onnxrt.Open(path, opts.Runtime)
+	// The declared tensors are checked from the file before ONNX Runtime reads it.
+	ins, outs, err := onnxrt.Inspect(path, opts.Runtime)
 	if err != nil {
 		return nil, fmt.Errorf("open text encoder: %w", err)
 	}
-	e := &TextEncoder{path: path, sess: sess, tok: tok, batch: opts.BatchSize, cache: newPromptCache(opts.CacheSize)}
-	if err := e.check(); err != nil {
-		sess.Close()
+	e := &TextEncoder{path: path, tok: tok, batch: opts.BatchSize, cache: newPromptCache(opts.CacheSize)}
+	if err := e.check(ins, outs); err != nil {
 		return nil, err
+	}
+	if e.sess, err = onnxrt.Open(path, opts.Runtime); err != nil {
+		return nil, fmt.Errorf("open text encoder: %w", err)
 	}
 	return e, nil
 }
 
-func (e *TextEncoder) check() error {
+func (e *TextEncoder) check(inputs, outputs []onnxrt.TensorInfo) error {
 	const what = "text encoder"
 	l := int64(e.tok.Length)
-	in, err := checkDeclared(what, e.path, e.sess.Inputs(), tensorWant{"input", InputIDs, "int64", []int64{-1, l}})
+	in, err := checkDeclared(what, e.path, inputs, tensorWant{"input", InputIDs, "int64", []int64{-1, l}})
 	if err != nil {
 		return err
 	}
-	if err := checkOnlyInputs(what, e.path, e.sess.Inputs(), InputIDs); err != nil {
+	if err := checkOnlyInputs(what, e.path, inputs, InputIDs); err != nil {
 		return err
 	}
-	emb, err := checkDeclared(what, e.path, e.sess.Outputs(), tensorWant{"output", PromptEmbeds, "float32", []int64{in.Dims[0], l, -1}})
+	emb, err := checkDeclared(what, e.path, outputs, tensorWant{"output", PromptEmbeds, "float32", []int64{in.Dims[0], l, -1}})
 	if err != nil {
 		return err
 	}
-	pooled, err := checkDeclared(what, e.path, e.sess.Outputs(), tensorWant{"output", PooledPromptEmbeds, "float32", []int64{in.Dims[0], -1}})
+	pooled, err := checkDeclared(what, e.path, outputs, tensorWant{"output", PooledPromptEmbeds, "float32", []int64{in.Dims[0], -1}})
 	if err != nil {
 		return err
 	}

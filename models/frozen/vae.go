@@ -66,39 +66,41 @@ func OpenVAEDecoder(path string, opts VAEOptions) (*VAEDecoder, error) {
 	if opts.LatentShape != nil && len(opts.LatentShape) != 3 {
 		return nil, fmt.Errorf("open VAE decoder %s: latent shape %v, want [C,h,w]", path, opts.LatentShape)
 	}
-	sess, err := onnxrt.Open(path, opts.Runtime)
+	if opts.ScalingFactor < 0 || math.IsNaN(opts.ScalingFactor) {
+		return nil, fmt.Errorf("open VAE decoder %s: scaling factor %g, want > 0 (or 0 for none)", path, opts.ScalingFactor)
+	}
+	// The declared tensors are checked from the file before ONNX Runtime reads it.
+	ins, outs, err := onnxrt.Inspect(path, opts.Runtime)
 	if err != nil {
 		return nil, fmt.Errorf("open VAE decoder: %w", err)
 	}
-	if opts.ScalingFactor < 0 || math.IsNaN(opts.ScalingFactor) {
-		sess.Close()
-		return nil, fmt.Errorf("open VAE decoder %s: scaling factor %g, want > 0 (or 0 for none)", path, opts.ScalingFactor)
-	}
-	d := &VAEDecoder{path: path, sess: sess, batch: opts.BatchSize}
+	d := &VAEDecoder{path: path, batch: opts.BatchSize}
 	if opts.ScalingFactor > 0 {
 		d.scale, d.shift = float32(opts.ScalingFactor), float32(opts.ShiftFactor)
 	}
-	if err := d.check(opts.LatentShape); err != nil {
-		sess.Close()
+	if err := d.check(ins, outs, opts.LatentShape); err != nil {
 		return nil, err
+	}
+	if d.sess, err = onnxrt.Open(path, opts.Runtime); err != nil {
+		return nil, fmt.Errorf("open VAE decoder: %w", err)
 	}
 	return d, nil
 }
 
-func (d *VAEDecoder) check(latentShape []int) error {
+func (d *VAEDecoder) check(inputs, outputs []onnxrt.TensorInfo, latentShape []int) error {
 	const what = "VAE decoder"
 	wantLatent := []int64{-1, -1, -1, -1}
 	for i, v := range latentShape {
 		wantLatent[i+1] = int64(v)
 	}
-	in, err := checkDeclared(what, d.path, d.sess.Inputs(), tensorWant{"input", LatentInput, "float32", wantLatent})
+	in, err := checkDeclared(what, d.path, inputs, tensorWant{"input", LatentInput, "float32", wantLatent})
 	if err != nil {
 		return err
 	}
-	if err := checkOnlyInputs(what, d.path, d.sess.Inputs(), LatentInput); err != nil {
+	if err := checkOnlyInputs(what, d.path, inputs, LatentInput); err != nil {
 		return err
 	}
-	out, err := checkDeclared(what, d.path, d.sess.Outputs(), tensorWant{"output", ImageOutput, "float32", []int64{in.Dims[0], 3, -1, -1}})
+	out, err := checkDeclared(what, d.path, outputs, tensorWant{"output", ImageOutput, "float32", []int64{in.Dims[0], 3, -1, -1}})
 	if err != nil {
 		return err
 	}

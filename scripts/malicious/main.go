@@ -48,7 +48,7 @@ func run(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	steps := []func(string) error{adapters, checkpoints, images, onnxFiles}
+	steps := []func(string) error{adapters, checkpoints, images, onnxFiles, rewardFiles}
 	for _, step := range steps {
 		if err := step(dir); err != nil {
 			return err
@@ -348,4 +348,47 @@ func onnxFiles(dir string) error {
 		return err
 	}
 	return os.Truncate(big, 3<<30)
+}
+
+// rewardFiles writes an onnx-scalar reward, score = mean(pixels) + sum(w), whose weight w is
+// 1 GiB of external data (sparse) that ONNX Runtime reads when it opens the model, with two
+// reward configs: one that fits it ([reward.image] size = [64, 64]) and one whose declared
+// input does not ([224, 224]). A third config asks the PP-OCRv4 recogniser of the setup cache
+// (x [N,3,48,W]) for 224×224 images.
+func rewardFiles(dir string) error {
+	sub := filepath.Join(dir, "onnx")
+	const n = 1 << 28
+	g := onnx.NewGraph("big_reward")
+	x := g.Input("pixel_values", onnx.Float32, onnx.Sym("batch"), onnx.Fixed(3)[0], onnx.Fixed(64)[0], onnx.Fixed(64)[0])
+	w := g.Initializer(onnx.Tensor{Name: "w", DType: onnx.Float32, Shape: []int64{n}, External: &onnx.ExternalData{Location: "reward-1gib.bin", Length: 4 * n}})
+	m := g.Op("ReduceMean", []string{x}, onnx.AttrInts("axes", 1, 2, 3), onnx.AttrInt("keepdims", 0))
+	sum := g.Op("ReduceSum", []string{w}, onnx.AttrInt("keepdims", 0))
+	g.Node("Add", []string{m, sum}, []string{"score"})
+	g.Output("score", onnx.Float32, onnx.Sym("batch"))
+	if err := (&onnx.Model{Graph: g}).WriteFile(filepath.Join(sub, "reward-1gib.onnx")); err != nil {
+		return err
+	}
+	bin := filepath.Join(sub, "reward-1gib.bin")
+	if err := os.WriteFile(bin, nil, 0o644); err != nil {
+		return err
+	}
+	if err := os.Truncate(bin, 4*n); err != nil {
+		return err
+	}
+	reward := func(name, model, input string, size int) error {
+		doc := fmt.Sprintf("[[reward]]\nname = \"scalar\"\nkind = \"onnx-scalar\"\nmodel = %q\n"+
+			"[reward.image]\ninput = %q\nsize = [%d, %d]\n", model, input, size, size)
+		return os.WriteFile(filepath.Join(dir, name), []byte(doc), 0o644)
+	}
+	if err := reward("reward-1gib-valid.toml", "onnx/reward-1gib.onnx", "pixel_values", 64); err != nil {
+		return err
+	}
+	if err := reward("reward-1gib-mismatch.toml", "onnx/reward-1gib.onnx", "pixel_values", 224); err != nil {
+		return err
+	}
+	rec, err := filepath.Abs(".cache/ocr/ch_PP-OCRv4_rec_infer.onnx")
+	if err != nil {
+		return err
+	}
+	return reward("reward-ocr-mismatch.toml", rec, "x", 224)
 }
