@@ -28,7 +28,7 @@ fi
 cp -r "$dir/run-valid" "$dir/run-sparse-1gib" "$out/"
 
 sample=(sample --config "$cfg" --prompt K4RT --steps 1 --out "$out/s.png")
-score=(rewards score --config "$cfg" --prompt K4RT)
+score=(rewards score --config "$cfg" --prompt K4RT --any-size)
 export_vae=(export-models --config "$cfg" --set "vae.decoder=$out/vae.onnx" --set "text_encoder.model=$out/te.onnx")
 cases=(
   "LoRA: valid (rank 8, 134 KB)|${sample[*]} --lora $dir/lora-valid.safetensors"
