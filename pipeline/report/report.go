@@ -156,7 +156,7 @@ func pairedChart(runs []*Run, metrics []string) *lineChart {
 	c := &lineChart{xLabel: runfiles.KeyEpoch, integerX: true, title: strings.Join(metrics, " and ") + " vs epoch (dashed: " + strings.Join(metrics[1:], ", ") + ")"}
 	for i, r := range runs {
 		for j, m := range metrics {
-			s := series{label: r.Label() + " · " + m, color: runColor(i), dash: j > 0}
+			s := series{label: r.Label() + ", " + m, color: runColor(i), dash: j > 0}
 			for _, e := range r.Epochs {
 				if y, ok := e.Value(m); ok {
 					s.x, s.y = append(s.x, float64(e.Epoch)), append(s.y, y)
