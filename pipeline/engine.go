@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/densegrpo/densegrpo/exporters/transformer"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
@@ -20,6 +21,9 @@ type engineSet struct {
 	latent []int
 	// graph is the GoMLX engine of the adapted policy, built once: it reads the weights live.
 	graph *rl.GraphEngine
+	// externalAbove, if not 0, replaces the constant externalAbove (tests force the export
+	// through external data with 1).
+	externalAbove int64
 }
 
 // flow returns the policy as an rl.Flow for its current weights — with the adapters, or the
@@ -42,21 +46,32 @@ func (s *engineSet) flow(withLoRA bool) (rl.Flow, func(), error) {
 		f.Engine = eng
 		return f, func() {}, nil
 	}
-	weights := s.policy.Model.MergedTensors
-	what := "policy"
+	weights, what := s.policy.Model.MergedTensor, "policy"
 	if !withLoRA {
-		weights, what = s.policy.Model.BaseTensors, "KL reference"
+		weights, what = s.policy.Model.BaseTensor, "KL reference"
 	}
-	ts, err := weights(s.policy.Ctx)
-	if err != nil {
-		return rl.Flow{}, nil, err
-	}
-	eng, err := newONNXEngine(s.cfg, s.policy, s.latent, ts)
+	w := func(key string) (safetensors.Tensor, error) { return weights(s.policy.Ctx, key) }
+	eng, err := newONNXEngine(s.cfg, s.policy, s.latent, w, s.external())
 	if err != nil {
 		return rl.Flow{}, nil, fmt.Errorf("pipeline.inference_engine %q: %s: %w", s.cfg.Pipeline.InferenceEngine, what, err)
 	}
 	f.Engine = eng
 	return f, func() { eng.sess.Close() }, nil
+}
+
+// externalAbove is the size of the policy's weights, in bytes, past which its ONNX export is
+// written to a file with the weights in external data rather than built in memory: protobuf
+// refuses messages of 2 GiB, and this leaves room for the graph. SD3.5-M (9 GB in float32)
+// is past it, the tiny models far below.
+const externalAbove = 1 << 30
+
+// external reports whether the policy's export goes through a file with external data.
+func (s *engineSet) external() bool {
+	limit := int64(externalAbove)
+	if s.externalAbove != 0 {
+		limit = s.externalAbove
+	}
+	return int64(4*s.policy.Model.Config.NumParams()) > limit
 }
 
 // onnxEngine is the rl.Engine of the policy's model exported to ONNX Runtime
@@ -66,19 +81,46 @@ type onnxEngine struct {
 	latent []int
 }
 
-// newONNXEngine exports the policy's model with the weights ts (checkpoint keys) and opens it.
-func newONNXEngine(cfg Config, policy *Policy, latent []int, ts map[string]safetensors.Tensor) (*onnxEngine, error) {
-	model, err := transformer.Model(policy.Model.Config, latent, ts)
-	if err != nil {
-		return nil, err
+// newONNXEngine exports the policy's model with the weights w (read one tensor at a time) and
+// opens it: built in memory, or (external) written with its weights in external data to a
+// temporary folder under $TMPDIR, which is removed once ONNX Runtime has opened the model (it
+// has read or mapped the weights by then).
+func newONNXEngine(cfg Config, policy *Policy, latent []int, w transformer.Weights, external bool) (*onnxEngine, error) {
+	oc := cfg.ONNX
+	// onnx.max_model_mb guards against files from outside; this export is the program's own.
+	limit := oc.MaxModelMB
+	if limit == 0 {
+		limit = onnxrt.DefaultMaxModelMB
 	}
-	data, err := model.Marshal()
-	if err != nil {
-		return nil, fmt.Errorf("export velocity: %w", err)
+	if need := 4*policy.Model.Config.NumParams()>>20 + 64; need > limit {
+		oc.MaxModelMB = need
 	}
-	sess, err := onnxrt.OpenBytes("policy velocity (exported)", data, cfg.ONNX)
-	if err != nil {
-		return nil, err
+	var sess *onnxrt.Session
+	if external {
+		dir, err := os.MkdirTemp("", "densegrpo-velocity-*")
+		if err != nil {
+			return nil, fmt.Errorf("export velocity: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		path, err := transformer.WriteExternal(dir, policy.Model.Config, latent, w)
+		if err != nil {
+			return nil, err
+		}
+		if sess, err = onnxrt.Open(path, oc); err != nil {
+			return nil, err
+		}
+	} else {
+		model, err := transformer.Model(policy.Model.Config, latent, w, nil)
+		if err != nil {
+			return nil, err
+		}
+		data, err := model.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("export velocity: %w", err)
+		}
+		if sess, err = onnxrt.OpenBytes("policy velocity (exported)", data, oc); err != nil {
+			return nil, err
+		}
 	}
 	return &onnxEngine{sess: sess, latent: latent}, nil
 }

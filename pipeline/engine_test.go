@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -50,11 +52,18 @@ func TestInferenceEnginesAgree(t *testing.T) {
 				t.Fatal(err)
 			}
 			latent := f.VAE.LatentShape()
-			flows := map[Engine][2]rl.Flow{} // [policy, KL reference]
-			for _, e := range Engines {
+			type variant struct {
+				name   string
+				engine Engine
+				// externalAbove forces the ONNX export through a file with external data.
+				externalAbove int64
+			}
+			flows := map[string][2]rl.Flow{} // [policy, KL reference]
+			variants := []variant{{"gomlx", EngineGoMLX, 0}, {"onnx", EngineONNX, 0}, {"onnx with external data", EngineONNX, 1}}
+			for _, v := range variants {
 				c := cfg
-				c.Pipeline.InferenceEngine = e
-				set := &engineSet{cfg: c, policy: policy, latent: latent}
+				c.Pipeline.InferenceEngine = v.engine
+				set := &engineSet{cfg: c, policy: policy, latent: latent, externalAbove: v.externalAbove}
 				pol, closePol, err := set.flow(true)
 				if err != nil {
 					t.Fatal(err)
@@ -65,82 +74,109 @@ func TestInferenceEnginesAgree(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer closeRef()
-				flows[e] = [2]rl.Flow{pol, ref}
+				flows[v.name] = [2]rl.Flow{pol, ref}
+				if v.externalAbove == 0 {
+					continue
+				}
+				// The export went through a file, whose folder is gone by now: the sessions
+				// run from what ONNX Runtime read or mapped when it opened them.
+				for _, f := range []rl.Flow{pol, ref} {
+					path := f.Engine.(*onnxEngine).sess.Path()
+					if filepath.Base(path) != "model.onnx" {
+						t.Fatalf("%s: session of %q, want one opened from a model.onnx with external data", v.name, path)
+					}
+					if _, err := os.Stat(filepath.Dir(path)); !os.IsNotExist(err) {
+						t.Fatalf("%s: export folder %s still there (%v)", v.name, filepath.Dir(path), err)
+					}
+				}
 			}
-			if _, ok := flows[cfg.Pipeline.InferenceEngine][0].Engine.(*onnxEngine); !ok {
-				t.Fatalf("default pipeline.inference_engine gave %T, want the ONNX engine", flows[cfg.Pipeline.InferenceEngine][0].Engine)
+			if set := (&engineSet{cfg: cfg, policy: policy, latent: latent}); set.external() {
+				t.Fatalf("the test model (%d parameters) is exported with external data by default", policy.Model.Config.NumParams())
 			}
-			onnx, gomlx := flows[EngineONNX], flows[EngineGoMLX]
+			if _, ok := flows["onnx"][0].Engine.(*onnxEngine); !ok || cfg.Pipeline.InferenceEngine != EngineONNX {
+				t.Fatalf("default pipeline.inference_engine %q gave %T, want the ONNX engine", cfg.Pipeline.InferenceEngine, flows["onnx"][0].Engine)
+			}
+			gomlx := flows["gomlx"]
 			cond, err := policy.Condition(ctx, f.TextEncoder, []string{`a sign "AB"`, `"XYZ" on a wall`}, Guidance(cfg))
 			if err != nil {
 				t.Fatal(err)
 			}
-			size := latent[0] * latent[1] * latent[2]
-			var paths []rl.ODEPath
-			for i, from := range []int{0, 2, 0, 5, 3} { // 6, 4, 6, 1 and 3 Euler steps
-				paths = append(paths, rl.ODEPath{Prompt: i % 2, X: rl.InitialNoise(9, i, size), Sigmas: sched.Sigmas[from:]})
-			}
-			want, err := gomlx[0].IntegrateODE(ctx, cond, paths, 2)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := onnx[0].IntegrateODE(ctx, cond, paths, 2)
-			if err != nil {
-				t.Fatal(err)
-			}
-			maxDiff := 0.0
-			for i := range paths {
-				maxDiff = math.Max(maxDiff, checkEngines(t, fmt.Sprintf("path %d", i), got[i], want[i]))
-				moved := 0.0
-				for j := range want[i] {
-					moved = math.Max(moved, math.Abs(float64(want[i][j]-paths[i].X[j])))
-				}
-				if moved < 1e-3 {
-					t.Fatalf("path %d: the ODE left x nearly unchanged (max move %g): the test would not see a wrong velocity", i, moved)
-				}
-			}
-			t.Logf("ODE: max |ONNX − GoMLX| = %.2g over %d paths", maxDiff, len(paths))
-
-			sampler, err := rl.NewSampler(policy.Backend, sched, rl.SamplerConfig{
-				Kind: rl.KindCPS, NoiseLevel: 0.8, GroupSize: 3, LatentShape: latent,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			want2, err := sampler.Rollout(ctx, gomlx[0], cond, 5)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got2, err := sampler.Rollout(ctx, onnx[0], cond, 5)
-			if err != nil {
-				t.Fatal(err)
-			}
-			maxDiff = 0
-			for k := range want2.LogProb {
-				maxDiff = math.Max(maxDiff, checkEngines(t, fmt.Sprintf("rollout x_%d", k+1), got2.X[k+1], want2.X[k+1]))
-				maxDiff = math.Max(maxDiff, checkEngines(t, fmt.Sprintf("rollout logp step %d", k), got2.LogProb[k], want2.LogProb[k]))
-			}
-			t.Logf("rollout: max |ONNX − GoMLX| = %.2g over %d steps", maxDiff, len(want2.LogProb))
-
-			// The KL reference exported from the base weights is the model without adapters.
-			steps := sched.Steps()
-			if err := want2.AddReference(ctx, gomlx[1], cond, steps); err != nil {
-				t.Fatal(err)
-			}
-			if err := got2.AddReference(ctx, onnx[1], cond, steps); err != nil {
-				t.Fatal(err)
-			}
-			for k := range steps {
-				v, err := onnx[1].Velocity(ctx, cond, want2.X[k], repeat(sched.Sigmas[k], want2.Len()), want2.Prompts)
-				if err != nil {
-					t.Fatal(err)
-				}
-				checkEngines(t, fmt.Sprintf("reference velocity step %d", k), v, want2.VRef[k])
-				if k == 0 && slices.Equal(v, want2.V[0]) {
-					t.Fatal("the reference velocity equals the adapted one: the test's adapters do nothing")
-				}
+			for _, v := range variants[1:] {
+				t.Logf("%s against gomlx", v.name)
+				compareEngines(t, ctx, policy, sched, latent, cond, flows[v.name], gomlx)
 			}
 		})
+	}
+}
+
+// compareEngines checks the ONNX flows (policy, KL reference) against the GoMLX ones: ODE
+// paths, a CPS rollout and the reference velocities.
+func compareEngines(t *testing.T, ctx context.Context, policy *Policy, sched rl.Schedule, latent []int, cond rl.Conditioning, onnx, gomlx [2]rl.Flow) {
+	t.Helper()
+	size := latent[0] * latent[1] * latent[2]
+	var paths []rl.ODEPath
+	for i, from := range []int{0, 2, 0, 5, 3} { // 6, 4, 6, 1 and 3 Euler steps
+		paths = append(paths, rl.ODEPath{Prompt: i % 2, X: rl.InitialNoise(9, i, size), Sigmas: sched.Sigmas[from:]})
+	}
+	want, err := gomlx[0].IntegrateODE(ctx, cond, paths, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := onnx[0].IntegrateODE(ctx, cond, paths, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxDiff := 0.0
+	for i := range paths {
+		maxDiff = math.Max(maxDiff, checkEngines(t, fmt.Sprintf("path %d", i), got[i], want[i]))
+		moved := 0.0
+		for j := range want[i] {
+			moved = math.Max(moved, math.Abs(float64(want[i][j]-paths[i].X[j])))
+		}
+		if moved < 1e-3 {
+			t.Fatalf("path %d: the ODE left x nearly unchanged (max move %g): the test would not see a wrong velocity", i, moved)
+		}
+	}
+	t.Logf("ODE: max |ONNX − GoMLX| = %.2g over %d paths", maxDiff, len(paths))
+
+	sampler, err := rl.NewSampler(policy.Backend, sched, rl.SamplerConfig{
+		Kind: rl.KindCPS, NoiseLevel: 0.8, GroupSize: 3, LatentShape: latent,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want2, err := sampler.Rollout(ctx, gomlx[0], cond, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got2, err := sampler.Rollout(ctx, onnx[0], cond, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxDiff = 0
+	for k := range want2.LogProb {
+		maxDiff = math.Max(maxDiff, checkEngines(t, fmt.Sprintf("rollout x_%d", k+1), got2.X[k+1], want2.X[k+1]))
+		maxDiff = math.Max(maxDiff, checkEngines(t, fmt.Sprintf("rollout logp step %d", k), got2.LogProb[k], want2.LogProb[k]))
+	}
+	t.Logf("rollout: max |ONNX − GoMLX| = %.2g over %d steps", maxDiff, len(want2.LogProb))
+
+	// The KL reference exported from the base weights is the model without adapters.
+	steps := sched.Steps()
+	if err := want2.AddReference(ctx, gomlx[1], cond, steps); err != nil {
+		t.Fatal(err)
+	}
+	if err := got2.AddReference(ctx, onnx[1], cond, steps); err != nil {
+		t.Fatal(err)
+	}
+	for k := range steps {
+		v, err := onnx[1].Velocity(ctx, cond, want2.X[k], repeat(sched.Sigmas[k], want2.Len()), want2.Prompts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkEngines(t, fmt.Sprintf("reference velocity step %d", k), v, want2.VRef[k])
+		if k == 0 && slices.Equal(v, want2.V[0]) {
+			t.Fatal("the reference velocity equals the adapted one: the test's adapters do nothing")
+		}
 	}
 }
 

@@ -4,9 +4,10 @@
 // look inside ONNX files.
 //
 // The subset covers what inference graphs need: tensors of numeric element types stored as
-// raw little-endian data, graph inputs and outputs with fixed or symbolic dims, and nodes with
-// int, float, string, tensor and list attributes. Sub-graphs (If, Loop, Scan), sparse tensors,
-// external data and training information are outside it.
+// raw little-endian data, in the model or in an external-data file beside it (ExternalWriter,
+// for models past protobuf's 2 GiB), graph inputs and outputs with fixed or symbolic dims, and
+// nodes with int, float, string, tensor and list attributes. Sub-graphs (If, Loop, Scan),
+// sparse tensors and training information are outside it.
 //
 // Building is cheap and never fails on its own; every consistency check (names defined before
 // use, unique definitions, outputs produced, data sizes) happens once in Model.Marshal, which

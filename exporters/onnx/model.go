@@ -53,8 +53,8 @@ func (m *Model) opset() int64 {
 	return m.Opset
 }
 
-// maxProtoSize is protobuf's 2 GiB message limit; larger models need external data, which
-// this package does not write.
+// maxProtoSize is protobuf's 2 GiB message limit; larger models keep their weights in
+// external data (ExternalWriter).
 const maxProtoSize = 1<<31 - 1
 
 // Marshal validates the model and encodes it as an ONNX ModelProto. The encoding is
@@ -65,7 +65,7 @@ func (m *Model) Marshal() ([]byte, error) {
 	}
 	b := encodeModel(m)
 	if len(b) > maxProtoSize {
-		return nil, fmt.Errorf("marshal ONNX model %q: %d bytes exceed protobuf's 2 GiB limit", m.Graph.Name, len(b))
+		return nil, fmt.Errorf("marshal ONNX model %q: %d bytes exceed protobuf's 2 GiB limit (write its weights as external data)", m.Graph.Name, len(b))
 	}
 	return b, nil
 }

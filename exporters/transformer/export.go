@@ -17,10 +17,15 @@ package transformer
 
 import (
 	"fmt"
+	"io"
 	"math"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"slices"
 
 	"github.com/densegrpo/densegrpo/exporters/onnx"
+	"github.com/densegrpo/densegrpo/internal/atomicfile"
 	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 )
@@ -34,20 +39,29 @@ const (
 	OutputVelocity    = "sample"
 )
 
+// Weights gives the exporter one tensor by checkpoint key (each key of the config's Params()
+// is asked for once, as the graph is built), so a caller reading weights from a live model
+// never holds a second copy of all of them.
+type Weights func(key string) (safetensors.Tensor, error)
+
+// MapWeights serves tensors held in a map.
+func MapWeights(ts map[string]safetensors.Tensor) Weights {
+	return func(key string) (safetensors.Tensor, error) {
+		t, ok := ts[key]
+		if !ok {
+			return safetensors.Tensor{}, fmt.Errorf("missing tensor %q", key)
+		}
+		return t, nil
+	}
+}
+
 // Model builds the velocity graph of an MMDiT of config cfg for latents of shape latent
-// ([C, H, W]) from tensors keyed by checkpoint key, every key of cfg.Params() with its shape.
-func Model(cfg mmdit.Config, latent []int, ts map[string]safetensors.Tensor) (*onnx.Model, error) {
+// ([C, H, W]) with weights from w. With ext nil every weight is held in the model (the
+// protobuf file is then limited to 2 GiB); otherwise each weight of 1 KiB or more is written
+// to ext's file as soon as it is made and the model keeps only its location (WriteExternal).
+func Model(cfg mmdit.Config, latent []int, w Weights, ext *onnx.ExternalWriter) (*onnx.Model, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("export transformer: %w", err)
-	}
-	for _, p := range cfg.Params() {
-		t, ok := ts[p.Key]
-		if !ok {
-			return nil, fmt.Errorf("export transformer: missing tensor %q (want %v)", p.Key, p.Shape)
-		}
-		if !slices.Equal(t.Shape, p.Shape) || len(t.Data) != t.NumElements() {
-			return nil, fmt.Errorf("export transformer: tensor %q: shape %v with %d values, want %v", p.Key, t.Shape, len(t.Data), p.Shape)
-		}
 	}
 	pz := cfg.PatchSize
 	if len(latent) != 3 || latent[0] != cfg.InChannels || latent[1]%pz != 0 || latent[2]%pz != 0 ||
@@ -55,11 +69,15 @@ func Model(cfg mmdit.Config, latent []int, ts map[string]safetensors.Tensor) (*o
 		return nil, fmt.Errorf("export transformer: latent shape %v: want [%d, H, W] with H, W multiples of patch_size %d up to %d",
 			latent, cfg.InChannels, pz, cfg.PosEmbedMaxSize*pz)
 	}
-	b := &builder{g: onnx.NewGraph("mmdit_velocity"), ts: ts, cfg: cfg, added: map[string]string{}}
+	shapes := map[string][]int{}
+	for _, p := range cfg.Params() {
+		shapes[p.Key] = p.Shape
+	}
+	b := &builder{g: onnx.NewGraph("mmdit_velocity"), w: w, shapes: shapes, ext: ext, cfg: cfg, added: map[string]string{}}
 	g := b.g
-	c, h, w := int64(latent[0]), int64(latent[1]), int64(latent[2])
+	c, h, wd := int64(latent[0]), int64(latent[1]), int64(latent[2])
 	batch := onnx.Sym("batch")
-	latents := g.Input(InputLatents, onnx.Float32, batch, onnx.Dim{Value: c}, onnx.Dim{Value: h}, onnx.Dim{Value: w})
+	latents := g.Input(InputLatents, onnx.Float32, batch, onnx.Dim{Value: c}, onnx.Dim{Value: h}, onnx.Dim{Value: wd})
 	timestep := g.Input(InputTimestep, onnx.Float32, batch)
 	prompt := g.Input(InputPromptEmbeds, onnx.Float32, batch, onnx.Sym("tokens"), onnx.Dim{Value: int64(cfg.JointAttentionDim)})
 	pooled := g.Input(InputPooled, onnx.Float32, batch, onnx.Dim{Value: int64(cfg.PooledProjectionDim)})
@@ -73,18 +91,59 @@ func Model(cfg mmdit.Config, latent []int, ts map[string]safetensors.Tensor) (*o
 	x = b.adaNormContinuous("norm_out", x, temb)
 	x = b.linear("proj_out", x)
 	b.unpatchify(x, latent, OutputVelocity)
-	g.Output(OutputVelocity, onnx.Float32, batch, onnx.Dim{Value: c}, onnx.Dim{Value: h}, onnx.Dim{Value: w})
+	g.Output(OutputVelocity, onnx.Float32, batch, onnx.Dim{Value: c}, onnx.Dim{Value: h}, onnx.Dim{Value: wd})
+	if b.err != nil {
+		return nil, fmt.Errorf("export transformer: %w", b.err)
+	}
 	return &onnx.Model{
 		Graph: g, ProducerName: "densegrpo exporters/transformer",
 		DocString: "MMDiT velocity prediction (SD3 flow transformer) with the adapters folded into the weights",
 	}, nil
 }
 
-// builder carries the graph and the weights while the graph is built.
+// File names WriteExternal gives the model and its external data inside its folder.
+const (
+	ModelFile = "model.onnx"
+	DataFile  = "model.onnx.data"
+)
+
+// WriteExternal writes the velocity graph (Model) into the folder dir as ModelFile with its
+// weights in DataFile beside it, both written atomically, and returns the model's path. The
+// weights are read from w and written one at a time, so besides the caller's own weights this
+// holds one tensor, whatever the model's size.
+func WriteExternal(dir string, cfg mmdit.Config, latent []int, w Weights) (string, error) {
+	var model *onnx.Model
+	err := files.Write(filepath.Join(dir, DataFile), func(out io.Writer) error {
+		var err error
+		model, err = Model(cfg, latent, w, onnx.NewExternalWriter(out, DataFile))
+		return err
+	})
+	debug.FreeOSMemory() // the last weights' garbage, before the caller opens the model
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, ModelFile)
+	if err := model.WriteFile(path); err != nil {
+		return "", fmt.Errorf("export transformer: %w", err)
+	}
+	return path, nil
+}
+
+// files writes the external data; the zero Writer uses the real file system.
+var files atomicfile.Writer
+
+// builder carries the graph and the weights while the graph is built. A weight that cannot
+// be read or stored sets err (the first one is kept) and the build goes on without it; Model
+// returns the error.
 type builder struct {
-	g   *onnx.Graph
-	ts  map[string]safetensors.Tensor
-	cfg mmdit.Config
+	g      *onnx.Graph
+	w      Weights
+	shapes map[string][]int
+	ext    *onnx.ExternalWriter
+	cfg    mmdit.Config
+	err    error
+	// collected is ext's size at the last garbage collection.
+	collected int64
 	// added maps a derived initializer's name to itself once it is in the graph.
 	added map[string]string
 }
@@ -96,27 +155,78 @@ func (b *builder) scalar(v float32) string { return b.g.ConstF32("c", nil, []flo
 
 func (b *builder) ints(v ...int64) string { return b.g.ConstI64("shape", []int64{int64(len(v))}, v) }
 
-// initializer adds a float32 weight once under name, computing it with data on first use.
+// fail records the first error of the build.
+func (b *builder) fail(err error) {
+	if b.err == nil {
+		b.err = err
+	}
+}
+
+// initializer adds a float32 weight once under name, computing it with data on first use
+// (nil data: the weight could not be read, the error is recorded) and moving it to the
+// external-data file when there is one.
 func (b *builder) initializer(name string, shape []int64, data func() []float32) string {
 	if n, ok := b.added[name]; ok {
 		return n
 	}
-	b.added[name] = b.g.InitializerF32(name, shape, data())
+	b.added[name] = name
+	var v []float32
+	if b.err == nil {
+		v = data()
+	}
+	if v == nil { // the build has failed: the name stands in, no data is read any more
+		b.g.Initializer(onnx.Tensor{Name: name, DType: onnx.Float32, Shape: shape})
+		return name
+	}
+	t := onnx.TensorF32(name, shape, v)
+	if b.ext != nil {
+		var err error
+		if t, err = b.ext.Add(t); err != nil {
+			b.fail(err)
+		}
+		// Each weight leaves garbage — its copy, transpose and bytes, three times what is
+		// written — that Go would collect only once the heap has grown by its live size: the
+		// weights themselves on the SimpleGo backend, gigabytes. Collecting every 64 MiB
+		// written keeps the export to a few hundred MB whatever the model's size.
+		if b.ext.Size()-b.collected > 64<<20 {
+			runtime.GC()
+			b.collected = b.ext.Size()
+		}
+	}
+	b.g.Initializer(t)
 	return name
 }
 
+// tensor reads the weight key, checking its shape against the config's.
+func (b *builder) tensor(key string) []float32 {
+	want := b.shapes[key]
+	t, err := b.w(key)
+	if err != nil {
+		b.fail(err)
+		return nil
+	}
+	if !slices.Equal(t.Shape, want) || len(t.Data) != t.NumElements() {
+		b.fail(fmt.Errorf("tensor %q: shape %v with %d values, want %v", key, t.Shape, len(t.Data), want))
+		return nil
+	}
+	return t.Data
+}
+
 func (b *builder) weight(key string) string {
-	t := b.ts[key]
-	return b.initializer(key, i64s(t.Shape), func() []float32 { return t.Data })
+	return b.initializer(key, i64s(b.shapes[key]), func() []float32 { return b.tensor(key) })
 }
 
 // linear is x·Wᵀ + b for the torch-layout weight module.weight [out,in] (stored transposed,
 // [in,out], for MatMul) and bias module.bias.
 func (b *builder) linear(module, x string) string {
-	t := b.ts[module+".weight"]
-	out, in := t.Shape[0], t.Shape[1]
+	shape := b.shapes[module+".weight"]
+	out, in := shape[0], shape[1]
 	wt := b.initializer(module+".weight.T", []int64{int64(in), int64(out)}, func() []float32 {
-		return onnx.Transpose2D(t.Data, out, in)
+		w := b.tensor(module + ".weight")
+		if w == nil {
+			return nil
+		}
+		return onnx.Transpose2D(w, out, in)
 	})
 	return b.op("Add", b.op("MatMul", x, wt), b.weight(module+".bias"))
 }
@@ -160,7 +270,7 @@ func (b *builder) modulate(x, shift, scale string) string {
 // torch.chunk.
 func (b *builder) chunks(module, temb string, n int) []string {
 	y := b.linear(module, b.silu(temb))
-	d := b.ts[module+".weight"].Shape[0] / n
+	d := b.shapes[module+".weight"][0] / n
 	y = b.op("Reshape", y, b.ints(0, int64(n), int64(d)))
 	out := make([]string, n)
 	for i := range out {
@@ -279,20 +389,24 @@ func (b *builder) patchEmbed(latents string, latent []int) string {
 	x := b.op("Reshape", latents, b.ints(-1, ch, h, p, w, p))
 	x = b.g.Op("Transpose", []string{x}, onnx.AttrInts("perm", 0, 2, 4, 1, 3, 5))
 	x = b.op("Reshape", x, b.ints(-1, h*w, ch*p*p))
-	conv := b.ts["pos_embed.proj.weight"] // [d, C, p, p] = [d, C·p·p] row-major
 	wt := b.initializer("pos_embed.proj.weight.T", []int64{ch * p * p, d}, func() []float32 {
-		return onnx.Transpose2D(conv.Data, int(d), int(ch*p*p))
+		conv := b.tensor("pos_embed.proj.weight") // [d, C, p, p] = [d, C·p·p] row-major
+		if conv == nil {
+			return nil
+		}
+		return onnx.Transpose2D(conv, int(d), int(ch*p*p))
 	})
 	x = b.op("Add", b.op("MatMul", x, wt), b.weight("pos_embed.proj.bias"))
-	rows := mmdit.PosEmbed2D(int(d), c.PosEmbedMaxSize, c.BaseSize(), int(h), int(w))
-	pos := b.g.ConstF32("pos_embed", []int64{1, h * w, d}, slices.Concat(rows...))
+	pos := b.initializer("pos_embed", []int64{1, h * w, d}, func() []float32 {
+		return slices.Concat(mmdit.PosEmbed2D(int(d), c.PosEmbedMaxSize, c.BaseSize(), int(h), int(w))...)
+	})
 	return b.op("Add", x, pos)
 }
 
 // timeTextEmbed is MLP(sinusoid(t)) + MLP(pooled); the sinusoid is [cos(t·f_i), sin(t·f_i)]
 // with f_i = exp(−ln(10000)·i/n), n half the embedder's input width.
 func (b *builder) timeTextEmbed(timestep, pooled string) string {
-	half := b.ts["time_text_embed.timestep_embedder.linear_1.weight"].Shape[1] / 2
+	half := b.shapes["time_text_embed.timestep_embedder.linear_1.weight"][1] / 2
 	freqs := make([]float32, half)
 	for i := range freqs {
 		freqs[i] = float32(math.Exp(-math.Log(10000) * float64(i) / float64(half)))

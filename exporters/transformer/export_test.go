@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -34,6 +35,12 @@ func gaussian(r *rand.Rand, n int, std float64) []float32 {
 // projection, so every path carries signal) and non-zero adapters, in a fresh context.
 func randomModel(t testing.TB, cfg mmdit.Config, seed uint64) (*mmdit.Model, *mlctx.Context) {
 	t.Helper()
+	return randomModelStd(t, cfg, seed, 0.2)
+}
+
+// randomModelStd is randomModel with N(0, std²) weights and adapters.
+func randomModelStd(t testing.TB, cfg mmdit.Config, seed uint64, std float64) (*mmdit.Model, *mlctx.Context) {
+	t.Helper()
 	m, err := mmdit.New(cfg, &mmdit.LoRAConfig{Rank: 4, Alpha: 8})
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +52,7 @@ func randomModel(t testing.TB, cfg mmdit.Config, seed uint64) (*mmdit.Model, *ml
 		for _, d := range p.Shape {
 			n *= d
 		}
-		base[p.Key] = safetensors.Tensor{Shape: p.Shape, Data: gaussian(r, n, 0.2)}
+		base[p.Key] = safetensors.Tensor{Shape: p.Shape, Data: gaussian(r, n, std)}
 	}
 	path := filepath.Join(t.TempDir(), "base.safetensors")
 	if err := safetensors.Write(path, base, nil); err != nil {
@@ -63,7 +70,7 @@ func randomModel(t testing.TB, cfg mmdit.Config, seed uint64) (*mmdit.Model, *ml
 		t.Fatal(err)
 	}
 	for k, v := range lora {
-		lora[k] = safetensors.Tensor{Shape: v.Shape, Data: gaussian(r, len(v.Data), 0.2)}
+		lora[k] = safetensors.Tensor{Shape: v.Shape, Data: gaussian(r, len(v.Data), std)}
 	}
 	if err := m.SetLoRATensors(ctx, lora); err != nil {
 		t.Fatal(err)
@@ -75,27 +82,48 @@ func randomModel(t testing.TB, cfg mmdit.Config, seed uint64) (*mmdit.Model, *ml
 // graph in ONNX Runtime with one intra-op thread; the session closes with the test.
 func exportedSession(tb testing.TB, m *mmdit.Model, ctx *mlctx.Context, latent []int) *onnxrt.Session {
 	tb.Helper()
-	return exportedSessionThreads(tb, m, ctx, latent, 1)
+	return exportedSessionWith(tb, m, ctx, latent, 1, false)
 }
 
-// exportedSessionThreads is exportedSession with the given intra-op threads.
-func exportedSessionThreads(tb testing.TB, m *mmdit.Model, ctx *mlctx.Context, latent []int, threads int) *onnxrt.Session {
+// mergedWeights reads m's weights with the adapters folded in, one tensor at a time.
+func mergedWeights(m *mmdit.Model, ctx *mlctx.Context) Weights {
+	return func(key string) (safetensors.Tensor, error) { return m.MergedTensor(ctx, key) }
+}
+
+// exportedSessionWith is exportedSession with the given intra-op threads, the graph held in
+// memory or (external) written to a folder with its weights in external data.
+func exportedSessionWith(tb testing.TB, m *mmdit.Model, ctx *mlctx.Context, latent []int, threads int, external bool) *onnxrt.Session {
 	tb.Helper()
-	merged, err := m.MergedTensors(ctx)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	model, err := Model(m.Config, latent, merged)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	data, err := model.Marshal()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	s, err := onnxrt.OpenBytes("exported transformer", data, onnxrt.Config{IntraOpThreads: threads})
-	if err != nil {
-		tb.Fatal(err)
+	cfg := onnxrt.Config{IntraOpThreads: threads}
+	var s *onnxrt.Session
+	if external {
+		path, err := WriteExternal(tb.TempDir(), m.Config, latent, mergedWeights(m, ctx))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		// Every weight but the small ones (biases, norm scales) is in the data file.
+		st, err := os.Stat(filepath.Join(filepath.Dir(path), DataFile))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if params := int64(4 * m.Config.NumParams()); st.Size() < params*9/10 || st.Size() > params {
+			tb.Fatalf("%s holds %d bytes, want most of the model's %d bytes of weights", DataFile, st.Size(), params)
+		}
+		if s, err = onnxrt.Open(path, cfg); err != nil {
+			tb.Fatal(err)
+		}
+	} else {
+		model, err := Model(m.Config, latent, mergedWeights(m, ctx), nil)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		data, err := model.Marshal()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if s, err = onnxrt.OpenBytes("exported transformer", data, cfg); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	tb.Cleanup(func() { s.Close() })
 	return s
@@ -152,30 +180,37 @@ func TestVelocityMatchesGoMLX(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			s := exportedSession(t, m, ctx, tc.latent)
-			b := int64(tc.batch)
-			out, err := s.Run(context.Background(), map[string]onnxrt.Tensor{
-				InputLatents:      {Shape: []int64{b, int64(c), int64(h), int64(w)}, Float32: lat},
-				InputTimestep:     {Shape: []int64{b}, Float32: ts},
-				InputPromptEmbeds: {Shape: []int64{b, int64(tc.textLen), int64(tc.cfg.JointAttentionDim)}, Float32: enc},
-				InputPooled:       {Shape: []int64{b, int64(tc.cfg.PooledProjectionDim)}, Float32: pooled},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := out[OutputVelocity]
-			if len(got.Float32) != len(want) {
-				t.Fatalf("ONNX gives %d values (shape %v), GoMLX %d", len(got.Float32), got.Shape, len(want))
-			}
-			maxDiff, scale := 0.0, 0.0
-			for i := range want {
-				d := math.Abs(float64(got.Float32[i] - want[i]))
-				if math.IsNaN(float64(got.Float32[i])) || d > 1e-4*math.Max(1, math.Abs(float64(want[i]))) {
-					t.Fatalf("velocity[%d] = %v, GoMLX %v (|diff| %g)", i, got.Float32[i], want[i], d)
+			vi := velocityInputs{cfg: tc.cfg, batch: tc.batch, textLen: tc.textLen, latent: tc.latent, lat: lat, ts: ts, enc: enc, pooled: pooled}
+			var inFile []float32
+			for _, external := range []bool{false, true} {
+				out, err := exportedSessionWith(t, m, ctx, tc.latent, 1, external).Run(context.Background(), vi.onnx())
+				if err != nil {
+					t.Fatal(err)
 				}
-				maxDiff, scale = math.Max(maxDiff, d), math.Max(scale, math.Abs(float64(want[i])))
+				got := out[OutputVelocity]
+				if len(got.Float32) != len(want) {
+					t.Fatalf("ONNX (external data %v) gives %d values (shape %v), GoMLX %d", external, len(got.Float32), got.Shape, len(want))
+				}
+				maxDiff, scale := 0.0, 0.0
+				for i := range want {
+					d := math.Abs(float64(got.Float32[i] - want[i]))
+					if math.IsNaN(float64(got.Float32[i])) || d > 1e-4*math.Max(1, math.Abs(float64(want[i]))) {
+						t.Fatalf("external data %v: velocity[%d] = %v, GoMLX %v (|diff| %g)", external, i, got.Float32[i], want[i], d)
+					}
+					maxDiff, scale = math.Max(maxDiff, d), math.Max(scale, math.Abs(float64(want[i])))
+				}
+				t.Logf("external data %v: max |ONNX − GoMLX| = %.2g over %d values (max |v| %.3g)", external, maxDiff, len(want), scale)
+				if !external {
+					inFile = got.Float32
+					continue
+				}
+				// The same graph and weights, read from another place: the same numbers.
+				for i := range inFile {
+					if got.Float32[i] != inFile[i] {
+						t.Fatalf("velocity[%d]: %v with external data, %v from the one-file model", i, got.Float32[i], inFile[i])
+					}
+				}
 			}
-			t.Logf("max |ONNX − GoMLX| = %.2g over %d values (max |v| %.3g)", maxDiff, len(want), scale)
 		})
 	}
 }
@@ -216,9 +251,17 @@ func TestModelRejectsBadInput(t *testing.T) {
 		{"channels", full(), []int{3, 8, 8}, "latent shape [3 8 8]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Model(cfg, tc.latent, tc.ts)
+			_, err := Model(cfg, tc.latent, MapWeights(tc.ts), nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got error %v, want one containing %q", err, tc.want)
+			}
+			// Written with external data, the same error, and the folder stays empty.
+			dir := t.TempDir()
+			if _, err := WriteExternal(dir, cfg, tc.latent, MapWeights(tc.ts)); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("WriteExternal: got error %v, want one containing %q", err, tc.want)
+			}
+			if left, _ := os.ReadDir(dir); len(left) != 0 {
+				t.Fatalf("WriteExternal failed and left %v", left)
 			}
 		})
 	}

@@ -123,9 +123,16 @@ func variableData(ctx *mlctx.Context, key string, shape []int) ([]float32, error
 	if err != nil {
 		return nil, fmt.Errorf("tensor %q: %w", key, err)
 	}
+	wasLocal := t.IsLocal()
 	data, err := tensors.CopyFlatData[float32](t)
 	if err != nil {
 		return nil, fmt.Errorf("tensor %q: %w", key, err)
+	}
+	// Reading a value held on an accelerator leaves a host copy cached in the tensor; drop
+	// it, or reading every weight (an export, a checkpoint) would keep a second copy of the
+	// model in host memory.
+	if !wasLocal && t.IsOnAnyDevice() {
+		t.FinalizeLocal()
 	}
 	return data, nil
 }
@@ -351,40 +358,93 @@ func (m *Model) BaseTensors(ctx *mlctx.Context) (map[string]safetensors.Tensor, 
 	return tensorsOf(ctx, m.Config.Params())
 }
 
-// MergedTensors copies the base weights with the adapters folded in: every adapted layer's
-// weight becomes W + (α/r)·B·A, so a forward pass without adapters on these weights computes
-// Forward with them (up to float32 rounding). Without a LoRA config it copies the base weights.
+// MergedTensors copies the base weights with the adapters folded in (MergedTensor of every
+// key). Without a LoRA config it copies the base weights.
 func (m *Model) MergedTensors(ctx *mlctx.Context) (map[string]safetensors.Tensor, error) {
-	out, err := m.BaseTensors(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("merged tensors: %w", err)
+	params := m.Config.Params()
+	out := make(map[string]safetensors.Tensor, len(params))
+	for _, p := range params {
+		t, err := m.merged(ctx, p)
+		if err != nil {
+			return nil, fmt.Errorf("merged tensors: %w", err)
+		}
+		out[p.Key] = t
 	}
-	if m.LoRA == nil {
-		return out, nil
-	}
-	lora, err := m.LoRATensors(ctx)
+	return out, nil
+}
+
+// MergedTensor copies the base weight key (a checkpoint key of Config.Params()) with its
+// adapter folded in when the model adapts that layer: W + (α/r)·B·A, so a forward pass
+// without adapters on such weights computes Forward with them (up to float32 rounding). An
+// export reads the weights through it one at a time and never holds a copy of the whole model.
+func (m *Model) MergedTensor(ctx *mlctx.Context, key string) (safetensors.Tensor, error) {
+	p, err := m.param(key)
 	if err != nil {
-		return nil, fmt.Errorf("merged tensors: %w", err)
+		return safetensors.Tensor{}, fmt.Errorf("merged tensor: %w", err)
+	}
+	t, err := m.merged(ctx, p)
+	if err != nil {
+		return safetensors.Tensor{}, fmt.Errorf("merged tensor: %w", err)
+	}
+	return t, nil
+}
+
+// BaseTensor copies the base weight key (a checkpoint key of Config.Params()), without its
+// adapter: BaseTensors one tensor at a time.
+func (m *Model) BaseTensor(ctx *mlctx.Context, key string) (safetensors.Tensor, error) {
+	p, err := m.param(key)
+	if err != nil {
+		return safetensors.Tensor{}, fmt.Errorf("base tensor: %w", err)
+	}
+	data, err := variableData(ctx, p.Key, p.Shape)
+	if err != nil {
+		return safetensors.Tensor{}, fmt.Errorf("base tensor: %w", err)
+	}
+	return safetensors.Tensor{Shape: p.Shape, Data: data}, nil
+}
+
+// param finds the base weight key.
+func (m *Model) param(key string) (Param, error) {
+	for _, p := range m.Config.Params() {
+		if p.Key == key {
+			return p, nil
+		}
+	}
+	return Param{}, fmt.Errorf("%q is not a weight of the model", key)
+}
+
+// merged is MergedTensor of the parameter p.
+func (m *Model) merged(ctx *mlctx.Context, p Param) (safetensors.Tensor, error) {
+	w, err := variableData(ctx, p.Key, p.Shape)
+	if err != nil {
+		return safetensors.Tensor{}, err
+	}
+	t := safetensors.Tensor{Shape: p.Shape, Data: w}
+	module, isWeight := strings.CutSuffix(p.Key, ".weight")
+	if m.LoRA == nil || len(p.Shape) != 2 || !isWeight || !m.LoRA.Matches(module) {
+		return t, nil
 	}
 	r, scale := m.LoRA.Rank, float32(m.LoRA.Scale())
-	for _, lm := range linearModules(m.Config) {
-		if !m.LoRA.Matches(lm.name) {
-			continue
-		}
-		a, bm := lora[lm.name+".lora_A.weight"].Data, lora[lm.name+".lora_B.weight"].Data // [r, in], [out, r]
-		w := out[lm.name+".weight"].Data                                                  // [out, in]
-		for o := range lm.out {
-			row := w[o*lm.in : (o+1)*lm.in]
-			for k := range r {
-				c := scale * bm[o*r+k]
-				if c == 0 {
-					continue
-				}
-				for i, av := range a[k*lm.in : (k+1)*lm.in] {
-					row[i] += c * av
-				}
+	out, in := p.Shape[0], p.Shape[1]
+	a, err := variableData(ctx, module+".lora_A.weight", []int{r, in})
+	if err != nil {
+		return safetensors.Tensor{}, err
+	}
+	b, err := variableData(ctx, module+".lora_B.weight", []int{out, r})
+	if err != nil {
+		return safetensors.Tensor{}, err
+	}
+	for o := range out {
+		row := w[o*in : (o+1)*in]
+		for k := range r {
+			c := scale * b[o*r+k]
+			if c == 0 {
+				continue
+			}
+			for i, av := range a[k*in : (k+1)*in] {
+				row[i] += c * av
 			}
 		}
 	}
-	return out, nil
+	return t, nil
 }

@@ -1,6 +1,7 @@
 package mmdit
 
 import (
+	"math"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -355,16 +356,7 @@ func TestLoadErrors(t *testing.T) {
 // overwritten and set back restores the model's output exactly.
 func TestLoRATensorsRoundTrip(t *testing.T) {
 	c := smallConfig()
-	m, err := New(c, &LoRAConfig{Rank: 2, Alpha: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := mlctx.New()
-	if err := m.Init(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
-	randomizeBase(t, ctx, m, 2)
-	randomizeLoRA(t, ctx, m, 3)
+	m, ctx := randomLoRAModel(t, c, LoRAConfig{Rank: 2, Alpha: 4})
 	in := makeInputs(c, 2, 4, 8, 3, 4)
 	want := forward(t, ctx, m, in, true).Value().([][][][]float32)
 	saved, err := m.LoRATensors(ctx)
@@ -392,4 +384,73 @@ func TestLoRATensorsRoundTrip(t *testing.T) {
 	if err := m.SetLoRATensors(ctx, saved); err == nil || !strings.Contains(err.Error(), "missing tensor") {
 		t.Errorf("missing adapter: error %v, want a missing tensor error", err)
 	}
+}
+
+// TestMergedTensor: one weight at a time is what MergedTensors holds — W + (α/r)·B·A, checked
+// by hand for one adapted layer — and BaseTensor is W; an adapted layer's merged weight
+// differs from its base one, a layer without adapters is the base weight; an unknown key is an
+// error naming it.
+func TestMergedTensor(t *testing.T) {
+	c := smallConfig()
+	m, ctx := randomLoRAModel(t, c, LoRAConfig{Rank: 2, Alpha: 6, Targets: []string{"attn.to_q"}})
+	all, err := m.MergedTensors(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range c.Params() {
+		one, err := m.MergedTensor(ctx, p.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(one, all[p.Key]) {
+			t.Fatalf("%s: MergedTensor differs from MergedTensors", p.Key)
+		}
+	}
+	lora, err := m.LoRATensors(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const key = "transformer_blocks.0.attn.to_q"
+	base, err := m.BaseTensor(ctx, key+".weight")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := lora[key+".lora_A.weight"], lora[key+".lora_B.weight"] // [2, in], [out, 2]
+	out, in := base.Shape[0], base.Shape[1]
+	for o := range out {
+		for i := range in {
+			want := base.Data[o*in+i] + 3*(b.Data[o*2]*a.Data[i]+b.Data[o*2+1]*a.Data[in+i]) // α/r = 3
+			if got := all[key+".weight"].Data[o*in+i]; math.Abs(float64(got-want)) > 1e-5 {
+				t.Fatalf("%s.weight[%d,%d] = %v, want W + 3·B·A = %v", key, o, i, got, want)
+			}
+		}
+	}
+	plain := "transformer_blocks.0.attn.to_k.weight"
+	if b, _ := m.BaseTensor(ctx, plain); !reflect.DeepEqual(b, all[plain]) {
+		t.Errorf("%s has no adapter: merged differs from base", plain)
+	}
+	for _, f := range []func() error{
+		func() error { _, err := m.MergedTensor(ctx, "nope.weight"); return err },
+		func() error { _, err := m.BaseTensor(ctx, "nope.weight"); return err },
+	} {
+		if err := f(); err == nil || !strings.Contains(err.Error(), `"nope.weight" is not a weight of the model`) {
+			t.Errorf("unknown key: %v", err)
+		}
+	}
+}
+
+// randomLoRAModel is a model of c with adapters lora, random base weights and adapters.
+func randomLoRAModel(t *testing.T, c Config, lora LoRAConfig) (*Model, *mlctx.Context) {
+	t.Helper()
+	m, err := New(c, &lora)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := mlctx.New()
+	if err := m.Init(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	randomizeBase(t, ctx, m, 2)
+	randomizeLoRA(t, ctx, m, 3)
+	return m, ctx
 }
