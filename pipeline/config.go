@@ -104,6 +104,9 @@ type ModelConfig struct {
 	// Default 0.
 	Resolution int        `toml:"resolution"`
 	LoRA       LoRAConfig `toml:"lora"`
+	// ONNX (`[model.onnx]`) overrides [onnx] for the policy's ONNX export (the sessions of
+	// pipeline.inference_engine = "onnx"). Default none.
+	ONNX *onnxrt.Override `toml:"onnx"`
 }
 
 // LoRAConfig is the low-rank adapter trained by RL.
@@ -126,6 +129,9 @@ type TextEncoderConfig struct {
 	Tokenizer string `toml:"tokenizer"`
 	// MaxLength L of the token sequence (>= 1). Default 48.
 	MaxLength int `toml:"max_length"`
+	// ONNX (`[text_encoder.onnx]`) overrides [onnx] for the text encoder's sessions (with
+	// model.diffusers: CLIP-L, CLIP-G and T5). Default none.
+	ONNX *onnxrt.Override `toml:"onnx"`
 }
 
 // VAEConfig is the frozen ONNX VAE decoder.
@@ -133,6 +139,8 @@ type VAEConfig struct {
 	// Decoder is the ONNX file: input `latent` float32 [B,C,h,w] (model space); output
 	// `image` float32 [B,3,H,W] in [0,1].
 	Decoder string `toml:"decoder"`
+	// ONNX (`[vae.onnx]`) overrides [onnx] for the VAE decoder's sessions. Default none.
+	ONNX *onnxrt.Override `toml:"onnx"`
 }
 
 // PromptsConfig is where prompts come from.
@@ -525,6 +533,13 @@ func (c Config) Validate() error {
 	if err := c.ONNX.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	for _, m := range c.onnxTables() {
+		if err := m.override.Validate(m.table); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	check(c.Model.ONNX == nil || c.Pipeline.InferenceEngine == EngineONNX, "model.onnx", "a table",
+		fmt.Sprintf("none with pipeline.inference_engine = %q (the policy opens no ONNX session)", c.Pipeline.InferenceEngine))
 	check(c.TextEncoder.Tokenizer == "chars", "text_encoder.tokenizer", fmt.Sprintf("%q", c.TextEncoder.Tokenizer), `"chars"`)
 	check(c.TextEncoder.MaxLength >= 1, "text_encoder.max_length", c.TextEncoder.MaxLength, ">= 1")
 	check(c.Prompts.Train != "", "prompts.train", `""`, "a prompt file")
@@ -577,4 +592,16 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// onnxTable is a model's own ONNX table ([vae.onnx]) and its override of [onnx].
+type onnxTable struct {
+	table    string
+	override *onnxrt.Override
+}
+
+// onnxTables lists the pipeline's per-model ONNX tables (the rewards carry theirs in their
+// blocks, rewards.Config.ONNX).
+func (c Config) onnxTables() []onnxTable {
+	return []onnxTable{{"text_encoder.onnx", c.TextEncoder.ONNX}, {"vae.onnx", c.VAE.ONNX}, {"model.onnx", c.Model.ONNX}}
 }

@@ -5,7 +5,9 @@ package pipeline
 //
 //   - A Markdown heading (outside code fences) that contains a code span starting with "["
 //     opens the section of that TOML table: "### `[grpo]`", "### `[model.lora]`",
-//     "### `[[reward]]`", "### `[reward.image]`". Any other heading closes it. A heading that
+//     "### `[[reward]]`", "### `[reward.image]`". A heading naming several tables
+//     ("### `[vae.onnx]`, `[reward.onnx]`") opens one section for all of them, whose rows
+//     document each (tables with the same keys). Any other heading closes it. A heading that
 //     also contains the word "pretrain" documents pipeline/pretrain's schema, which this
 //     package cannot import (pretrain imports pipeline), so its section is not checked here.
 //   - A key is documented by a table row in its table's section whose first cell is the key's
@@ -125,7 +127,7 @@ type docBlock struct {
 
 func parseConfigDoc(data []byte) configDoc {
 	doc := configDoc{rows: map[string]map[string]int{}, tables: map[string]int{}}
-	table := "" // the checked table whose section we are in, "" outside one
+	var tables []string // the checked tables whose section we are in, none outside one
 	var fence *docBlock
 	inFence := false
 	for i, line := range strings.Split(string(data), "\n") {
@@ -153,18 +155,21 @@ func parseConfigDoc(data []byte) configDoc {
 			continue
 		}
 		if strings.HasPrefix(line, "#") {
-			table = ""
-			m := docTableHeading.FindStringSubmatch(line)
-			if m != nil && !strings.Contains(strings.ToLower(line), "pretrain") {
-				table = m[1]
+			tables = nil
+			if strings.Contains(strings.ToLower(line), "pretrain") {
+				continue
+			}
+			for _, m := range docTableHeading.FindAllStringSubmatch(line, -1) {
+				table := m[1]
 				if prev, dup := doc.tables[table]; dup {
 					doc.problems = append(doc.problems, fmt.Sprintf("%s:%d: second section for [%s] (first on line %d)", configDocPath, n, table, prev))
 				}
 				doc.tables[table] = n
+				tables = append(tables, table)
 			}
 			continue
 		}
-		if table == "" || !strings.HasPrefix(trimmed, "|") {
+		if len(tables) == 0 || !strings.HasPrefix(trimmed, "|") {
 			continue
 		}
 		cells := strings.Split(trimmed, "|")
@@ -172,10 +177,12 @@ func parseConfigDoc(data []byte) configDoc {
 			continue
 		}
 		if m := docKeyCell.FindStringSubmatch(strings.TrimSpace(cells[1])); m != nil {
-			if doc.rows[table] == nil {
-				doc.rows[table] = map[string]int{}
+			for _, table := range tables {
+				if doc.rows[table] == nil {
+					doc.rows[table] = map[string]int{}
+				}
+				doc.rows[table][m[1]] = n
 			}
-			doc.rows[table][m[1]] = n
 		}
 	}
 	if inFence {

@@ -86,7 +86,7 @@ type onnxEngine struct {
 // temporary folder under $TMPDIR, which is removed once ONNX Runtime has opened the model (it
 // has read or mapped the weights by then).
 func newONNXEngine(cfg Config, policy *Policy, latent []int, w transformer.Weights, external bool) (*onnxEngine, error) {
-	oc := cfg.ONNX
+	oc := cfg.ONNX.With(cfg.Model.ONNX)
 	// onnx.max_model_mb guards against files from outside; this export is the program's own.
 	limit := oc.MaxModelMB
 	if limit == 0 {

@@ -11,7 +11,7 @@ import (
 // config it accepts renders as the resolved config.toml of a run (ResolvedTOML), which must
 // parse again and render to the same bytes — what `--resume` relies on.
 func FuzzParseConfig(f *testing.F) {
-	for _, name := range []string{"tiny-ocr.toml", "smoke.toml"} {
+	for _, name := range []string{"tiny-ocr.toml", "smoke.toml", "sd35m-ocr.toml"} {
 		data, err := os.ReadFile(filepath.Join("..", "configs", name))
 		if err != nil {
 			f.Fatal(err)

@@ -277,6 +277,9 @@ type Frozen struct {
 // OpenFrozen opens the text encoder, VAE decoder and rewards of cfg, checking every declared
 // input and output. On error nothing stays open.
 func OpenFrozen(ctx context.Context, cfg Config) (*Frozen, error) {
+	if err := initONNX(cfg); err != nil {
+		return nil, err
+	}
 	f := &Frozen{}
 	var err error
 	if cfg.Model.Diffusers != "" {
@@ -303,15 +306,52 @@ func OpenFrozen(ctx context.Context, cfg Config) (*Frozen, error) {
 	return f, nil
 }
 
+// initONNX loads ONNX Runtime's library (one per process) before any model opens: the build
+// of the first model that runs on CUDA, which runs CPU sessions too, so that a model on the
+// CPU opened first does not load the CPU-only build for all. Without CUDA the first model
+// opened loads the library, as always.
+func initONNX(cfg Config) error {
+	where, rt, ok := firstCUDA(cfg)
+	if !ok {
+		return nil
+	}
+	if err := onnxrt.Init(rt); err != nil {
+		return fmt.Errorf("%s.provider = \"cuda\": %w", where, err)
+	}
+	return nil
+}
+
+// firstCUDA finds the first model whose ONNX sessions run on CUDA: the table that set its
+// provider ("onnx" when [onnx]'s applies) and its settings.
+func firstCUDA(cfg Config) (where string, rt onnxrt.Config, ok bool) {
+	tables := cfg.onnxTables() // model.onnx is unset unless the policy runs in ONNX Runtime
+	for _, rs := range [][]rewards.Config{cfg.Rewards, cfg.Eval.Rewards} {
+		for _, r := range rs {
+			if r.Kind != "remote" {
+				tables = append(tables, onnxTable{fmt.Sprintf("reward %q: onnx", r.Name), r.ONNX})
+			}
+		}
+	}
+	for _, t := range tables {
+		if rt := cfg.ONNX.With(t.override); rt.UsesCUDA() {
+			if t.override == nil || t.override.Provider == nil {
+				return "onnx", rt, true
+			}
+			return t.table, rt, true
+		}
+	}
+	return "", onnxrt.Config{}, false
+}
+
 // openTiny opens the text encoder and VAE decoder graphs named by [text_encoder] and [vae].
 func (f *Frozen) openTiny(cfg Config) error {
 	te, err := frozen.OpenTextEncoder(cfg.Resolve(cfg.TextEncoder.Model), frozen.TextEncoderOptions{
-		Runtime: cfg.ONNX, Tokenizer: cfg.TextEncoder.Tokenizer, MaxLength: cfg.TextEncoder.MaxLength})
+		Runtime: cfg.ONNX.With(cfg.TextEncoder.ONNX), Tokenizer: cfg.TextEncoder.Tokenizer, MaxLength: cfg.TextEncoder.MaxLength})
 	if err != nil {
 		return err
 	}
 	f.TextEncoder = te
-	f.VAE, err = frozen.OpenVAEDecoder(cfg.Resolve(cfg.VAE.Decoder), frozen.VAEOptions{Runtime: cfg.ONNX, BatchSize: cfg.Eval.BatchSize})
+	f.VAE, err = frozen.OpenVAEDecoder(cfg.Resolve(cfg.VAE.Decoder), frozen.VAEOptions{Runtime: cfg.ONNX.With(cfg.VAE.ONNX), BatchSize: cfg.Eval.BatchSize})
 	return err
 }
 
@@ -334,12 +374,12 @@ func (f *Frozen) openSD3(cfg Config) error {
 	if res == 0 {
 		res = mcfg.SampleSize * m.VAE.ScaleFactor
 	}
-	te, err := m.OpenTextEncoder(cfg.ONNX, mcfg)
+	te, err := m.OpenTextEncoder(cfg.ONNX.With(cfg.TextEncoder.ONNX), mcfg)
 	if err != nil {
 		return err
 	}
 	f.TextEncoder = te
-	f.VAE, err = m.OpenVAEDecoder(cfg.ONNX, res, res, cfg.Eval.BatchSize)
+	f.VAE, err = m.OpenVAEDecoder(cfg.ONNX.With(cfg.VAE.ONNX), res, res, cfg.Eval.BatchSize)
 	if err != nil {
 		return fmt.Errorf("model.resolution %d: %w", res, err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/rewards/geneval"
 	"github.com/densegrpo/densegrpo/rewards/ocr"
 	"github.com/densegrpo/densegrpo/rewards/preprocess"
@@ -50,6 +51,9 @@ type Config struct {
 	Geneval GenevalConfig `toml:"geneval"`
 	Remote  RemoteConfig  `toml:"remote"`
 	Color   ColorConfig   `toml:"color"`
+	// ONNX (`[reward.onnx]`) overrides the process-wide ONNX Runtime settings ([onnx]) for
+	// this reward's sessions: provider, device, threads, size limit. Default none.
+	ONNX *onnxrt.Override `toml:"onnx"`
 }
 
 // ColorConfig is `[reward.color]`: geneval's colour classifier, GenEval's CLIP zero-shot over
@@ -325,6 +329,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Text.Tokenizer != "none" && (c.Text.MaxLength < 2 || c.Text.MaxLength > 4096) {
 		return fmt.Errorf("text.max_length: got %d, want 2..4096", c.Text.MaxLength)
+	}
+	if err := c.ONNX.Validate("onnx"); err != nil {
+		return err
 	}
 	return kinds[c.Kind].Validate(c)
 }

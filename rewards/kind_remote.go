@@ -52,6 +52,9 @@ func validateRemote(c *Config) error {
 	if err := onlyFields(c, []string{"remote", "output.index"}, "remote"); err != nil {
 		return err
 	}
+	if c.ONNX != nil {
+		return fmt.Errorf("onnx: set, but kind %q does not use it (the server runs the model)", c.Kind)
+	}
 	r := &c.Remote
 	r.defaults()
 	u, err := url.Parse(r.URL)

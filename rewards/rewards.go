@@ -119,7 +119,7 @@ func Open(ctx context.Context, cfgs []Config, baseDir string, rt onnxrt.Config) 
 			s.Close()
 			return nil, err
 		}
-		sc, err := kinds[c.Kind].Open(ctx, &c, rt)
+		sc, err := kinds[c.Kind].Open(ctx, &c, rt.With(c.ONNX))
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("open reward %q: %w", c.Name, err)

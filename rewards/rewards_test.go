@@ -209,6 +209,12 @@ func TestDecodeErrors(t *testing.T) {
 		{"clip without tokenizer", "[[reward]]\nname = \"p\"\nkind = \"clip-score\"\nmodel = \"a.onnx\"\n",
 			[]string{`text.tokenizer: got "none"`}},
 		{"no blocks", "[run]\nname = \"x\"\n", []string{"no [[reward]] block"}},
+		{"onnx table", "[[reward]]\nname = \"a\"\nkind = \"onnx-scalar\"\nmodel = \"a.onnx\"\n[reward.onnx]\nprovider = \"gpu\"\n",
+			[]string{`[[reward]] "a"`, `onnx.provider: got "gpu", want "cpu" or "cuda"`}},
+		{"onnx table library", "[[reward]]\nname = \"a\"\nkind = \"onnx-scalar\"\nmodel = \"a.onnx\"\n[reward.onnx]\nlibrary = \"x.so\"\n",
+			[]string{"unknown key reward.onnx.library"}},
+		{"onnx table of a remote reward", "[[reward]]\nname = \"r\"\nkind = \"remote\"\n[reward.remote]\nurl = \"http://h:8000\"\nmodel = \"m\"\n[reward.onnx]\ndevice_id = 1\n",
+			[]string{`[[reward]] "r"`, `onnx: set, but kind "remote" does not use it`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -42,28 +42,76 @@ type Config struct {
 	MaxModelMB int `toml:"max_model_mb"`
 }
 
-// Validate checks the fields that do not need the library.
-func (c Config) Validate() error {
+// Validate checks the fields that do not need the library; errors name them as keys of the
+// `[onnx]` table.
+func (c Config) Validate() error { return c.ValidateAs("onnx") }
+
+// ValidateAs is Validate with errors naming the keys under table (e.g. "vae.onnx").
+func (c Config) ValidateAs(table string) error {
 	switch c.Provider {
 	case "", "cpu", "cuda":
 	default:
-		return fmt.Errorf("onnx.provider: got %q, want \"cpu\" or \"cuda\"", c.Provider)
+		return fmt.Errorf("%s.provider: got %q, want \"cpu\" or \"cuda\"", table, c.Provider)
 	}
 	if c.DeviceID < 0 {
-		return fmt.Errorf("onnx.device_id: got %d, want >= 0", c.DeviceID)
+		return fmt.Errorf("%s.device_id: got %d, want >= 0", table, c.DeviceID)
 	}
 	if c.GPUMemLimitMB < 0 {
-		return fmt.Errorf("onnx.gpu_mem_limit_mb: got %d, want >= 0", c.GPUMemLimitMB)
+		return fmt.Errorf("%s.gpu_mem_limit_mb: got %d, want >= 0", table, c.GPUMemLimitMB)
 	}
 	if c.MaxModelMB < 0 {
-		return fmt.Errorf("onnx.max_model_mb: got %d, want >= 0 (0: %d)", c.MaxModelMB, DefaultMaxModelMB)
+		return fmt.Errorf("%s.max_model_mb: got %d, want >= 0 (0: %d)", table, c.MaxModelMB, DefaultMaxModelMB)
 	}
 	if c.IntraOpThreads < 0 || c.InterOpThreads < 0 {
-		return fmt.Errorf("onnx.intra_op_threads/inter_op_threads: got %d/%d, want >= 0",
-			c.IntraOpThreads, c.InterOpThreads)
+		return fmt.Errorf("%s.intra_op_threads/inter_op_threads: got %d/%d, want >= 0",
+			table, c.IntraOpThreads, c.InterOpThreads)
 	}
 	return nil
 }
+
+// Override is one model's own ONNX Runtime settings (a `[vae.onnx]`-style table): each key it
+// sets replaces the process-wide Config's for that model's sessions, the others are
+// inherited. The library is one per process, so it is not among them.
+type Override struct {
+	Provider       *string `toml:"provider"`
+	DeviceID       *int    `toml:"device_id"`
+	GPUMemLimitMB  *int    `toml:"gpu_mem_limit_mb"`
+	IntraOpThreads *int    `toml:"intra_op_threads"`
+	InterOpThreads *int    `toml:"inter_op_threads"`
+	MaxModelMB     *int    `toml:"max_model_mb"`
+}
+
+// With returns c with the keys o sets replaced (c itself when o is nil).
+func (c Config) With(o *Override) Config {
+	if o == nil {
+		return c
+	}
+	set := func(dst *int, v *int) {
+		if v != nil {
+			*dst = *v
+		}
+	}
+	if o.Provider != nil {
+		c.Provider = *o.Provider
+	}
+	set(&c.DeviceID, o.DeviceID)
+	set(&c.GPUMemLimitMB, o.GPUMemLimitMB)
+	set(&c.IntraOpThreads, o.IntraOpThreads)
+	set(&c.InterOpThreads, o.InterOpThreads)
+	set(&c.MaxModelMB, o.MaxModelMB)
+	return c
+}
+
+// Validate checks the keys o sets, naming them under table.
+func (o *Override) Validate(table string) error {
+	if o == nil {
+		return nil
+	}
+	return Config{}.With(o).ValidateAs(table)
+}
+
+// UsesCUDA reports whether a model with these settings runs on the CUDA provider.
+func (c Config) UsesCUDA() bool { return c.provider() == "cuda" }
 
 func (c Config) provider() string {
 	if c.Provider == "" {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"regexp"
 	"strings"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -94,6 +95,13 @@ func elementTypeName(t ort.TensorElementDataType) string {
 	}
 }
 
+// ortStatus is the prefix ONNX Runtime puts before a status message: the source location
+// and function, then "[ONNXRuntimeError] : CODE : NAME : ".
+var ortStatus = regexp.MustCompile(`^.*\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : `)
+
+// ortMessage is err's message on one line without ONNX Runtime's status prefix.
+func ortMessage(err error) string { return ortStatus.ReplaceAllString(oneLine(err).Error(), "") }
+
 // ORT's messages span lines; the project's errors are one line each.
 func oneLine(err error) error {
 	msg := strings.Join(strings.Fields(err.Error()), " ")
@@ -162,20 +170,24 @@ func sessionOptions(cfg Config) (*ort.SessionOptions, error) {
 		}
 	}
 	if cfg.provider() == "cuda" {
+		unavailable := func(err error) (*ort.SessionOptions, error) {
+			return fail(fmt.Errorf("provider cuda (device_id %d) requested but unavailable in %s: %s", cfg.DeviceID, LoadedLibrary(), ortMessage(err)))
+		}
 		cuda, err := ort.NewCUDAProviderOptions()
 		if err != nil {
-			return fail(fmt.Errorf("provider cuda requested but unavailable in %s: %w", LoadedLibrary(), oneLine(err)))
+			return unavailable(err)
 		}
 		defer cuda.Destroy()
 		settings := map[string]string{"device_id": fmt.Sprint(cfg.DeviceID)}
 		if cfg.GPUMemLimitMB > 0 {
 			settings["gpu_mem_limit"] = fmt.Sprint(int64(cfg.GPUMemLimitMB) << 20)
 		}
+		// A build without the CUDA provider fails here, loading its provider library.
 		if err := cuda.Update(settings); err != nil {
-			return fail(fmt.Errorf("configure cuda provider: %w", oneLine(err)))
+			return unavailable(err)
 		}
 		if err := opts.AppendExecutionProviderCUDA(cuda); err != nil {
-			return fail(fmt.Errorf("provider cuda requested but unavailable in %s: %w", LoadedLibrary(), oneLine(err)))
+			return unavailable(err)
 		}
 	}
 	return opts, nil

@@ -193,6 +193,26 @@ func TestProviderCUDAUnavailableIsAnError(t *testing.T) {
 	}
 }
 
+// TestProviderCUDAOnCPULibrary: with the CPU build loaded, a model asking for CUDA gets an
+// error naming the model, the provider and the library, never a crash or a CPU session.
+func TestProviderCUDAOnCPULibrary(t *testing.T) {
+	s, err := Open(recModel(t), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	_, err = Open(recModel(t), Config{Provider: "cuda", DeviceID: 1})
+	if err == nil {
+		t.Skip("a CUDA provider is available on this machine")
+	}
+	for _, want := range []string{recModel(t), "provider cuda (device_id 1) requested but unavailable in " + LoadedLibrary() + ": Failed to load library"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("error %q, want it to contain %q", err, want)
+		}
+	}
+	t.Log(err)
+}
+
 // TestMissingLibrary runs this test binary again in a clean environment where no library can
 // be found (the library is process-global, so this must happen in another process).
 func TestMissingLibrary(t *testing.T) {
