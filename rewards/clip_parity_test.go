@@ -74,11 +74,8 @@ func exporterConfigs(t *testing.T, dir string) []Config {
 func TestCLIPTokenizerMatchesTransformers(t *testing.T) {
 	dir, ref, _ := loadCLIPFixture(t)
 	cfg := exporterConfigs(t, dir)[0]
-	tok, err := tokenize.LoadCLIPBPE(cfg.Text.Vocab, cfg.Text.Merges, cfg.Text.MaxLength, *cfg.Text.PadID)
+	tok, err := tokenize.LoadCLIPBPE(cfg.Text.Vocab, cfg.Text.Merges, cfg.Text.MaxLength, *cfg.Text.PadID, cfg.Text.Special...)
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tok.AddSpecial(cfg.Text.Special...); err != nil {
 		t.Fatal(err)
 	}
 	for i, p := range ref.Prompts {

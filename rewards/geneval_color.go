@@ -87,10 +87,7 @@ func openColor(c ColorConfig, rt onnxrt.Config) (*colorClassifier, error) {
 	if c.PadID != nil {
 		pad = *c.PadID
 	}
-	tok, err := tokenize.LoadCLIPBPE(c.Vocab, c.Merges, c.MaxLength, pad)
-	if err == nil {
-		err = tok.AddSpecial(c.Special...)
-	}
+	tok, err := tokenize.LoadCLIPBPE(c.Vocab, c.Merges, c.MaxLength, pad, c.Special...)
 	if err != nil {
 		return nil, fmt.Errorf("[reward.color]: %w", err)
 	}

@@ -95,8 +95,7 @@ func newTextFeeder(c *Config) (*textFeeder, error) {
 			pad = *t.PadID
 		}
 		var bpe *tokenize.CLIPBPE
-		if bpe, err = tokenize.LoadCLIPBPE(t.Vocab, t.Merges, t.MaxLength, pad); err == nil {
-			err = bpe.AddSpecial(t.Special...)
+		if bpe, err = tokenize.LoadCLIPBPE(t.Vocab, t.Merges, t.MaxLength, pad, t.Special...); err == nil {
 			tok = bpe
 		}
 	}

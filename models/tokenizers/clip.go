@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -48,9 +49,61 @@ type clipBPE struct {
 	raw     []addedToken // matched on the raw text
 	normed  []addedToken // matched on the normalized text
 	byteEnc [256]string
+	// strict makes a symbol missing from the vocabulary (with no unk token) an error instead
+	// of dropping it, as the tokenizers library does.
+	strict bool
 
 	mu    sync.Mutex
 	cache map[string][]int64
+}
+
+// CLIPFiles is a CLIP tokenizer given as vocab.json and merges.txt alone, as reward models'
+// repositories ship it (PickScore's processor, open_clip's): without tokenizer_config.json,
+// the row length, the pad id and any further special tokens are given. Rows are
+// <|startoftext|> text… <|endoftext|> then padding, as transformers' CLIPTokenizer makes them.
+type CLIPFiles struct {
+	Vocab, Merges string
+	// MaxLength is the row length (>= 2).
+	MaxLength int
+	// Pad is the id rows are padded with; < 0 pads with <|endoftext|> (transformers'
+	// CLIPTokenizer); open_clip pads with 0.
+	Pad int64
+	// Special are further strings cut out of the raw text as one id each, never merged:
+	// transformers' added special tokens. <|startoftext|> and <|endoftext|> always are; laion's
+	// CLIP tokenizers (PickScore's) pad with "!", which transformers then treats as special, so
+	// a "!" in a prompt is id("!") rather than "!</w>".
+	Special []string
+}
+
+// LoadCLIPFiles opens the tokenizer f describes. Encoding a symbol missing from the
+// vocabulary is an error (CLIP's vocabulary covers every byte, so it means a broken file).
+func LoadCLIPFiles(f CLIPFiles) (*Tokenizer, error) {
+	c := &clipBPE{ranks: map[[2]string]int{}, cache: map[string][]int64{}, strict: true}
+	for b := range 256 {
+		c.byteEnc[b] = byteToUnicode(b)
+	}
+	if err := c.readVocabMerges(f.Vocab, f.Merges); err != nil {
+		return nil, err
+	}
+	specials := append([]string{"<|startoftext|>", "<|endoftext|>"}, f.Special...)
+	for _, s := range specials {
+		id, ok := c.vocab[s]
+		if !ok || s == "" {
+			return nil, fmt.Errorf("load CLIP tokenizer %s: special token %q is not in the vocabulary", f.Vocab, s)
+		}
+		if !slices.ContainsFunc(c.raw, func(a addedToken) bool { return a.Content == s }) {
+			c.raw = append(c.raw, addedToken{ID: id, Content: s, Special: true})
+		}
+	}
+	if f.MaxLength < 2 {
+		return nil, fmt.Errorf("load CLIP tokenizer %s: max length %d, want >= 2", f.Vocab, f.MaxLength)
+	}
+	sot, eot := c.raw[0].ID, c.raw[1].ID
+	pad := f.Pad
+	if pad < 0 {
+		pad = eot
+	}
+	return &Tokenizer{kind: CLIP, dir: f.Vocab, maxLen: f.MaxLength, pad: pad, prefix: []int64{sot}, suffix: []int64{eot}, enc: c}, nil
 }
 
 // loadCLIP reads tokenizer.json if present, else vocab.json + merges.txt.
@@ -311,7 +364,11 @@ func (c *clipBPE) encode(text string) ([]int64, error) {
 				continue
 			}
 			for _, piece := range clipPieces.FindAllString(sub.text, -1) {
-				ids = append(ids, c.bpe(piece)...)
+				p, err := c.bpe(piece)
+				if err != nil {
+					return nil, err
+				}
+				ids = append(ids, p...)
 			}
 		}
 	}
@@ -373,13 +430,14 @@ func finalSigma(rs []rune, i int) bool {
 }
 
 // bpe encodes one pre-token: byte-level symbols, "</w>" on the last, merges by rank (every
-// occurrence of the best pair, left to right), then vocabulary ids (unk for unknown symbols).
-func (c *clipBPE) bpe(piece string) []int64 {
+// occurrence of the best pair, left to right), then vocabulary ids (unk for unknown symbols;
+// without one, dropped, or an error when strict).
+func (c *clipBPE) bpe(piece string) ([]int64, error) {
 	c.mu.Lock()
 	cached, ok := c.cache[piece]
 	c.mu.Unlock()
 	if ok {
-		return cached
+		return cached, nil
 	}
 	word := make([]string, 0, len(piece))
 	for _, b := range []byte(piece) {
@@ -393,6 +451,8 @@ func (c *clipBPE) bpe(piece string) []int64 {
 			ids = append(ids, id)
 		} else if c.hasUnk {
 			ids = append(ids, c.unk)
+		} else if c.strict {
+			return nil, fmt.Errorf("symbol %q is not in the vocabulary", sym)
 		}
 	}
 	c.mu.Lock()
@@ -400,7 +460,7 @@ func (c *clipBPE) bpe(piece string) []int64 {
 		c.cache[piece] = ids
 	}
 	c.mu.Unlock()
-	return ids
+	return ids, nil
 }
 
 // MergeBPE applies BPE merges to the symbols of one word (CLIP: byte-level symbols, "</w>" on

@@ -1,14 +1,17 @@
-// Package tokenizers owns the prompt tokenizers of diffusers text-to-image snapshots, loaded
-// from the snapshot's own files and producing the ids the Python pipeline produces:
+// Package tokenizers owns the project's prompt tokenizers, loaded from the model's own files
+// and producing the ids the Python tokenizers produce:
 //
-//   - "clip": CLIP's byte-level BPE (CLIPTokenizer of SD3's tokenizer/ and tokenizer_2/), from
-//     tokenizer.json or from vocab.json + merges.txt with tokenizer_config.json. Implemented
-//     here: github.com/sugarme/tokenizer v0.3.0 panics in RobertaProcessing on CLIP's
-//     tokenizer.json and, past that, drops BPE's end-of-word suffix "</w>" (17 of 21 strings of
-//     the parity table wrong).
-
-//	through github.com/sugarme/tokenizer (precompiled normalizer, Metaspace, Unigram), which
-//	matches the Python tokenizer on the whole parity table.
+//   - "clip": CLIP's byte-level BPE — CLIPTokenizer of SD3's tokenizer/ and tokenizer_2/, from
+//     tokenizer.json or from vocab.json + merges.txt with tokenizer_config.json (Load), and the
+//     reward models' CLIP tokenizers, from vocab.json + merges.txt alone (LoadCLIPFiles, which
+//     rewards/tokenize's "clip-bpe" uses).
+//   - "t5": T5's SentencePiece unigram from tokenizer.json (precompiled normalizer, Metaspace,
+//     Viterbi over the pieces).
+//
+// Both are implemented here: github.com/sugarme/tokenizer v0.3.0 panics in RobertaProcessing on
+// CLIP's tokenizer.json and, past that, drops BPE's end-of-word suffix "</w>" (17 of 21 strings
+// of the parity table wrong); on T5 it adds a stray "▁" before a leading special token and
+// panics on a combining accent in its precompiled normalizer.
 //
 // Rows are fixed-length as StableDiffusion3Pipeline makes them: the post-processor's special
 // tokens around the text (CLIP: <|startoftext|> … <|endoftext|>; T5: … </s>), the text truncated
@@ -107,22 +110,33 @@ func (t *Tokenizer) PadID() int64 { return t.pad }
 // Encode returns exactly MaxLength ids: the special prefix, the text's ids (truncated on the
 // right so that everything fits), the special suffix, then padding.
 func (t *Tokenizer) Encode(text string) ([]int64, error) {
-	ids, err := t.enc.encode(text)
+	row, _, err := t.EncodeMask(text)
+	return row, err
+}
+
+// EncodeMask is Encode with the attention mask: 1 for the special tokens and the text's ids,
+// 0 for the padding.
+func (t *Tokenizer) EncodeMask(text string) (ids, mask []int64, err error) {
+	enc, err := t.enc.encode(text)
 	if err != nil {
-		return nil, fmt.Errorf("tokenize %q with %s: %w", text, t.dir, err)
+		return nil, nil, fmt.Errorf("tokenize %q with %s: %w", text, t.dir, err)
 	}
 	room := t.maxLen - len(t.prefix) - len(t.suffix)
-	if len(ids) > room {
-		ids = ids[:room]
+	if len(enc) > room {
+		enc = enc[:room]
 	}
-	row := make([]int64, 0, t.maxLen)
-	row = append(row, t.prefix...)
-	row = append(row, ids...)
-	row = append(row, t.suffix...)
-	for len(row) < t.maxLen {
-		row = append(row, t.pad)
+	ids = make([]int64, 0, t.maxLen)
+	ids = append(ids, t.prefix...)
+	ids = append(ids, enc...)
+	ids = append(ids, t.suffix...)
+	mask = make([]int64, t.maxLen)
+	for i := range ids {
+		mask[i] = 1
 	}
-	return row, nil
+	for len(ids) < t.maxLen {
+		ids = append(ids, t.pad)
+	}
+	return ids, mask, nil
 }
 
 // tokenizerConfig is what the package reads from tokenizer_config.json.

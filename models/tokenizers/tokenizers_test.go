@@ -249,3 +249,66 @@ func referenceTokens(t *testing.T, name string) ([]string, [][]int64) {
 	}
 	return strs, ids
 }
+
+// TestCLIPFilesMatchPython: the snapshot's CLIP-L and CLIP-G vocab.json + merges.txt loaded
+// as a reward's tokenizer is (LoadCLIPFiles: row length, pad id and added specials given, no
+// tokenizer_config.json read) give transformers' ids on the same table: CLIP-L pads with
+// <|endoftext|>, CLIP-G (laion's) with "!", which it also treats as special.
+func TestCLIPFilesMatchPython(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		pad     string
+		special []string
+	}{{"tokenizer", "", nil}, {"tokenizer_2", "!", []string{"!"}}} {
+		t.Run(c.name, func(t *testing.T) {
+			strs, want := referenceTokens(t, c.name)
+			dir := filepath.Join(fixture, "snapshot", c.name)
+			f := CLIPFiles{Vocab: filepath.Join(dir, "vocab.json"), Merges: filepath.Join(dir, "merges.txt"), MaxLength: 77, Pad: -1, Special: c.special}
+			if c.pad != "" {
+				var vocab map[string]int64
+				raw, err := os.ReadFile(f.Vocab)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := json.Unmarshal(raw, &vocab); err != nil {
+					t.Fatal(err)
+				}
+				f.Pad = vocab[c.pad]
+			}
+			tok, err := LoadCLIPFiles(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, s := range strs {
+				ids, mask, err := tok.EncodeMask(s)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(ids, want[i]) {
+					t.Errorf("string %d %q:\n got  %v\n want %v", i, s, ids, want[i])
+				}
+				// The mask is ones over <|startoftext|> … <|endoftext|>, zeros over the padding.
+				n := slices.Index(mask, 0)
+				if n < 0 {
+					n = len(mask)
+				}
+				if n < 2 || slices.Contains(mask[n:], 1) || ids[n-1] != tok.suffix[0] {
+					t.Errorf("string %d %q: mask %v, want ones up to <|endoftext|> (%d), then zeros", i, s, mask, tok.suffix[0])
+				}
+			}
+		})
+	}
+	dir := filepath.Join(fixture, "snapshot", "tokenizer")
+	for _, tc := range []struct {
+		f    CLIPFiles
+		want string
+	}{
+		{CLIPFiles{Vocab: filepath.Join(dir, "vocab.json"), Merges: filepath.Join(dir, "merges.txt"), MaxLength: 77, Special: []string{"<zz>"}}, `special token "<zz>" is not in the vocabulary`},
+		{CLIPFiles{Vocab: filepath.Join(dir, "vocab.json"), Merges: filepath.Join(dir, "merges.txt"), MaxLength: 1}, "max length 1, want >= 2"},
+		{CLIPFiles{Vocab: filepath.Join(dir, "nope.json"), Merges: filepath.Join(dir, "merges.txt"), MaxLength: 77}, "nope.json"},
+	} {
+		if _, err := LoadCLIPFiles(tc.f); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("got %v, want an error containing %q", err, tc.want)
+		}
+	}
+}
