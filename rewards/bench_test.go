@@ -3,6 +3,7 @@ package rewards
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -51,4 +52,51 @@ func BenchmarkOCROverhead(b *testing.B) {
 	b.ReportMetric(float64(rawT.Milliseconds())/float64(b.N), "raw-ms/op")
 	b.ReportMetric(float64(layerT.Milliseconds())/float64(b.N), "rewards-ms/op")
 	b.ReportMetric(float64(layerT)/float64(rawT), "overhead-ratio")
+}
+
+// BenchmarkOCRBatchSize scores what one dense tiny-ocr minibatch hands the score stage — 144
+// images of 32×128 (16 trajectories × 9 states) — through the OCR reward with two sessions
+// (tiny-ocr.toml's concurrency), at several batch_size values, interleaved in every iteration
+// so that a shared machine's noise hits each alike. It reports seconds per 144 images for each
+// (batch-N-s/op); batch_size = 8 is the default. Random pixels: the recogniser's work does not
+// depend on what the image shows.
+func BenchmarkOCRBatchSize(b *testing.B) {
+	const n = 144
+	rng := rand.New(rand.NewPCG(1, 2))
+	images := make([]Image, n)
+	prompts := make([]Prompt, n)
+	for i := range images {
+		images[i] = Image{W: 128, H: 32, Pix: make([]float32, 3*32*128)}
+		for j := range images[i].Pix {
+			images[i].Pix[j] = rng.Float32()
+		}
+		prompts[i] = Prompt{Text: `a sign that says "K4RT"`}
+	}
+	sizes := []int{1, 2, 4, 8, 16, 36, 72}
+	sets := make([]*Set, len(sizes))
+	for i, size := range sizes {
+		c := ocrConfig(b, false)
+		c.BatchSize, c.Concurrency = size, 2
+		s, err := Open(context.Background(), []Config{c}, "", onnxrt.Config{IntraOpThreads: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		sets[i] = s
+	}
+	ctx := context.Background()
+	spent := make([]time.Duration, len(sizes))
+	b.ResetTimer()
+	for range b.N {
+		for i, s := range sets {
+			t0 := time.Now()
+			if _, err := s.Score(ctx, images, prompts); err != nil {
+				b.Fatal(err)
+			}
+			spent[i] += time.Since(t0)
+		}
+	}
+	for i, size := range sizes {
+		b.ReportMetric(spent[i].Seconds()/float64(b.N), fmt.Sprintf("batch-%d-s/op", size))
+	}
 }
