@@ -570,8 +570,10 @@ func TestRunQueries(t *testing.T) {
 	corr, _ := lines[1]["query_r_corr"].([]any)
 	sign, _ := lines[1]["query_delta_sign"].([]any)
 	frac, _ := lines[1]["query_frac"].([]any)
-	if len(corr) != 3 || len(sign) != 2 || len(frac) != 3 || frac[0] != float64(1) {
-		t.Errorf("audited epoch: query_r_corr %v, query_delta_sign %v, query_frac %v; want 3, 2 and 3 values, x_0 always queried", corr, sign, frac)
+	moved, _ := lines[1]["query_delta_sign_moved"].([]any)
+	if len(corr) != 3 || len(sign) != 2 || len(frac) != 3 || frac[0] != float64(1) || len(moved) != 2 {
+		t.Errorf("audited epoch: query_r_corr %v, query_delta_sign %v, query_frac %v, query_delta_sign_moved %v; want 3, 2, 3 and 2 values, x_0 always queried",
+			corr, sign, frac, moved)
 	}
 	if _, ok := lines[2]["query_r_corr"]; ok {
 		t.Errorf("epoch 2 is not audited but logs %v", lines[2]["query_r_corr"])

@@ -250,7 +250,7 @@ func (t *trainer) runEpoch(ctx context.Context) (runfiles.Line, error) {
 	}
 	if a := rw.Accuracy; a != nil {
 		tr.QueryRCorr, tr.QueryRMAE, tr.QueryFrac = a.RCorr, a.RMAE, a.Queried
-		tr.QueryDeltaSign, tr.QueryDeltaCorr, tr.QueryDeltaZero = a.DeltaSign, a.DeltaCorr, a.DeltaZero
+		tr.QueryDeltaSign, tr.QueryDeltaCorr, tr.QueryDeltaZero, tr.QueryDeltaMoved = a.DeltaSign, a.DeltaCorr, a.DeltaZero, a.DeltaSignMoved
 	}
 	tr.ScoredImages = rw.Scored
 	for k, v := range map[string]float64{runfiles.KeyLoss: tr.Loss, runfiles.KeyKL: tr.KL, runfiles.KeyPolicyLoss: tr.PolicyLoss} {

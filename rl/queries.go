@@ -155,7 +155,9 @@ type QueryAccuracy struct {
 	// correlation of the two ΔR_k (NaN without variance), DeltaZero[k] the fraction of samples
 	// whose scored ΔR_k is exactly 0 (a discrete reward such as OCR's often does not change
 	// over one step, and a predicted ΔR_k is then a small non-zero number of either sign).
-	DeltaSign, DeltaCorr, DeltaZero []float64
+	// DeltaSignMoved[k] is DeltaSign among the samples whose scored ΔR_k is not 0 — does the
+	// prediction point the way the reward moved — NaN when every scored ΔR_k is 0.
+	DeltaSign, DeltaCorr, DeltaZero, DeltaSignMoved []float64
 	// Queried[k] is the fraction of samples whose state k was queried, k = 0 … Trained.
 	Queried []float64
 }
@@ -166,7 +168,7 @@ func queryAccuracy(used, full [][]float64, queried [][]bool, trained int) QueryA
 	n := len(used)
 	a := QueryAccuracy{RCorr: make([]float64, trained+1), RMAE: make([]float64, trained+1),
 		DeltaSign: make([]float64, trained), DeltaCorr: make([]float64, trained), DeltaZero: make([]float64, trained),
-		Queried: make([]float64, trained+1)}
+		DeltaSignMoved: make([]float64, trained), Queried: make([]float64, trained+1)}
 	x, y := make([]float64, n), make([]float64, n)
 	for k := 0; k <= trained; k++ {
 		var diff float64
@@ -181,17 +183,24 @@ func queryAccuracy(used, full [][]float64, queried [][]bool, trained int) QueryA
 		a.RCorr[k], a.RMAE[k], a.Queried[k] = pearson(x, y), diff/float64(n), float64(count)/float64(n)
 	}
 	for k := range trained {
-		agree, zero := 0, 0
+		agree, zero, agreeMoved := 0, 0, 0
 		for i := range n {
 			x[i], y[i] = used[i][k+1]-used[i][k], full[i][k+1]-full[i][k]
-			if sign(x[i]) == sign(y[i]) {
+			same := sign(x[i]) == sign(y[i])
+			if same {
 				agree++
 			}
 			if y[i] == 0 {
 				zero++
+			} else if same {
+				agreeMoved++
 			}
 		}
 		a.DeltaSign[k], a.DeltaZero[k], a.DeltaCorr[k] = float64(agree)/float64(n), float64(zero)/float64(n), pearson(x, y)
+		a.DeltaSignMoved[k] = math.NaN()
+		if zero < n {
+			a.DeltaSignMoved[k] = float64(agreeMoved) / float64(n-zero)
+		}
 	}
 	return a
 }

@@ -173,7 +173,8 @@ func TestMethodValidateQueries(t *testing.T) {
 // (0, 0.5, 1) vs full (0, 0.2, 1); sample 1 used (1, 0.5, 0) vs full (1, 0.8, 0). R_1 used
 // 0.5, 0.5 is constant: correlation NaN; MAE (0.3 + 0.3)/2 = 0.3. ΔR_0: used +0.5 / full +0.2
 // agree, used −0.5 / full −0.2 agree; ΔR_1 likewise: all 1. Two points with opposite ΔR on
-// both sides correlate exactly: 1; no scored ΔR is 0.
+// both sides correlate exactly: 1; no scored ΔR is 0, so the agreement among moved ones is
+// the agreement: 1.
 func TestQueryAccuracyHand(t *testing.T) {
 	used := [][]float64{{0, 0.5, 1}, {1, 0.5, 0}}
 	full := [][]float64{{0, 0.2, 1}, {1, 0.8, 0}}
@@ -186,10 +187,23 @@ func TestQueryAccuracyHand(t *testing.T) {
 		math.Abs(a.DeltaCorr[0]-1) > 1e-12 || math.Abs(a.DeltaCorr[1]-1) > 1e-12 || !slices.Equal(a.DeltaZero, []float64{0, 0}) {
 		t.Errorf("DeltaSign %v DeltaCorr %v DeltaZero %v Queried %v, want [1 1], [1 1], [0 0], [1 0.5 1]", a.DeltaSign, a.DeltaCorr, a.DeltaZero, a.Queried)
 	}
+	if !slices.Equal(a.DeltaSignMoved, []float64{1, 1}) {
+		t.Errorf("DeltaSignMoved %v, want [1 1]", a.DeltaSignMoved)
+	}
 	// A zero step scored against a non-zero prediction disagrees.
 	b := queryAccuracy([][]float64{{0, 0.1}}, [][]float64{{0, 0}}, [][]bool{{true, false}}, 1)
-	if b.DeltaSign[0] != 0 || b.DeltaZero[0] != 1 || !math.IsNaN(b.DeltaCorr[0]) {
-		t.Errorf("sign(+0.1) vs sign(0): agreement %v, zero %v, corr %v; want 0, 1, NaN", b.DeltaSign[0], b.DeltaZero[0], b.DeltaCorr[0])
+	if b.DeltaSign[0] != 0 || b.DeltaZero[0] != 1 || !math.IsNaN(b.DeltaCorr[0]) || !math.IsNaN(b.DeltaSignMoved[0]) {
+		t.Errorf("sign(+0.1) vs sign(0): agreement %v, zero %v, corr %v, among moved %v; want 0, 1, NaN, NaN (none moved)",
+			b.DeltaSign[0], b.DeltaZero[0], b.DeltaCorr[0], b.DeltaSignMoved[0])
+	}
+	// Five samples, one step: scored ΔR 0, 0, +0.25, −0.5, +1 against used +0.1, 0, +0.2,
+	// +0.1, +0.3. Agreement over all: samples 1 (0 = 0), 2 and 4 (+ = +), 3/5 = 0.6; zero 2/5 =
+	// 0.4; among the three that moved, samples 2 and 4 agree: 2/3. A zero step counts there
+	// neither when it agrees (sample 1) nor when it does not (sample 0).
+	c := queryAccuracy([][]float64{{0, 0.1}, {0, 0}, {0, 0.2}, {0, 0.1}, {0, 0.3}}, [][]float64{{0, 0}, {0, 0}, {0, 0.25}, {0, -0.5}, {0, 1}},
+		[][]bool{{true, false}, {true, false}, {true, false}, {true, false}, {true, false}}, 1)
+	if c.DeltaSign[0] != 0.6 || c.DeltaZero[0] != 0.4 || c.DeltaSignMoved[0] != 2.0/3 {
+		t.Errorf("agreement %v, zero %v, among moved %v; want 0.6, 0.4, 2/3", c.DeltaSign[0], c.DeltaZero[0], c.DeltaSignMoved[0])
 	}
 }
 

@@ -476,7 +476,7 @@ func denseSection(p *page, runs []*Run) error {
 // the audited epochs: the means over them of the query_* vectors.
 func querySection(p *page, runs []*Run) error {
 	p.f("<h2 id=\"queries\">Predicted rewards per step (dense.queries)</h2>\n")
-	p.f("<p class=\"note\">With dense.queries = K only K states per trajectory are scored; the other R_k are predicted from them by latent similarity (SDPO). Audited epochs (dense.audit_every) score every state too: per state k, the fraction of trajectories whose x_k was queried, the correlation and mean absolute difference of the R_k training used with the scored R_k; per step k, the fraction of trajectories whose ΔR_k has the scored ΔR_k's sign (−, 0, +), the correlation of the two ΔR_k, and the fraction of scored ΔR_k that are exactly 0 (a discrete reward often does not change over a step, while a predicted ΔR_k is a small number of either sign).</p>\n")
+	p.f("<p class=\"note\">With dense.queries = K only K states per trajectory are scored; the other R_k are predicted from them by latent similarity (SDPO). Audited epochs (dense.audit_every) score every state too: per state k, the fraction of trajectories whose x_k was queried, the correlation and mean absolute difference of the R_k training used with the scored R_k; per step k, the fraction of trajectories whose ΔR_k has the scored ΔR_k's sign (−, 0, +), the correlation of the two ΔR_k, the fraction of scored ΔR_k that are exactly 0 (a discrete reward often does not change over a step, while a predicted ΔR_k is a small number of either sign), and the sign agreement among the trajectories whose scored ΔR_k is not 0.</p>\n")
 	for i, r := range runs {
 		corr, n := stepMeans(r, runfiles.KeyQueryRCorr)
 		mae, _ := stepMeans(r, runfiles.KeyQueryRMAE)
@@ -484,12 +484,13 @@ func querySection(p *page, runs []*Run) error {
 		sign, _ := stepMeans(r, runfiles.KeyQueryDeltaSign)
 		dcorr, _ := stepMeans(r, runfiles.KeyQueryDeltaCorr)
 		zero, _ := stepMeans(r, runfiles.KeyQueryDeltaZero)
+		moved, _ := stepMeans(r, runfiles.KeyQueryDeltaMoved)
 		if n == 0 {
 			p.note("%s: no audited epoch with predicted rewards (dense.queries = 0, or dense.audit_every = 0)", r.Label())
 			continue
 		}
 		p.f("<h3>%s%s: mean of %d audited epochs</h3>\n", swatch(runColor(i)), esc(r.Label()), n)
-		p.f("<table><tr><th>k</th><th>x_k queried</th><th>corr(R_k used, R_k scored)</th><th>mean |R_k used − R_k scored|</th><th>sign ΔR_k agrees</th><th>corr(ΔR_k used, ΔR_k scored)</th><th>scored ΔR_k = 0</th></tr>\n")
+		p.f("<table><tr><th>k</th><th>x_k queried</th><th>corr(R_k used, R_k scored)</th><th>mean |R_k used − R_k scored|</th><th>sign ΔR_k agrees</th><th>corr(ΔR_k used, ΔR_k scored)</th><th>scored ΔR_k = 0</th><th>sign agrees where scored ΔR_k ≠ 0</th></tr>\n")
 		at := func(v []float64, k int) string {
 			switch {
 			case k >= len(v):
@@ -500,7 +501,7 @@ func querySection(p *page, runs []*Run) error {
 			return fmt.Sprintf("%.3f", v[k])
 		}
 		for k := range max(len(corr), len(sign)) {
-			p.f("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>\n", k, at(frac, k), at(corr, k), at(mae, k), at(sign, k), at(dcorr, k), at(zero, k))
+			p.f("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>\n", k, at(frac, k), at(corr, k), at(mae, k), at(sign, k), at(dcorr, k), at(zero, k), at(moved, k))
 		}
 		p.f("</table>\n")
 	}

@@ -68,12 +68,12 @@ var denseOnMetrics = []string{
 	`{"epoch":0,"eval_reward_mean":0.30,"eval/ocr":0.30}`,
 	`{"epoch":1,"samples":64,"reward_mean":0.31,"reward_std":0.2,"reward/ocr":0.31,"loss":0.01,"policy_loss":0.01,"kl":0.0002,"approx_kl":1e-6,"clip_frac":0.1,"grad_norm":0.5,` +
 		`"dense_pos_frac":[0.5,0.6,0.4],"dense_delta_mean":[0.01,0.02,-0.01],"dense_delta_std":[0.1,0.1,0.1],` +
-		`"query_r_corr":[1,0.8,null],"query_r_mae":[0,0.1,0],"query_frac":[1,0.5,1],"query_delta_sign":[0.75,0.5],"query_delta_corr":[0.5,0.5],"query_delta_zero":[0.25,0],"scored_images":96,` +
+		`"query_r_corr":[1,0.8,null],"query_r_mae":[0,0.1,0],"query_frac":[1,0.5,1],"query_delta_sign":[0.75,0.5],"query_delta_corr":[0.5,0.5],"query_delta_zero":[0.25,0],"query_delta_sign_moved":[0.5,null],"scored_images":96,` +
 		`"stage_seconds":{"rollout":3.1,"lookahead":2.0,"decode":0.5,"score":1.2,"train":4.0},"wall_seconds":11.2,"elapsed_seconds":11.2,"samples_per_second":5.7,"dropped":2}`,
 	``,
 	`{"epoch":2,"samples":128,"reward_mean":0.41,"reward_std":0.2,"loss":0.02,"kl":0.0003,"clip_frac":0.2,` +
 		`"dense_pos_frac":[0.7,0.2,0.6],"dense_delta_mean":[0.03,0.0,0.01],"dense_delta_std":[0.1,0.2,0.1],"eval_reward_mean":0.45,"eval/ocr":0.45,` +
-		`"query_r_corr":[1,0.6,null],"query_r_mae":[0,0.3,0],"query_frac":[1,0.5,1],"query_delta_sign":[0.25,0.5],"query_delta_corr":[0.3,null],"query_delta_zero":[0.25,0.5],` +
+		`"query_r_corr":[1,0.6,null],"query_r_mae":[0,0.3,0],"query_frac":[1,0.5,1],"query_delta_sign":[0.25,0.5],"query_delta_corr":[0.3,null],"query_delta_zero":[0.25,0.5],"query_delta_sign_moved":[0.25,null],` +
 		`"stage_seconds":{"rollout":3.0,"lookahead":2.1,"decode":0.4,"score":1.1,"train":4.2},"wall_seconds":11.0,"elapsed_seconds":22.2,"samples_per_second":5.8}`,
 }
 
@@ -110,10 +110,11 @@ func TestWriteHTML(t *testing.T) {
 		// max |pos−neg| = |10−22| = 12.
 		"<td>1</td><td>0.52</td><td>45</td><td>51</td><td>12</td>",
 		// The predicted-reward table, means of the two audited epochs; R_2's correlation is
-		// undefined in both, and there is no ΔR_2 (two trained steps).
-		"mean of 2 audited epochs", "<tr><td>0</td><td>1.000</td><td>1.000</td><td>0.000</td><td>0.500</td><td>0.400</td><td>0.250</td></tr>",
-		"<tr><td>1</td><td>0.500</td><td>0.700</td><td>0.200</td><td>0.500</td><td>0.500</td><td>0.250</td></tr>",
-		"<tr><td>2</td><td>1.000</td><td>–</td><td>0.000</td><td></td><td></td><td></td></tr>",
+		// undefined in both, and there is no ΔR_2 (two trained steps). Sign agreement where
+		// ΔR_k moved: (0.5 + 0.25)/2 at k = 0; at k = 1 no scored ΔR_1 moved in either epoch.
+		"mean of 2 audited epochs", "<tr><td>0</td><td>1.000</td><td>1.000</td><td>0.000</td><td>0.500</td><td>0.400</td><td>0.250</td><td>0.375</td></tr>",
+		"<tr><td>1</td><td>0.500</td><td>0.700</td><td>0.200</td><td>0.500</td><td>0.500</td><td>0.250</td><td>–</td></tr>",
+		"<tr><td>2</td><td>1.000</td><td>–</td><td>0.000</td><td></td><td></td><td></td><td></td></tr>",
 		"sparse-run (dense off): no audited epoch with predicted rewards",
 		// sparse-run has neither psi.json nor dense statistics: notes, not errors.
 		"sparse-run (dense off): no psi.json", "sparse-run (dense off): no per-step dense statistics",

@@ -65,6 +65,7 @@ const (
 	KeyQueryDeltaSign   = "query_delta_sign"
 	KeyQueryDeltaCorr   = "query_delta_corr"
 	KeyQueryDeltaZero   = "query_delta_zero"
+	KeyQueryDeltaMoved  = "query_delta_sign_moved"
 	KeyQueryFrac        = "query_frac"
 	KeyStageSeconds     = "stage_seconds"
 	KeyWallSeconds      = "wall_seconds"
@@ -137,13 +138,15 @@ type Train struct {
 	// (rl.QueryAccuracy): per state k = 0 … trained, the correlation and mean absolute
 	// difference of the R_k training used with the scored R_k and the fraction of samples whose
 	// state k was queried; per trained step, the fraction whose ΔR_k has the scored ΔR_k's
-	// sign, the correlation of the two ΔR_k and the fraction whose scored ΔR_k is 0.
-	QueryRCorr     []float64 `json:"query_r_corr,omitempty"`
-	QueryRMAE      []float64 `json:"query_r_mae,omitempty"`
-	QueryDeltaSign []float64 `json:"query_delta_sign,omitempty"`
-	QueryDeltaCorr []float64 `json:"query_delta_corr,omitempty"`
-	QueryDeltaZero []float64 `json:"query_delta_zero,omitempty"`
-	QueryFrac      []float64 `json:"query_frac,omitempty"`
+	// sign, the correlation of the two ΔR_k, the fraction whose scored ΔR_k is 0 and the sign
+	// agreement among the others.
+	QueryRCorr      []float64 `json:"query_r_corr,omitempty"`
+	QueryRMAE       []float64 `json:"query_r_mae,omitempty"`
+	QueryDeltaSign  []float64 `json:"query_delta_sign,omitempty"`
+	QueryDeltaCorr  []float64 `json:"query_delta_corr,omitempty"`
+	QueryDeltaZero  []float64 `json:"query_delta_zero,omitempty"`
+	QueryDeltaMoved []float64 `json:"query_delta_sign_moved,omitempty"`
+	QueryFrac       []float64 `json:"query_frac,omitempty"`
 	// StageSeconds are the busy seconds of each stage (Stages).
 	StageSeconds map[string]float64 `json:"stage_seconds"`
 	// CollectWallSeconds is the wall time of rollout → score, WallSeconds of the whole epoch,

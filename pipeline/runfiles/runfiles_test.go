@@ -20,7 +20,7 @@ func TestKeysAreTags(t *testing.T) {
 		KeyApproxKL, KeyClipFrac, KeyRatioMean, KeyGradNorm, KeyUpdates, KeyDropped, KeyDensePosFrac,
 		KeyDenseDeltaMean, KeyDenseDeltaStd, KeyStageSeconds, KeyWallSeconds, KeySamplesPerSecond,
 		KeyElapsedSeconds, KeyEvalRewardMean, KeyEvalN, KeyEvalTotals, KeyEvalHeldoutMean, KeyScoredImages, KeyQueryRCorr, KeyQueryRMAE,
-		KeyQueryDeltaSign, KeyQueryDeltaCorr, KeyQueryDeltaZero, KeyQueryFrac} {
+		KeyQueryDeltaSign, KeyQueryDeltaCorr, KeyQueryDeltaZero, KeyQueryDeltaMoved, KeyQueryFrac} {
 		if !slices.Contains(keys, k) {
 			t.Errorf("key constant %q is no field of Line (keys %v)", k, keys)
 		}
@@ -33,7 +33,7 @@ func fullLine() Line {
 		Loss: 1e-4, PolicyLoss: 2e-4, KL: math.NaN(), ApproxKL: 1e-9, ClipFrac: 0, RatioMean: 1, GradNorm: 0.75,
 		Updates: 2, Dropped: 1, DensePosFrac: []float64{0.5, 0.25}, DenseDeltaMean: []float64{0.125, -0.5},
 		DenseDeltaStd: []float64{1, math.Inf(1)}, ScoredImages: 64, QueryRCorr: []float64{1, math.NaN(), 0.5},
-		QueryRMAE: []float64{0, 0.25, 0.125}, QueryDeltaSign: []float64{0.75, 0.5}, QueryDeltaCorr: []float64{0.5, -0.25}, QueryDeltaZero: []float64{0.25, 0}, QueryFrac: []float64{1, 0.5, 0.25}, StageSeconds: map[string]float64{StageRollout: 1.5, StageTrain: 2},
+		QueryRMAE: []float64{0, 0.25, 0.125}, QueryDeltaSign: []float64{0.75, 0.5}, QueryDeltaCorr: []float64{0.5, -0.25}, QueryDeltaZero: []float64{0.25, 0}, QueryDeltaMoved: []float64{math.NaN(), 0.5}, QueryFrac: []float64{1, 0.5, 0.25}, StageSeconds: map[string]float64{StageRollout: 1.5, StageTrain: 2},
 		CollectWallSeconds: 3, WallSeconds: 5, SamplesPerSecond: 6.4, ElapsedSeconds: 15,
 	}, Eval: &Eval{RewardMean: 0.625, N: 2, Totals: []float64{0.5, 0.75}, Rewards: map[string]float64{"ocr": 0.625, "ocr.exact": 0.5}}}
 }
@@ -49,7 +49,7 @@ func TestLineRoundTrip(t *testing.T) {
 		`"dense_delta_std":[1,null],"dense_pos_frac":[0.5,0.25],"dropped":1,"elapsed_seconds":15,"epoch":3,` +
 		`"eval/ocr":0.625,"eval/ocr.exact":0.5,"eval_n":2,"eval_reward_mean":0.625,"eval_totals":[0.5,0.75],` +
 		`"grad_norm":0.75,"kl":null,"loss":0.0001,"policy_loss":0.0002,` +
-		`"query_delta_corr":[0.5,-0.25],"query_delta_sign":[0.75,0.5],"query_delta_zero":[0.25,0],"query_frac":[1,0.5,0.25],"query_r_corr":[1,null,0.5],"query_r_mae":[0,0.25,0.125],` +
+		`"query_delta_corr":[0.5,-0.25],"query_delta_sign":[0.75,0.5],"query_delta_sign_moved":[null,0.5],"query_delta_zero":[0.25,0],"query_frac":[1,0.5,0.25],"query_r_corr":[1,null,0.5],"query_r_mae":[0,0.25,0.125],` +
 		`"ratio_mean":1,"reward/ocr":0.5,` +
 		`"reward_mean":0.5,"reward_std":0.25,"samples":96,"samples_per_second":6.4,"scored_images":64,` +
 		`"stage_seconds":{"rollout":1.5,"train":2},"updates":2,"wall_seconds":5}`
@@ -71,8 +71,8 @@ func TestLineRoundTrip(t *testing.T) {
 	if _, ok := sc[KeyKL]; ok || sc["reward/ocr"] != 0.5 || sc["eval/ocr.exact"] != 0.5 || sc[KeyUpdates] != 2 {
 		t.Errorf("scalars %v: want no kl (NaN), reward/ocr 0.5, eval/ocr.exact 0.5, updates 2", sc)
 	}
-	if v := back.Vectors(); len(v) != 9 || v[KeyDensePosFrac][1] != 0.25 || !math.IsNaN(v[KeyQueryRCorr][1]) {
-		t.Errorf("vectors %v, want the three dense statistics and the six of the predicted rewards", v)
+	if v := back.Vectors(); len(v) != 10 || v[KeyDensePosFrac][1] != 0.25 || !math.IsNaN(v[KeyQueryRCorr][1]) {
+		t.Errorf("vectors %v, want the three dense statistics and the seven of the predicted rewards", v)
 	}
 }
 
