@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/densegrpo/densegrpo/internal/atomicfile"
+	"github.com/densegrpo/densegrpo/internal/limitfile"
 	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	"github.com/densegrpo/densegrpo/pipeline/checkpoint"
@@ -98,7 +99,7 @@ func ExportLoRA(src, out string) (AdapterInfo, error) {
 
 // ReadAdapterInfo reads AdapterInfoFile of an exported adapter folder; ok is false without one.
 func ReadAdapterInfo(dir string) (info AdapterInfo, ok bool, err error) {
-	data, err := os.ReadFile(filepath.Join(dir, AdapterInfoFile))
+	data, err := limitfile.Read(filepath.Join(dir, AdapterInfoFile), limitfile.Config, "a JSON config")
 	if os.IsNotExist(err) {
 		return info, false, nil
 	}

@@ -4,9 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"os"
 	"strings"
 
+	"github.com/densegrpo/densegrpo/internal/limitfile"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/rewards/geneval"
 )
@@ -51,7 +51,7 @@ type genevalScorer struct {
 }
 
 func loadClasses(path string) ([]string, error) {
-	f, err := os.Open(path)
+	f, err := limitfile.Open(path, limitfile.Vocab, "a list of class names")
 	if err != nil {
 		return nil, fmt.Errorf("load class names: %w", err)
 	}

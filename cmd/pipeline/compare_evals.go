@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 
+	"github.com/densegrpo/densegrpo/internal/limitfile"
 	"github.com/densegrpo/densegrpo/pipeline"
 )
 
@@ -47,7 +47,7 @@ func runCompareEvals(ctx context.Context, args []string, out io.Writer) error {
 // readEvalJSON reads a file written by eval --json.
 func readEvalJSON(path string) (pipeline.EvalResult, error) {
 	var r pipeline.EvalResult
-	data, err := os.ReadFile(path)
+	data, err := limitfile.Read(path, limitfile.Data, "the output of eval --json")
 	if err != nil {
 		return r, err
 	}

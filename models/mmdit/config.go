@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/densegrpo/densegrpo/internal/limitfile"
 )
 
 // Config sizes the transformer. Field names and meanings are those of
@@ -62,7 +63,7 @@ var configKeys = []string{
 // (other than "_"-prefixed bookkeeping keys) is an error. The result is
 // defaulted and validated.
 func LoadConfig(path string) (Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := limitfile.Read(path, limitfile.Config, "a JSON config")
 	if err != nil {
 		return Config{}, fmt.Errorf("read mmdit config: %w", err)
 	}

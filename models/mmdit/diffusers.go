@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/densegrpo/densegrpo/internal/limitfile"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 )
@@ -25,7 +26,7 @@ const (
 // checks its class.
 func LoadDiffusersConfig(dir string) (Config, error) {
 	path := filepath.Join(dir, DiffusersConfig)
-	raw, err := os.ReadFile(path)
+	raw, err := limitfile.Read(path, limitfile.Config, "a JSON config")
 	if err != nil {
 		return Config{}, fmt.Errorf("read mmdit config: %w", err)
 	}
@@ -54,7 +55,7 @@ func (m *Model) LoadDiffusers(ctx *mlctx.Context, dir string) error {
 		return m.Load(ctx, single)
 	}
 	indexPath := filepath.Join(dir, DiffusersWeightsIndex)
-	raw, err := os.ReadFile(indexPath)
+	raw, err := limitfile.Read(indexPath, limitfile.Index, "a safetensors index")
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("load mmdit %s: no %s and no %s", dir, DiffusersWeights, DiffusersWeightsIndex)
 	}

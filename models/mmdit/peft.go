@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/densegrpo/densegrpo/internal/atomicfile"
+	"github.com/densegrpo/densegrpo/internal/limitfile"
 	"github.com/densegrpo/densegrpo/models/safetensors"
 	mlctx "github.com/gomlx/gomlx/pkg/ml/context"
 )
@@ -207,7 +208,7 @@ func readLoRAConfig(path string, model Config) (LoRAConfig, string, error) {
 		}
 	case fileExists(filepath.Join(filepath.Dir(path), PEFTAdapterConfig)):
 		src = filepath.Join(filepath.Dir(path), PEFTAdapterConfig)
-		doc, err := os.ReadFile(src)
+		doc, err := limitfile.Read(src, limitfile.Config, "a JSON config")
 		if err != nil {
 			return fail("%v", err)
 		}

@@ -272,6 +272,38 @@ func TestDiffusersBadInput(t *testing.T) {
 		}
 		checkOneLine(t, m.LoadDiffusers(mlctx.New(), dir), "noweights", DiffusersWeights, DiffusersWeightsIndex)
 	})
+	// Files from strangers: an oversized index.json or config.json is refused from its size,
+	// before it is read (sparse files: a few KB on disk).
+	t.Run("oversized", func(t *testing.T) {
+		dir := edit("big", func(map[string]any) {})
+		cfg, err := LoadDiffusersConfig(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := New(cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		grow(t, filepath.Join(dir, DiffusersWeightsIndex), 65<<20)
+		err = m.LoadDiffusers(mlctx.New(), dir)
+		t.Logf("index: %v", err)
+		checkOneLine(t, err, "big/"+DiffusersWeightsIndex+": 68157440 bytes, want at most 64 MiB for a safetensors index")
+		grow(t, filepath.Join(dir, DiffusersConfig), 2<<20)
+		_, err = LoadDiffusersConfig(dir)
+		t.Logf("config: %v", err)
+		checkOneLine(t, err, "big/config.json: 2097152 bytes, want at most 1 MiB for a JSON config")
+	})
+}
+
+// grow makes path a sparse file of n bytes.
+func grow(t *testing.T, path string, n int64) {
+	t.Helper()
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, n); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func checkOneLine(t *testing.T, err error, want ...string) {

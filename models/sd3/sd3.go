@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/densegrpo/densegrpo/internal/limitfile"
 	"github.com/densegrpo/densegrpo/models/frozen"
 	"github.com/densegrpo/densegrpo/models/mmdit"
 	"github.com/densegrpo/densegrpo/models/onnxrt"
@@ -81,7 +82,7 @@ type Scheduler struct {
 // exists. A diffusers snapshot given instead of an export is named as such.
 func ReadManifest(dir string) (*Manifest, error) {
 	path := filepath.Join(dir, ManifestFile)
-	raw, err := os.ReadFile(path)
+	raw, err := limitfile.Read(path, limitfile.Config, "a JSON config")
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			if _, serr := os.Stat(filepath.Join(dir, "model_index.json")); serr == nil {

@@ -16,6 +16,8 @@ import (
 	"unicode"
 
 	"golang.org/x/text/unicode/norm"
+
+	"github.com/densegrpo/densegrpo/internal/limitfile"
 )
 
 // clipSplit is CLIP's pre-tokenizer pattern as tokenizer.json writes it.
@@ -291,14 +293,14 @@ func compact(raw json.RawMessage) string {
 // readVocabMerges reads vocab.json ({"token": id}) and merges.txt ("#version" line, then one
 // "a b" merge per line, highest priority first).
 func (c *clipBPE) readVocabMerges(vocabPath, mergesPath string) error {
-	raw, err := os.ReadFile(vocabPath)
+	raw, err := limitfile.Read(vocabPath, limitfile.Vocab, "a tokenizer file")
 	if err != nil {
 		return fmt.Errorf("load CLIP tokenizer: %w", err)
 	}
 	if err := json.Unmarshal(raw, &c.vocab); err != nil {
 		return fmt.Errorf("load CLIP tokenizer %s: want {\"token\": id, ...}: %w", vocabPath, err)
 	}
-	f, err := os.Open(mergesPath)
+	f, err := limitfile.Open(mergesPath, limitfile.Vocab, "a tokenizer file")
 	if err != nil {
 		return fmt.Errorf("load CLIP tokenizer: %w", err)
 	}

@@ -27,6 +27,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/densegrpo/densegrpo/internal/limitfile"
 )
 
 // Kind names a tokenizer family.
@@ -151,7 +153,7 @@ type tokenizerConfig struct {
 // a token out). A missing tokenizer_config.json is an error: it names the pad token.
 func readConfig(dir string) (tokenizerConfig, error) {
 	path := filepath.Join(dir, "tokenizer_config.json")
-	raw, err := os.ReadFile(path)
+	raw, err := limitfile.Read(path, limitfile.Config, "a JSON config")
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			if _, serr := os.Stat(dir); serr != nil {
@@ -184,7 +186,11 @@ func readConfig(dir string) (tokenizerConfig, error) {
 			*dst = s
 		}
 	}
-	if raw, err := os.ReadFile(filepath.Join(dir, "special_tokens_map.json")); err == nil {
+	raw, err = limitfile.Read(filepath.Join(dir, "special_tokens_map.json"), limitfile.Config, "a JSON config")
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return cfg, fmt.Errorf("load tokenizer: %w", err)
+	}
+	if err == nil {
 		var m map[string]json.RawMessage
 		if err := json.Unmarshal(raw, &m); err != nil {
 			return cfg, fmt.Errorf("load tokenizer %s: %w", filepath.Join(dir, "special_tokens_map.json"), err)
@@ -288,7 +294,7 @@ type tokenizerJSON struct {
 }
 
 func readTokenizerJSON(path string) (*tokenizerJSON, string, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := limitfile.Read(path, limitfile.Vocab, "a tokenizer file")
 	if err != nil {
 		return nil, "", err
 	}

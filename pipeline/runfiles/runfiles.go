@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/densegrpo/densegrpo/internal/atomicfile"
+	"github.com/densegrpo/densegrpo/internal/limitfile"
 )
 
 // File names in a run directory.
@@ -529,7 +530,7 @@ type PsiIteration struct {
 
 // ReadPsi reads a psi.json; a missing file is an error wrapping fs.ErrNotExist.
 func ReadPsi(path string) (*Psi, error) {
-	data, err := os.ReadFile(path)
+	data, err := limitfile.Read(path, limitfile.Data, "a psi.json")
 	if err != nil {
 		return nil, fmt.Errorf("read psi: %w", err)
 	}

@@ -11,9 +11,10 @@ package ocr
 import (
 	"bufio"
 	"fmt"
-	"os"
 	"strings"
 	"unicode"
+
+	"github.com/densegrpo/densegrpo/internal/limitfile"
 )
 
 // Dict maps recogniser classes to text.
@@ -24,7 +25,7 @@ type Dict struct {
 
 // LoadDict reads a keys file (one character per line; the last line may lack a newline).
 func LoadDict(path string) (Dict, error) {
-	f, err := os.Open(path)
+	f, err := limitfile.Open(path, limitfile.Vocab, "a recogniser's character list")
 	if err != nil {
 		return Dict{}, fmt.Errorf("load OCR keys: %w", err)
 	}

@@ -8,10 +8,10 @@ package tokenize
 import (
 	"bufio"
 	"fmt"
-	"os"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/densegrpo/densegrpo/internal/limitfile"
 	"github.com/densegrpo/densegrpo/models/tokenizers"
 )
 
@@ -38,7 +38,7 @@ func LoadChars(path string, maxLen int, pad, unk int64) (*Chars, error) {
 	if path == "" {
 		return t, nil
 	}
-	f, err := os.Open(path)
+	f, err := limitfile.Open(path, limitfile.Vocab, "a tokenizer file")
 	if err != nil {
 		return nil, fmt.Errorf("load character vocabulary: %w", err)
 	}
