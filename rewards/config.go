@@ -188,7 +188,7 @@ type RemoteConfig struct {
 	// Timeout bounds one request (default "30s").
 	Timeout string `toml:"timeout"`
 	// Retries is how often a request is sent again after a transient failure (the server
-	// unreachable, a timeout, HTTP 429/502/503/504; default 8). Backoff is the first wait
+	// unreachable, a timeout, HTTP 429/500/502/503/504; default 8). Backoff is the first wait
 	// (default "250ms"), doubling up to MaxBackoff (default "8s").
 	Retries    *int   `toml:"retries"`
 	Backoff    string `toml:"backoff"`

@@ -168,6 +168,8 @@ func (m *remoteModel) run(ctx context.Context, in map[string]onnxrt.Tensor, outp
 	return out, nil
 }
 
+func (m *remoteModel) hookRetries(fn func(kserve.Retry)) { m.client.OnRetry = fn }
+
 func (m *remoteModel) close() error {
 	m.idle.CloseIdleConnections()
 	return nil

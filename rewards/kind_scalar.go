@@ -6,6 +6,7 @@ import (
 	"reflect"
 
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/rewards/kserve"
 	"github.com/densegrpo/densegrpo/rewards/tokenize"
 )
 
@@ -186,6 +187,13 @@ func newScalarScorer(c *Config, m runner, text *textFeeder) (*scalarScorer, erro
 		return nil, err
 	}
 	return s, nil
+}
+
+// hookRetries passes fn to a runner that waits for a server (a remote model).
+func (s *scalarScorer) hookRetries(fn func(kserve.Retry)) {
+	if h, ok := s.m.(retryHooker); ok {
+		h.hookRetries(fn)
+	}
 }
 
 func (s *scalarScorer) check() error {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/densegrpo/densegrpo/models/onnxrt"
@@ -13,41 +14,14 @@ import (
 )
 
 // serveONNX serves an ONNX file through the in-process KServe v2 server, running it in ONNX
-// Runtime as Triton's onnxruntime backend would: metadata from the graph, FP32 in and out.
+// Runtime as Triton's onnxruntime backend would.
 func serveONNX(t *testing.T, name, path string) *kservetest.Server {
 	t.Helper()
-	sess, err := onnxrt.Open(path, onnxrt.Config{IntraOpThreads: 1})
+	m, closeModel, err := kservetest.ONNXModel(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { sess.Close() })
-	meta := func(infos []onnxrt.TensorInfo) []kserve.TensorMeta {
-		var out []kserve.TensorMeta
-		for _, ti := range infos {
-			out = append(out, kserve.TensorMeta{Name: ti.Name, Datatype: map[string]string{"float32": "FP32", "int64": "INT64"}[ti.Type], Shape: ti.Dims})
-		}
-		return out
-	}
-	m := kservetest.Model{Inputs: meta(sess.Inputs()), Outputs: meta(sess.Outputs()),
-		Infer: func(in map[string]kserve.Tensor) (map[string]kserve.Tensor, error) {
-			feeds := map[string]onnxrt.Tensor{}
-			for k, v := range in {
-				feeds[k] = onnxrt.Tensor{Shape: v.Shape, Float32: v.F32, Int64: v.I64}
-			}
-			var names []string
-			for _, o := range sess.Outputs() {
-				names = append(names, o.Name)
-			}
-			res, err := sess.Run(context.Background(), feeds, names...)
-			if err != nil {
-				return nil, err
-			}
-			out := map[string]kserve.Tensor{}
-			for k, v := range res {
-				out[k] = kserve.Tensor{Name: k, Datatype: "FP32", Shape: v.Shape, F32: v.Float32}
-			}
-			return out, nil
-		}}
+	t.Cleanup(func() { closeModel() })
 	srv := kservetest.New(map[string]kservetest.Model{name: m})
 	t.Cleanup(srv.Close)
 	return srv
@@ -100,6 +74,35 @@ func TestRemoteEqualsLocal(t *testing.T) {
 				t.Errorf("binary=%v image %d: local %v, remote %v", binary, i, got.ByName["mean"][i], got.ByName["remote"][i])
 			}
 		}
+	}
+}
+
+// TestRemoteOnRetry: a Set tells its OnRetry hook of each retry of a remote reward, with the
+// reward's name, and of the answer after them.
+func TestRemoteOnRetry(t *testing.T) {
+	dir := t.TempDir()
+	model := writeModel(t, dir, meanModel("mean", "pixel_values", 8, 8))
+	srv := serveONNX(t, "mean", model)
+	_, remote := remoteConfigs(t, model, srv.URL, false)
+	set, err := Open(context.Background(), []Config{remote}, dir, onnxrt.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	var mu sync.Mutex
+	var got []string
+	set.OnRetry(func(name string, r kserve.Retry) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, fmt.Sprintf("%s %d %v", name, r.Attempts, r.Err != nil))
+	})
+	srv.Fail(2, 503)
+	ims := []Image{randomImage(8, 8, rand.New(rand.NewPCG(1, 1)))}
+	if _, err := set.Score(context.Background(), ims, make([]Prompt, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if want := "mean 1 true,mean 2 true,mean 3 false"; strings.Join(got, ",") != want {
+		t.Errorf("OnRetry told %q, want %q (two retries, then the answer)", strings.Join(got, ","), want)
 	}
 }
 

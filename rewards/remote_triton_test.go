@@ -9,97 +9,40 @@ package rewards
 //
 //	go test -tags triton -run Triton -v ./rewards
 //
-// $DENSEGRPO_SERVE_PYTHON overrides the server's Python (default ../.venv-serve/bin/python).
+// $DENSEGRPO_SERVE_PYTHON overrides the server's Python (default ../.venv-serve/bin/python;
+// kservetest.NewTriton).
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"math/rand/v2"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/rewards/kserve/kservetest"
 )
 
-type triton struct {
-	t    *testing.T
-	port int
-	cmd  *exec.Cmd
-	log  string
-}
-
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// startTriton serves the committed aesthetic scorer as "aesthetic"; it is stopped when the
+// test ends.
+func startTriton(t *testing.T) *kservetest.Triton {
+	t.Helper()
+	srv, err := kservetest.NewTriton("..", filepath.Join("testdata", "clip-tiny", "aesthetic.onnx"), "aesthetic", filepath.Join(t.TempDir(), "triton.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// start launches the server and waits until the model is ready.
-func (s *triton) start() {
-	s.t.Helper()
-	py := os.Getenv("DENSEGRPO_SERVE_PYTHON")
-	if py == "" {
-		py = filepath.Join("..", ".venv-serve", "bin", "python")
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
 	}
-	logf, err := os.Create(s.log)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.cmd = exec.Command(py, filepath.Join("..", "exporters", "serve", "serve_onnx.py"), filepath.Join("testdata", "clip-tiny", "aesthetic.onnx"),
-		"--name", "aesthetic", "--http-port", fmt.Sprint(s.port), "--grpc-port", fmt.Sprint(freePort(s.t)))
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := s.cmd.Start(); err != nil {
-		s.t.Fatalf("start the Triton server (run `just serve-venv`): %v", err)
-	}
-	deadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/v2/models/aesthetic/ready", s.port))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	s.stop()
-	s.t.Fatalf("Triton not ready after 90s; log %s", s.log)
-}
-
-// stop ends the server's process group (Triton and its Python-backend stubs).
-func (s *triton) stop() {
-	if s.cmd == nil || s.cmd.Process == nil {
-		return
-	}
-	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { s.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-	}
-	s.cmd = nil
+	t.Cleanup(srv.Stop)
+	return srv
 }
 
 func TestTritonRemoteEqualsLocal(t *testing.T) {
-	srv := &triton{t: t, port: freePort(t), log: filepath.Join(t.TempDir(), "triton.log")}
-	srv.start()
-	defer srv.stop()
-	url := fmt.Sprintf("http://127.0.0.1:%d", srv.port)
+	srv := startTriton(t)
+	url := srv.URL()
 	dir := filepath.Join("testdata", "clip-tiny")
 	cfgs := exporterConfigs(t, dir)
 	local := cfgs[1] // aesthetic, onnx-scalar, as the exporter wrote it
@@ -168,10 +111,8 @@ func TestTritonRemoteEqualsLocal(t *testing.T) {
 // score waits, retries and completes with the same rewards. Stopped for good, the next score
 // fails after its retries with an error naming the endpoint.
 func TestTritonRestart(t *testing.T) {
-	srv := &triton{t: t, port: freePort(t), log: filepath.Join(t.TempDir(), "triton.log")}
-	srv.start()
-	defer srv.stop()
-	url := fmt.Sprintf("http://127.0.0.1:%d", srv.port)
+	srv := startTriton(t)
+	url := srv.URL()
 	c := exporterConfigs(t, filepath.Join("testdata", "clip-tiny"))[1]
 	c.Model, c.Kind, c.BatchSize = "", "remote", 4
 	retries := 10
@@ -192,11 +133,13 @@ func TestTritonRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.stop()
+	srv.Stop()
 	restarted := make(chan time.Time)
 	go func() {
 		time.Sleep(2 * time.Second)
-		srv.start()
+		if err := srv.Start(); err != nil {
+			t.Error(err)
+		}
 		restarted <- time.Now()
 	}()
 	start := time.Now()
@@ -211,7 +154,7 @@ func TestTritonRestart(t *testing.T) {
 			t.Errorf("image %d after restart: %v, before %v", i, got.Total[i], want.Total[i])
 		}
 	}
-	srv.stop()
+	srv.Stop()
 	start = time.Now()
 	_, err = set.Score(ctx, ims, prompts)
 	t.Logf("server gone: after %.1fs: %v", time.Since(start).Seconds(), err)

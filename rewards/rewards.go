@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/densegrpo/densegrpo/models/onnxrt"
+	"github.com/densegrpo/densegrpo/rewards/kserve"
 	"github.com/densegrpo/densegrpo/rewards/preprocess"
 )
 
@@ -102,7 +103,19 @@ type reward struct {
 // Set is the opened rewards of a run.
 type Set struct {
 	rewards []reward
+	onRetry func(reward string, r kserve.Retry)
 }
+
+// retryHooker is a scorer that may wait for a server (kind "remote"): hookRetries gives it the
+// function its client tells of each retry.
+type retryHooker interface {
+	hookRetries(fn func(kserve.Retry))
+}
+
+// OnRetry makes the set tell fn of every retry of a remote reward's request, and of a request
+// that succeeded after retries, with the reward's name, so that a long run can say why it
+// waits. Call it before the first Score; fn may be called from several goroutines at once.
+func (s *Set) OnRetry(fn func(reward string, r kserve.Retry)) { s.onRetry = fn }
 
 // Open validates cfgs, resolves their relative paths against baseDir, opens every model and
 // checks its declared inputs and outputs. On error nothing stays open.
@@ -123,6 +136,13 @@ func Open(ctx context.Context, cfgs []Config, baseDir string, rt onnxrt.Config) 
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("open reward %q: %w", c.Name, err)
+		}
+		if h, ok := sc.(retryHooker); ok {
+			h.hookRetries(func(r kserve.Retry) {
+				if s.onRetry != nil {
+					s.onRetry(c.Name, r)
+				}
+			})
 		}
 		s.rewards = append(s.rewards, reward{cfg: c, scorer: sc})
 	}

@@ -1,7 +1,7 @@
 // Package kserve is a client of the KServe v2 inference protocol over HTTP (the Open Inference
 // Protocol, which NVIDIA Triton, MLServer and KServe serve): server readiness, model metadata
 // and inference with JSON tensors or Triton's binary tensor extension. Requests that fail for
-// reasons a wait can cure (a refused or dropped connection, a timeout, HTTP 429/502/503/504)
+// reasons a wait can cure (a refused or dropped connection, a timeout, HTTP 429/500/502/503/504)
 // are retried with exponential backoff; every error names the endpoint and the model.
 package kserve
 
@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Tensor is one named tensor of a request or a response. Exactly one of the data slices is
@@ -80,6 +81,23 @@ type Client struct {
 	Binary bool
 	// HTTP is the client used (default: one with keep-alive connections).
 	HTTP *http.Client
+	// OnRetry, if set, is told of each retry before its wait, and of a request that succeeded
+	// after retries, so that a caller can say why it is waiting. It may be called from several
+	// goroutines at once.
+	OnRetry func(Retry)
+}
+
+// Retry is what Client.OnRetry is told.
+type Retry struct {
+	// URL is the request's.
+	URL string
+	// Err is why the last attempt failed; nil when the request has just succeeded.
+	Err error
+	// Attempts is the number of attempts made; Retries the client's limit of retries.
+	Attempts, Retries int
+	// Wait is the pause before the next attempt (0 on success); Since the time since the
+	// first attempt.
+	Wait, Since time.Duration
 }
 
 // Endpoint names the model for errors: URL/v2/models/NAME[/versions/V].
@@ -407,10 +425,16 @@ func transient(err error, loading bool) bool {
 	var se *StatusError
 	if errors.As(err, &se) {
 		switch se.Code {
-		case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		// 500 too: a server shutting down fails the requests in flight so (Triton under
+		// PyTriton: "Model execute error"), and inference is idempotent; a model that always
+		// fails costs the retries' wait before its error.
+		case http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 			return true
 		case http.StatusNotFound, http.StatusBadRequest:
-			return loading && strings.Contains(strings.ToLower(se.Message), "not found")
+			// Triton: "Request for unknown model: 'M' is not found" while loading, "... 'M'
+			// has no available versions" while unloading or loading a version.
+			m := strings.ToLower(se.Message)
+			return loading && (strings.Contains(m, "not found") || strings.Contains(m, "unknown model") || strings.Contains(m, "no available versions"))
 		}
 		return false
 	}
@@ -436,6 +460,9 @@ func (c *Client) do(ctx context.Context, method, u string, body []byte, hdr http
 	for attempt := 0; ; attempt++ {
 		raw, rh, err := c.once(ctx, method, u, body, hdr, timeout)
 		if err == nil {
+			if attempt > 0 && c.OnRetry != nil {
+				c.OnRetry(Retry{URL: u, Attempts: attempt + 1, Retries: c.Retries, Since: time.Since(start)})
+			}
 			return raw, rh, nil
 		}
 		if ctx.Err() != nil {
@@ -446,6 +473,9 @@ func (c *Client) do(ctx context.Context, method, u string, body []byte, hdr http
 				return nil, nil, fmt.Errorf("%w (after %d attempts over %s)", err, attempt+1, time.Since(start).Round(time.Millisecond))
 			}
 			return nil, nil, err
+		}
+		if c.OnRetry != nil {
+			c.OnRetry(Retry{URL: u, Err: err, Attempts: attempt + 1, Retries: c.Retries, Wait: wait, Since: time.Since(start)})
 		}
 		select {
 		case <-time.After(wait):
@@ -487,8 +517,15 @@ func (c *Client) once(ctx context.Context, method, u string, body []byte, hdr ht
 		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
 			msg = e.Error
 		}
+		// One line (a Python server's message may carry its traceback), at most 300 bytes
+		// cut at a character boundary.
+		msg = strings.Join(strings.Fields(msg), " ")
 		if len(msg) > 300 {
-			msg = msg[:300] + "…"
+			cut := 300
+			for cut > 0 && !utf8.RuneStart(msg[cut]) {
+				cut--
+			}
+			msg = msg[:cut] + "…"
 		}
 		return nil, nil, &StatusError{Method: method, URL: u, Code: resp.StatusCode, Message: msg}
 	}

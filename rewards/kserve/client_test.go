@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -72,7 +73,8 @@ func TestRetriesTransientFailures(t *testing.T) {
 	srv := kservetest.New(doubler())
 	defer srv.Close()
 	x := kserve.Tensor{Name: "x", Datatype: "FP32", Shape: []int64{1, 3}, F32: []float32{1, 2, 3}}
-	for _, code := range []int{http.StatusServiceUnavailable, 0} { // 503, then a dropped connection
+	// 503, 500 (Triton shutting down), then a dropped connection
+	for _, code := range []int{http.StatusServiceUnavailable, http.StatusInternalServerError, 0} {
 		srv.Fail(3, code)
 		if _, err := client(srv.URL).Infer(context.Background(), []kserve.Tensor{x}, []string{"y"}); err != nil {
 			t.Errorf("3 failures (code %d) with 3 retries: %v", code, err)
@@ -83,17 +85,65 @@ func TestRetriesTransientFailures(t *testing.T) {
 			t.Errorf("4 failures (code %d) with 3 retries: %v, want an error naming the endpoint and the attempts", code, err)
 		}
 	}
+	// Triton while it unloads or loads the model: retried at inference. A Python server's
+	// traceback comes back on one line.
+	srv.FailWith(2, http.StatusNotFound, "Request for unknown model: 'double' has no available versions")
+	if _, err := client(srv.URL).Infer(context.Background(), []kserve.Tensor{x}, []string{"y"}); err != nil {
+		t.Errorf("model without available versions for 2 requests: %v", err)
+	}
+	srv.FailWith(4, http.StatusInternalServerError, "Model execute error: Traceback (most recent call last):\n  File \"model.py\", line 486\n    boom")
+	_, err := client(srv.URL).Infer(context.Background(), []kserve.Tensor{x}, []string{"y"})
+	if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), `HTTP 500: Model execute error: Traceback (most recent call last): File "model.py", line 486 boom (after 4 attempts`) {
+		t.Errorf("a traceback 4 times: %v, want it on one line after 4 attempts", err)
+	}
 	// Bad input is not retried: one request, the server's message in the error.
 	srv.Fail(0, 0)
 	before := srv.Requests.Load()
 	bad := kserve.Tensor{Name: "x", Datatype: "FP32", Shape: []int64{1, 2}, F32: []float32{1, 2}}
-	_, err := client(srv.URL).Infer(context.Background(), []kserve.Tensor{bad}, []string{"y"})
+	_, err = client(srv.URL).Infer(context.Background(), []kserve.Tensor{bad}, []string{"y"})
 	var se *kserve.StatusError
 	if !errors.As(err, &se) || se.Code != 400 || !strings.Contains(err.Error(), "want [N,3]") {
 		t.Errorf("bad input: %v, want HTTP 400 with the server's message", err)
 	}
 	if n := srv.Requests.Load() - before; n != 1 {
 		t.Errorf("bad input sent %d times, want 1", n)
+	}
+}
+
+// A server that goes away mid-run and comes back on the same port: the request waits,
+// retries and succeeds, and OnRetry is told of every retry and of the success.
+func TestServerRestart(t *testing.T) {
+	srv := kservetest.New(doubler())
+	defer srv.Close()
+	c := client(srv.URL)
+	c.Retries, c.Backoff, c.MaxBackoff = 50, 10*time.Millisecond, 40*time.Millisecond
+	var mu sync.Mutex
+	var seen []kserve.Retry
+	c.OnRetry = func(r kserve.Retry) { mu.Lock(); seen = append(seen, r); mu.Unlock() }
+	x := kserve.Tensor{Name: "x", Datatype: "FP32", Shape: []int64{1, 3}, F32: []float32{1, 2, 3}}
+	srv.Stop()
+	restarted := make(chan error, 1)
+	go func() { time.Sleep(300 * time.Millisecond); restarted <- srv.Restart() }()
+	out, err := c.Infer(context.Background(), []kserve.Tensor{x}, []string{"y"})
+	if rerr := <-restarted; rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err != nil || out["y"].F32[2] != 6 {
+		t.Fatalf("infer across a restart: %v, %v", out, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) < 3 {
+		t.Fatalf("OnRetry told %d times, want every retry of a 300 ms outage at most 40 ms apart", len(seen))
+	}
+	for i, r := range seen[:len(seen)-1] {
+		if r.Err == nil || !strings.Contains(r.Err.Error(), "connection refused") || r.Attempts != i+1 || r.Wait <= 0 || r.URL != srv.URL+"/v2/models/double/infer" {
+			t.Errorf("retry %d: %+v, want attempt %d refused, with its wait and URL", i, r, i+1)
+		}
+	}
+	last := seen[len(seen)-1]
+	if last.Err != nil || last.Attempts != len(seen) || last.Since <= seen[len(seen)-2].Since+seen[len(seen)-2].Wait/2 {
+		t.Errorf("success after retries: %+v, want no error, %d attempts, after the last wait", last, len(seen))
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -34,6 +35,7 @@ type Server struct {
 	// closed without an answer, as a server that died mid-request).
 	failNext atomic.Int64
 	failCode atomic.Int64
+	failMsg  atomic.Pointer[string]
 	// Requests counts inference requests served (failed ones included).
 	Requests atomic.Int64
 }
@@ -45,9 +47,32 @@ func New(models map[string]Model) *Server {
 	return s
 }
 
+// Stop takes the server off the network as a crashed or restarting server would be: requests
+// in flight are answered, then its port refuses connections until Restart. Neither may run
+// concurrently with the other or with Close.
+func (s *Server) Stop() { s.Server.Close() }
+
+// Restart serves the same models on the address Stop left.
+func (s *Server) Restart() error {
+	ln, err := net.Listen("tcp", s.Listener.Addr().String())
+	if err != nil {
+		return fmt.Errorf("kservetest: restart on %s: %w", s.Listener.Addr(), err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(s.handle))
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	s.Server = srv
+	return nil
+}
+
 // Fail makes the next n requests fail: with HTTP status code, or, for code 0, by dropping the
 // connection.
-func (s *Server) Fail(n int, code int) {
+func (s *Server) Fail(n int, code int) { s.FailWith(n, code, "injected failure") }
+
+// FailWith is Fail with the error message the failed answers carry.
+func (s *Server) FailWith(n int, code int, message string) {
+	s.failMsg.Store(&message)
 	s.failCode.Store(int64(code))
 	s.failNext.Store(int64(n))
 }
@@ -61,7 +86,7 @@ func writeError(w http.ResponseWriter, code int, format string, args ...any) {
 func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	if s.failNext.Add(-1) >= 0 {
 		if code := int(s.failCode.Load()); code != 0 {
-			writeError(w, code, "injected failure")
+			writeError(w, code, "%s", *s.failMsg.Load())
 			return
 		}
 		if hj, ok := w.(http.Hijacker); ok {
