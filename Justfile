@@ -49,9 +49,11 @@ serve-venv:
 
 # The remote reward against a real Triton server on 127.0.0.1 (started and stopped by the test):
 # kind "remote" gives the same rewards as "onnx-scalar" on 256 images, throughput of both side by
-# side, and a server restart in the middle of a score. Not part of `just test` (needs Python).
+# side, a server restart in the middle of a score, and a `pipeline run` whose Triton restarts
+# mid-run (it waits and ends as an undisturbed run) and then goes for good (it fails naming the
+# endpoint; --resume continues exactly). Not part of `just test` (needs Python).
 test-remote: setup serve-venv
-    go test -count=1 -tags triton -run Triton -v ./rewards
+    go test -count=1 -tags triton -run Triton -v ./rewards ./pipeline
 
 # Build the one binary into bin/.
 build:

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"github.com/gomlx/gomlx/backends"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
@@ -18,6 +21,7 @@ import (
 	"github.com/densegrpo/densegrpo/models/onnxrt"
 	"github.com/densegrpo/densegrpo/models/sd3"
 	"github.com/densegrpo/densegrpo/rewards"
+	"github.com/densegrpo/densegrpo/rewards/kserve"
 	"github.com/densegrpo/densegrpo/rl"
 )
 
@@ -341,6 +345,25 @@ func firstCUDA(cfg Config) (where string, rt onnxrt.Config, ok bool) {
 		}
 	}
 	return "", onnxrt.Config{}, false
+}
+
+// LogRetries makes log say when a remote reward waits for its server (each retry, with why)
+// and when the server answered again, so a run that stalls on a restarting server says so.
+func (f *Frozen) LogRetries(log io.Writer) {
+	var mu sync.Mutex // scoring goroutines retry concurrently; one line at a time
+	hook := func(name string, r kserve.Retry) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Err != nil {
+			fmt.Fprintf(log, "reward %q: %v; retry %d of %d in %s\n", name, r.Err, r.Attempts, r.Retries, r.Wait)
+			return
+		}
+		fmt.Fprintf(log, "reward %q: %s answered after %d attempts over %s\n", name, r.URL, r.Attempts, r.Since.Round(time.Millisecond))
+	}
+	f.Rewards.OnRetry(hook)
+	if f.Heldout != nil {
+		f.Heldout.OnRetry(hook)
+	}
 }
 
 // openTiny opens the text encoder and VAE decoder graphs named by [text_encoder] and [vae].

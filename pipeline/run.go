@@ -108,6 +108,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 		return res, err
 	}
 	defer frozen.Close()
+	frozen.LogRetries(log)
 	policy, err := NewPolicy(cfg, PolicyOptions{Backend: opts.Backend})
 	if err != nil {
 		return res, err
@@ -196,12 +197,19 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 	if err != nil {
 		return res, err
 	}
+	onDisk := -1 // the epoch of the newest checkpoint written, -1 for none
+	if opts.Resume {
+		onDisk = saved.Epoch
+	}
 	save := func() error {
+		if saved.Epoch == onDisk {
+			return nil
+		}
 		path, err := ckpt.Save(saved)
 		if err != nil {
 			return err
 		}
-		res.Checkpoint = path
+		res.Checkpoint, onDisk = path, saved.Epoch
 		return nil
 	}
 	interrupted := func(cause error) (RunResult, error) {
@@ -209,6 +217,16 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 			return res, errors.Join(cause, err)
 		}
 		return res, fmt.Errorf("interrupted; checkpoint of epoch %d in %s: %w", saved.Epoch, res.Checkpoint, cause)
+	}
+	// failed ends the run on an epoch's error (a reward server gone for good, a NaN reward):
+	// like an interruption, the last finished epoch is checkpointed, so nothing logged is lost
+	// and --resume redoes the failed epoch exactly.
+	failed := func(epoch int, cause error) (RunResult, error) {
+		cause = fmt.Errorf("epoch %d: %w", epoch, cause)
+		if err := save(); err != nil {
+			return res, errors.Join(cause, err)
+		}
+		return res, fmt.Errorf("%w; checkpoint of epoch %d in %s (continue with pipeline run --resume %s)", cause, saved.Epoch, res.Checkpoint, dir)
 	}
 	bar := progress.New(log, "train", max(cfg.Run.Epochs, 0))
 	defer bar.Done()
@@ -228,7 +246,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 			return interrupted(err)
 		}
 		if err != nil {
-			return res, fmt.Errorf("epoch %d: %w", epoch, err)
+			return failed(epoch, err)
 		}
 		t.elapsed = spent().Seconds()
 		line.Train.ElapsedSeconds = t.elapsed
@@ -239,7 +257,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 				return interrupted(err)
 			}
 			if err != nil {
-				return res, fmt.Errorf("epoch %d: %w", epoch, err)
+				return failed(epoch, err)
 			}
 			line.Eval = evalRecord(after)
 			if err := t.writeSamples(dir, epoch, after); err != nil {
@@ -251,7 +269,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 					if errors.Is(err, context.Canceled) {
 						return interrupted(err)
 					}
-					return res, err
+					return failed(epoch, err)
 				}
 			}
 		}
@@ -460,6 +478,10 @@ func absPaths(table map[string]any, abs func(string) string) map[string]any {
 			}
 			out[k] = x
 		case map[string]any:
+			if k == "remote" {
+				out[k] = x // [reward.remote] names a served model and its server, no file
+				continue
+			}
 			out[k] = absPaths(x, abs)
 		default:
 			out[k] = v
