@@ -59,18 +59,28 @@ type LossTerms struct {
 //   - s: the step's noise level s_k, scalar or [B].
 //
 // ratio = exp(logp − logpOld); L = mean(max(−A·ratio, −A·clip(ratio, 1−ε, 1+ε))) + β·KL.
-func GRPOLoss(logp, logpOld, adv, meanTheta, meanRef, s *Node, cfg LossConfig) LossTerms {
+//
+// valid, if not nil, is [B] with 1 for the rows that count and 0 for padding: every mean is then
+// over the valid rows only, and padded rows (which must hold finite values) get no gradient.
+// Data-parallel training pads a minibatch to a multiple of its devices this way.
+func GRPOLoss(logp, logpOld, adv, meanTheta, meanRef, s, valid *Node, cfg LossConfig) LossTerms {
 	logp, logpOld, adv = f32(logp), f32(logpOld), f32(adv)
 	if logp.Rank() != 1 || !slices.Equal(logp.Shape().Dimensions, logpOld.Shape().Dimensions) || !slices.Equal(logp.Shape().Dimensions, adv.Shape().Dimensions) {
 		panicf("rl: GRPOLoss wants logp, logpOld and adv of shape [B], got %s, %s and %s", logp.Shape(), logpOld.Shape(), adv.Shape())
 	}
 	g := logp.Graph()
+	mean := ReduceAllMean
+	if valid != nil {
+		valid = f32(valid)
+		checkSame("logp", logp, "valid", valid)
+		mean = func(x *Node) *Node { return Div(ReduceAllSum(Mul(x, valid)), ReduceAllSum(valid)) }
+	}
 	diff := Sub(logp, logpOld)
 	ratio := Exp(diff)
 	eps := cfg.ClipRange
 	unclipped := Neg(Mul(adv, ratio))
 	clipped := Neg(Mul(adv, ClipScalar(ratio, 1-eps, 1+eps)))
-	policy := ReduceAllMean(Max(unclipped, clipped))
+	policy := mean(Max(unclipped, clipped))
 	kl := ScalarZero(g, policy.DType())
 	if meanRef != nil {
 		checkSame("meanTheta", meanTheta, "meanRef", meanRef)
@@ -79,20 +89,20 @@ func GRPOLoss(logp, logpOld, adv, meanTheta, meanRef, s *Node, cfg LossConfig) L
 			sd := f32(s)
 			sq = Div(sq, MulScalar(Square(sd), 2))
 		}
-		kl = ReduceAllMean(sq)
+		kl = mean(sq)
 	}
 	total := policy
 	if cfg.Beta != 0 {
 		total = Add(policy, MulScalar(kl, cfg.Beta))
 	}
-	clipFrac := ReduceAllMean(ConvertDType(GreaterThan(Abs(AddScalar(ratio, -1)), Scalar(g, ratio.DType(), eps)), ratio.DType()))
+	clipFrac := mean(ConvertDType(GreaterThan(Abs(AddScalar(ratio, -1)), Scalar(g, ratio.DType(), eps)), ratio.DType()))
 	return LossTerms{
 		Total:     total,
 		Policy:    policy,
 		KL:        kl,
-		ApproxKL:  MulScalar(ReduceAllMean(Square(diff)), 0.5),
+		ApproxKL:  MulScalar(mean(Square(diff)), 0.5),
 		ClipFrac:  clipFrac,
-		RatioMean: ReduceAllMean(ratio),
+		RatioMean: mean(ratio),
 	}
 }
 
@@ -103,8 +113,8 @@ func GRPOLoss(logp, logpOld, adv, meanTheta, meanRef, s *Node, cfg LossConfig) L
 // logpOld and adv are [B]; cond and uncond are per-sample ([B, …]).
 //
 // vRef, if not nil, is the reference model's guided velocity at x, computed outside the graph;
-// nil computes it here (vel without LoRA).
-func StepObjective(ctx *mlctx.Context, vel Velocity, x, next, sigma, sigmaNext, s, logpOld, adv, vRef *Node, cond, uncond []*Node, w float64, cfg LossConfig) LossTerms {
+// nil computes it here (vel without LoRA). valid masks padding rows as in GRPOLoss (nil: none).
+func StepObjective(ctx *mlctx.Context, vel Velocity, x, next, sigma, sigmaNext, s, logpOld, adv, vRef, valid *Node, cond, uncond []*Node, w float64, cfg LossConfig) LossTerms {
 	b := x.Shape().Dimensions[0]
 	t := timestepOf(sigma, b)
 	v := GuidedVelocity(ctx, vel, x, t, cond, uncond, w, true)
@@ -116,5 +126,5 @@ func StepObjective(ctx *mlctx.Context, vel Velocity, x, next, sigma, sigmaNext, 
 		}
 		_, meanRef = TransitionLogProb(cfg.Kind, x, StopGradient(f32(vRef)), sigma, sigmaNext, s, next)
 	}
-	return GRPOLoss(logp, logpOld, adv, meanTheta, meanRef, s, cfg)
+	return GRPOLoss(logp, logpOld, adv, meanTheta, meanRef, s, valid, cfg)
 }

@@ -32,16 +32,24 @@ func TestGRPOLoss(t *testing.T) {
 	}{{KindSDE, 2.5, 0.4}, {KindCPS, 1.25, 0.275}} {
 		cfg := LossConfig{Kind: tc.kind, ClipRange: 0.2, Beta: 0.1}
 		out := runGraph(t, func(lp, lpOld, adv, mt, mr, s *Node) []*Node {
-			l := GRPOLoss(lp, lpOld, adv, mt, mr, s, cfg)
+			l := GRPOLoss(lp, lpOld, adv, mt, mr, s, nil, cfg)
 			return []*Node{l.Total, l.Policy, l.KL, l.ApproxKL, l.ClipFrac, l.RatioMean}
 		}, args...)
+		// The same two rows and a padding row of other values, masked out: the same terms.
+		masked := runGraph(t, func(lp, lpOld, adv, mt, mr, s, valid *Node) []*Node {
+			l := GRPOLoss(lp, lpOld, adv, mt, mr, s, valid, cfg)
+			return []*Node{l.Total, l.Policy, l.KL, l.ApproxKL, l.ClipFrac, l.RatioMean}
+		}, []float32{l15 - 1, l15 + 2, 3}, []float32{-1, 2, 0}, []float32{1, -1, 7},
+			[][]float32{{1, 2}, {3, 4}, {9, 9}}, [][]float32{{0, 0}, {3, 4}, {0, 0}}, float32(0.5), []float32{1, 1, 0})
 		lg := math.Log(1.5)
-		checkVec(t, string(tc.kind)+" total", out[0], []float64{tc.total})
-		checkVec(t, string(tc.kind)+" policy", out[1], []float64{0.15})
-		checkVec(t, string(tc.kind)+" kl", out[2], []float64{tc.kl})
-		checkVec(t, string(tc.kind)+" approx kl", out[3], []float64{0.5 * lg * lg})
-		checkVec(t, string(tc.kind)+" clip frac", out[4], []float64{1})
-		checkVec(t, string(tc.kind)+" ratio", out[5], []float64{1.5})
+		for _, o := range [][][]float32{out, masked} {
+			checkVec(t, string(tc.kind)+" total", o[0], []float64{tc.total})
+			checkVec(t, string(tc.kind)+" policy", o[1], []float64{0.15})
+			checkVec(t, string(tc.kind)+" kl", o[2], []float64{tc.kl})
+			checkVec(t, string(tc.kind)+" approx kl", o[3], []float64{0.5 * lg * lg})
+			checkVec(t, string(tc.kind)+" clip frac", o[4], []float64{1})
+			checkVec(t, string(tc.kind)+" ratio", o[5], []float64{1.5})
+		}
 	}
 }
 

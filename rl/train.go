@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/distributed"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
@@ -53,6 +54,13 @@ type TrainConfig struct {
 	// Workers is how many gradient computations AccumulateSteps runs at once, each into its own
 	// accumulators (SimpleGo runs most ops of one computation on one core); 0 means 1.
 	Workers int
+	// Devices is how many devices of the backend share each gradient computation, data-parallel:
+	// the minibatch's rows are split evenly over them (padded with masked rows to a multiple of
+	// Devices), the model's variables replicated on each, and XLA's SPMD partitioner sums the
+	// partial gradients across the devices (an all-reduce) before they are accumulated; every
+	// device then takes the same AdamW step. 0 or 1 means one device. More than one needs a
+	// backend with that many devices (XLA) and Workers <= 1.
+	Devices int
 	// RefVelocities makes AccumulateSteps take the reference model's velocities from
 	// Trajectories.VRef (computed outside the graph, e.g. in ONNX Runtime) instead of running the
 	// model without adapters in the training graph. Only read with Loss.Beta > 0.
@@ -75,6 +83,10 @@ func (c TrainConfig) Validate() error {
 		return fmt.Errorf("train config: field guidance: got %v, want >= 0", c.Guidance)
 	case c.Workers < 0:
 		return fmt.Errorf("train config: field workers: got %d, want >= 0", c.Workers)
+	case c.Devices < 0:
+		return fmt.Errorf("train config: field devices: got %d, want >= 0", c.Devices)
+	case c.Devices > 1 && c.Workers > 1:
+		return fmt.Errorf("train config: field workers: got %d with %d devices, want 1: the devices already share each computation", c.Workers, c.Devices)
 	}
 	return nil
 }
@@ -102,6 +114,10 @@ type Trainer struct {
 	applyExec *mlctx.Exec
 	nCond     int
 	nUncond   int
+	// mesh is the devices of data-parallel training (nil: one device); rows shards a tensor's
+	// first axis over them, replicated copies it to each.
+	mesh             *distributed.DeviceMesh
+	rows, replicated *distributed.ShardingSpec
 
 	buildMu  sync.RWMutex
 	compiled map[[2]int]bool // (worker, minibatch size) pairs whose graph exists; under buildMu
@@ -121,8 +137,46 @@ func NewTrainer(backend backends.Backend, ctx *mlctx.Context, vel Velocity, cfg 
 	if !ok {
 		return nil, fmt.Errorf("new trainer: GoMLX's AdamW does not take precomputed gradients")
 	}
-	return &Trainer{backend: backend, ctx: ctx.Checked(false), vel: vel, cfg: cfg, opt: opt, nCond: -1,
-		compiled: map[[2]int]bool{}}, nil
+	t := &Trainer{backend: backend, ctx: ctx.Checked(false), vel: vel, cfg: cfg, opt: opt, nCond: -1,
+		compiled: map[[2]int]bool{}}
+	if cfg.Devices > 1 {
+		var err error
+		if n := backend.NumDevices(); n < cfg.Devices {
+			return nil, fmt.Errorf("new trainer: %d devices asked, the backend %s has %d", cfg.Devices, backend.Name(), n)
+		}
+		if t.mesh, err = distributed.NewDeviceMesh([]int{cfg.Devices}, []string{"data"}); err != nil {
+			return nil, fmt.Errorf("new trainer: %w", err)
+		}
+		if t.rows, err = distributed.BuildSpec(t.mesh).S("data").Done(); err != nil {
+			return nil, fmt.Errorf("new trainer: %w", err)
+		}
+		t.replicated = distributed.NewReplicatedShardingSpec(t.mesh)
+	}
+	return t, nil
+}
+
+// devices is the number of devices each computation runs on.
+func (t *Trainer) devices() int { return max(1, t.cfg.Devices) }
+
+// distribute makes exec data-parallel over t.mesh (a no-op on one device): the inputs whose
+// entry of batched is true are split by rows, the others replicated, as are the variables and
+// the outputs.
+func (t *Trainer) distribute(exec *mlctx.Exec, batched []bool, outputs int) (*mlctx.Exec, error) {
+	if t.mesh == nil {
+		return exec, nil
+	}
+	in := make([]*distributed.ShardingSpec, len(batched))
+	for i, b := range batched {
+		in[i] = t.replicated
+		if b {
+			in[i] = t.rows
+		}
+	}
+	exec = exec.AutoSharding(t.mesh).WithInputShardingSpecs(in...).WithOutputShardingSpecs(slices.Repeat([]*distributed.ShardingSpec{t.replicated}, outputs)...)
+	if err := exec.SetDefaultShardingSpec(t.replicated); err != nil {
+		return nil, err
+	}
+	return exec, nil
 }
 
 // StateShapes returns the shapes of the variables the trainer keeps beside the model's, keyed
@@ -191,18 +245,21 @@ func accumulators(ctx *mlctx.Context, g *Graph, w int) (vars, accs []*mlctx.Vari
 }
 
 func (t *Trainer) buildAccExec(worker int) (*mlctx.Exec, error) {
-	vel, w, cfg, nCond, refIn := t.vel, t.cfg.Guidance, t.cfg.Loss, t.nCond, t.refInput()
+	vel, w, cfg, nCond, refIn, masked := t.vel, t.cfg.Guidance, t.cfg.Loss, t.nCond, t.refInput(), t.mesh != nil
 	exec, err := mlctx.NewExec(t.backend, t.ctx, func(ctx *mlctx.Context, in []*Node) []*Node {
 		x, next, sigma, sigmaNext, s, logpOld, adv, weight, idx := in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8]
 		in = in[9:]
-		var vRef *Node
+		var valid, vRef *Node
+		if masked {
+			valid, in = in[0], in[1:]
+		}
 		if refIn {
 			vRef, in = in[0], in[1:]
 		}
 		cond, uncond := condInputs(in, nCond, idx)
 		g := x.Graph()
 		ctx.SetTraining(g, true)
-		terms := StepObjective(ctx, vel, x, next, sigma, sigmaNext, s, logpOld, adv, vRef, cond, uncond, w, cfg)
+		terms := StepObjective(ctx, vel, x, next, sigma, sigmaNext, s, logpOld, adv, vRef, valid, cond, uncond, w, cfg)
 		grads := ctx.BuildTrainableVariablesGradientsGraph(Mul(terms.Total, f32(weight)))
 		_, accs := accumulators(ctx, g, worker)
 		if len(accs) != len(grads) {
@@ -214,6 +271,9 @@ func (t *Trainer) buildAccExec(worker int) (*mlctx.Exec, error) {
 		return []*Node{terms.Total, terms.Policy, terms.KL, terms.ApproxKL, terms.ClipFrac, terms.RatioMean}
 	})
 	if err != nil {
+		return nil, fmt.Errorf("build accumulate graph: %w", err)
+	}
+	if exec, err = t.distribute(exec, t.accBatched(), 6); err != nil {
 		return nil, fmt.Errorf("build accumulate graph: %w", err)
 	}
 	return exec, nil
@@ -273,6 +333,10 @@ func (t *Trainer) buildApplyExec() error {
 	if err != nil {
 		return fmt.Errorf("build apply graph: %w", err)
 	}
+	// On several devices each applies the same (all-reduced) gradients to its replica.
+	if exec, err = t.distribute(exec, nil, 1); err != nil {
+		return fmt.Errorf("build apply graph: %w", err)
+	}
 	t.applyExec = exec
 	return nil
 }
@@ -302,8 +366,22 @@ func (t *Trainer) AccumulateSteps(ctx context.Context, c Conditioning, tr *Traje
 	}
 	// The workers share c's tensors. GoMLX moves a host tensor to the device on first use without
 	// guarding against a second goroutine doing the same (one of them then finds it neither
-	// local nor on the device), so it is moved here, before they start.
+	// local nor on the device), so it is moved here, before they start. On several devices it
+	// is copied to each once, for all the steps.
+	var pre map[*tensors.Tensor]*distributed.Tensor
 	for _, ct := range append(slices.Clip(c.Cond), c.Uncond...) {
+		if t.mesh != nil {
+			d, err := distributed.ShardTensor(t.replicated, ct)
+			if err != nil {
+				return nil, fmt.Errorf("accumulate steps %v: conditioning: %w", ks, err)
+			}
+			if pre == nil {
+				pre = map[*tensors.Tensor]*distributed.Tensor{}
+			}
+			pre[ct] = d
+			defer finalizeShards(d)
+			continue
+		}
 		if err := ct.MaterializeOnDevice(t.backend, true, 0); err != nil {
 			return nil, fmt.Errorf("accumulate steps %v: conditioning: %w", ks, err)
 		}
@@ -315,7 +393,7 @@ func (t *Trainer) AccumulateSteps(ctx context.Context, c Conditioning, tr *Traje
 	for w := range workers {
 		wg.Go(func() {
 			for i := w; i < len(ks); i += workers {
-				if stats[i], errs[w] = t.accumulate(ctx, w, c, tr, ks[i], samples, adv[i], weight); errs[w] != nil {
+				if stats[i], errs[w] = t.accumulate(ctx, w, c, pre, tr, ks[i], samples, adv[i], weight); errs[w] != nil {
 					return
 				}
 			}
@@ -349,21 +427,35 @@ func (t *Trainer) prepare(c Conditioning) error {
 }
 
 // accumulate is one step's accumulation by worker w.
-func (t *Trainer) accumulate(ctx context.Context, w int, c Conditioning, tr *Trajectories, k int, samples []int, adv []float64, weight float64) (StepStats, error) {
+func (t *Trainer) accumulate(ctx context.Context, w int, c Conditioning, pre map[*tensors.Tensor]*distributed.Tensor, tr *Trajectories, k int, samples []int, adv []float64, weight float64) (StepStats, error) {
 	if err := ctx.Err(); err != nil {
 		return StepStats{}, fmt.Errorf("accumulate step %d: %w", k, err)
 	}
 	if k < 0 || k >= tr.Schedule.Steps() || len(samples) == 0 || len(adv) != len(samples) {
 		return StepStats{}, fmt.Errorf("accumulate step %d: %d samples, %d advantages, %d steps; want equal non-zero counts and a step in range", k, len(samples), len(adv), tr.Schedule.Steps())
 	}
-	l, n := tr.LatentSize(), len(samples)
+	for _, i := range samples {
+		if i < 0 || i >= tr.Len() {
+			return StepStats{}, fmt.Errorf("accumulate step %d: sample %d out of range [0, %d)", k, i, tr.Len())
+		}
+	}
+	// On several devices the rows are padded to a multiple of them with copies of the first
+	// sample, masked out of the loss (valid = 0).
+	d := t.devices()
+	n := (len(samples) + d - 1) / d * d
+	valid := make([]float32, n)
+	for j := range samples {
+		valid[j] = 1
+	}
+	for len(samples) < n {
+		samples = append(slices.Clip(samples), samples[0])
+		adv = append(slices.Clip(adv), 0)
+	}
+	l := tr.LatentSize()
 	x, next := make([]float32, n*l), make([]float32, n*l)
 	logpOld, advs := make([]float32, n), make([]float32, n)
 	prompts := make([]int, n)
 	for j, i := range samples {
-		if i < 0 || i >= tr.Len() {
-			return StepStats{}, fmt.Errorf("accumulate step %d: sample %d out of range [0, %d)", k, i, tr.Len())
-		}
 		copy(x[j*l:], tr.X[k][i*l:(i+1)*l])
 		copy(next[j*l:], tr.X[k+1][i*l:(i+1)*l])
 		logpOld[j], advs[j], prompts[j] = tr.LogProb[k][i], float32(adv[j]), tr.Prompts[i]
@@ -371,6 +463,9 @@ func (t *Trainer) accumulate(ctx context.Context, w int, c Conditioning, tr *Tra
 	args := []any{latentTensor(x, n, tr.LatentShape), latentTensor(next, n, tr.LatentShape),
 		tr.Schedule.Sigmas[k], tr.Schedule.Sigmas[k+1], tr.S[k], logpOld, advs, float32(weight),
 		tensors.FromValue(int32s(prompts))}
+	if t.mesh != nil {
+		args = append(args, valid)
+	}
 	if t.refInput() {
 		if k >= len(tr.VRef) || len(tr.VRef[k]) != tr.Len()*l {
 			return StepStats{}, fmt.Errorf("accumulate step %d: the trainer takes reference velocities but the trajectories hold none for this step", k)
@@ -389,7 +484,14 @@ func (t *Trainer) accumulate(ctx context.Context, w int, c Conditioning, tr *Tra
 			args = append(args, ct)
 		}
 	}
+	args, fresh, err := t.shard(args, pre)
+	if err != nil {
+		return StepStats{}, fmt.Errorf("accumulate step %d: %w", k, err)
+	}
 	outs, err := t.runLocked(w, n, args)
+	for _, d := range fresh {
+		finalizeShards(d)
+	}
 	if err != nil {
 		return StepStats{}, fmt.Errorf("accumulate step %d: %w", k, err)
 	}
@@ -410,11 +512,88 @@ func (t *Trainer) runLocked(w, n int, args []any) ([][]float32, error) {
 	t.buildMu.RUnlock()
 	t.buildMu.Lock()
 	defer t.buildMu.Unlock()
-	outs, err := run(t.accExecs[w], args...)
+	outs, err := t.run(t.accExecs[w], args...)
 	if err == nil {
 		t.compiled[key] = true
 	}
 	return outs, err
+}
+
+// accBatched tells which inputs of the accumulation graph have a row per sample (the others,
+// scalars and conditioning per prompt, are replicated on every device): x, next, σ, σ', s,
+// logp_old, A, weight, prompt index, valid, [v_ref], conditioning…
+func (t *Trainer) accBatched() []bool {
+	batched := []bool{true, true, false, false, false, true, true, false, true, true}
+	if t.refInput() {
+		batched = append(batched, true)
+	}
+	return append(batched, make([]bool, t.nCond+t.nUncond)...)
+}
+
+// shard turns the arguments of an accumulation into distributed tensors laid out as
+// accBatched says, taking those in pre (the conditioning, sharded once per call) from there;
+// on one device it returns them unchanged. fresh are the tensors it made, for the caller to free.
+func (t *Trainer) shard(args []any, pre map[*tensors.Tensor]*distributed.Tensor) (out []any, fresh []*distributed.Tensor, err error) {
+	if t.mesh == nil {
+		return args, nil, nil
+	}
+	batched := t.accBatched()
+	if len(batched) != len(args) {
+		return nil, nil, fmt.Errorf("%d arguments for %d graph inputs", len(args), len(batched))
+	}
+	out = make([]any, len(args))
+	for i, a := range args {
+		spec := t.replicated
+		if batched[i] {
+			spec = t.rows
+		}
+		v, ok := a.(*tensors.Tensor)
+		if !ok {
+			v = tensors.FromAnyValue(a)
+		} else if d := pre[v]; d != nil {
+			out[i] = d
+			continue
+		}
+		d, err := distributed.ShardTensor(spec, v)
+		if err != nil {
+			for _, f := range fresh {
+				finalizeShards(f)
+			}
+			return nil, nil, fmt.Errorf("argument %d: %w", i, err)
+		}
+		out[i] = d
+		fresh = append(fresh, d)
+	}
+	return out, fresh, nil
+}
+
+// run is the package's run on one device; on several it runs exec on distributed arguments
+// and reads the first device's copy of each (replicated) output.
+func (t *Trainer) run(exec *mlctx.Exec, args ...any) (outs [][]float32, err error) {
+	if t.mesh == nil {
+		return run(exec, args...)
+	}
+	defer nn.Recover(&err)
+	res, err := exec.DistributedExec(args...)
+	if err != nil {
+		return nil, err
+	}
+	outs = make([][]float32, len(res))
+	for i, d := range res {
+		outs[i], err = tensors.CopyFlatData[float32](d.Shards()[0])
+		if err != nil {
+			return nil, fmt.Errorf("read output %d: %w", i, err)
+		}
+		finalizeShards(d)
+	}
+	return outs, nil
+}
+
+// finalizeShards frees d's copies on the devices and the host now rather than at garbage collection.
+func finalizeShards(d *distributed.Tensor) {
+	for _, s := range d.Shards() {
+		s.FinalizeAll()
+	}
 }
 
 // Apply clips the accumulated gradient to the global norm GradClip, takes one AdamW step,
@@ -431,9 +610,21 @@ func (t *Trainer) Apply(ctx context.Context) (float64, error) {
 			return 0, fmt.Errorf("apply gradients: %w", err)
 		}
 	}
-	outs, err := run(t.applyExec)
+	outs, err := t.run(t.applyExec)
 	if err != nil {
 		return 0, fmt.Errorf("apply gradients: %w", err)
+	}
+	if t.mesh != nil {
+		// The updated variables now live on the devices only; their value on the host is
+		// gathered here, once, rather than lazily by whichever reader (rollout, export,
+		// checkpoint) comes first, possibly several at once.
+		for v := range t.ctx.IterVariables() {
+			if v.Trainable {
+				if _, err := v.Value(); err != nil {
+					return 0, fmt.Errorf("apply gradients: %w", err)
+				}
+			}
+		}
 	}
 	norm := float64(outs[0][0])
 	if math.IsNaN(norm) || math.IsInf(norm, 0) {
