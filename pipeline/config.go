@@ -77,6 +77,9 @@ type RunConfig struct {
 	// Backend for GoMLX: one of nn.BackendSpecs ("auto", "go", "xla:cpu", "xla:cuda").
 	// Default "auto".
 	Backend nn.Backend `toml:"backend"`
+	// Devices of the backend that share each gradient computation, data-parallel (>= 1; more
+	// than one needs an XLA backend and pipeline.train_workers = 1). Default 1.
+	Devices int `toml:"devices"`
 	// SampleEvery writes a sample grid every N epochs (0: only at the end). Default 5.
 	SampleEvery int `toml:"sample_every"`
 }
@@ -292,7 +295,7 @@ func (e Engine) Valid() bool { return slices.Contains(Engines, e) }
 func Default() Config {
 	return Config{Sections: Sections{
 		Run: RunConfig{Name: "tiny-ocr", OutDir: "runs", Seed: 1, TimeBudget: "10m", CheckpointEvery: 5,
-			KeepCheckpoints: 2, Backend: "auto", SampleEvery: 5},
+			KeepCheckpoints: 2, Backend: "auto", Devices: 1, SampleEvery: 5},
 		Model:       ModelConfig{LoRA: LoRAConfig{Rank: 8, Alpha: 16, Targets: slices.Clone(mmdit.DefaultLoRATargets)}},
 		ONNX:        onnxrt.Config{Provider: "cpu"},
 		TextEncoder: TextEncoderConfig{Tokenizer: "chars", MaxLength: 48},
@@ -512,6 +515,9 @@ func (c Config) Validate() error {
 	check(c.Run.KeepCheckpoints >= 1, "run.keep_checkpoints", c.Run.KeepCheckpoints, ">= 1")
 	check(c.Run.Backend.Valid(), "run.backend", fmt.Sprintf("%q", c.Run.Backend), choice.Want(nn.BackendSpecs))
 	check(c.Run.SampleEvery >= 0, "run.sample_every", c.Run.SampleEvery, ">= 0")
+	check(c.Run.Devices >= 1, "run.devices", c.Run.Devices, ">= 1")
+	check(c.Run.Devices == 1 || c.Run.Backend != "go", "run.devices", c.Run.Devices, `1 with run.backend "go" (SimpleGo has one device)`)
+	check(c.Run.Devices == 1 || c.Pipeline.TrainWorkers == 1, "run.devices", c.Run.Devices, "1 unless pipeline.train_workers = 1 (the devices already share each computation)")
 	if c.Model.Diffusers == "" {
 		check(c.Model.Config != "", "model.config", `""`, "an MMDiT JSON config file (or model.diffusers)")
 		check(c.Model.Weights != "", "model.weights", `""`, "a safetensors file (or model.diffusers)")

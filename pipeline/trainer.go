@@ -85,7 +85,7 @@ func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen)
 	grpo, err := rl.NewTrainer(policy.Backend, policy.Ctx, policy.Velocity, rl.TrainConfig{
 		Loss:     rl.LossConfig{Kind: cfg.Sampler.Kind, ClipRange: cfg.GRPO.ClipRange, Beta: cfg.GRPO.Beta},
 		Guidance: Guidance(cfg), LearningRate: cfg.GRPO.LearningRate, WeightDecay: cfg.GRPO.WeightDecay,
-		GradClip: cfg.GRPO.GradClip, Workers: cfg.Pipeline.TrainWorkers, RefVelocities: col.ref != nil,
+		GradClip: cfg.GRPO.GradClip, Workers: cfg.Pipeline.TrainWorkers, Devices: cfg.Run.Devices, RefVelocities: col.ref != nil,
 	})
 	if err != nil {
 		col.close()
