@@ -2,6 +2,7 @@ package rewards
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -149,5 +150,62 @@ func TestCLIPTowerPanicIsAnError(t *testing.T) {
 		}
 		<-p.free
 		p.free <- real
+	}
+}
+
+// TestCLIPLogitScaleChecks: the output a joint graph's logit scale is read from is checked
+// from the file's declaration before ONNX Runtime reads it (the graph here also holds an
+// operator ONNX Runtime does not know, so only a fitting config reaches its refusal), and the
+// value it gives must be a finite scale > 0 (a negative one would turn the reward upside down).
+func TestCLIPLogitScaleChecks(t *testing.T) {
+	dir := t.TempDir()
+	vocab, merges := clipFiles(t, dir)
+	joint := func(name string, scale []float32, unloadable bool) Config {
+		g := onnx.NewGraph(name)
+		imageTower(g)
+		textTower(g)
+		ls := g.InitializerF32("logit_scale_value", []int64{int64(len(scale))}, scale)
+		g.Node("Identity", []string{ls}, []string{"logit_scale"})
+		g.Output("logit_scale", onnx.Float32, onnx.Dim{Value: int64(len(scale))})
+		if unloadable {
+			g.Node("NoSuchOp", []string{"pixel_values"}, []string{"unloadable"})
+		}
+		c := Config{Name: name, Kind: "clip-score", BatchSize: 2, Model: writeModel(t, dir, g)}
+		c.Image.Size = []int{1, 1}
+		c.Text = TextConfig{Tokenizer: "clip-bpe", Vocab: vocab, Merges: merges, MaxLength: 4}
+		c.Output.LogitScaleOutput = "logit_scale"
+		return c
+	}
+	missing := joint("missing", []float32{50}, true)
+	missing.Output.LogitScaleOutput = "scale"
+	for _, tt := range []struct {
+		c    Config
+		want string
+	}{
+		{joint("two", []float32{50, 60}, true), `output "logit_scale": got float32 [2], want one float32 value (from [reward.output] logit_scale_output)`},
+		{missing, `no output "scale" (from [reward.output] logit_scale_output)`},
+		{joint("fits", []float32{50}, true), "NoSuchOp"},
+	} {
+		set, err := Open(context.Background(), []Config{tt.c}, dir, onnxrt.Config{IntraOpThreads: 1})
+		if err == nil {
+			set.Close()
+			t.Fatalf("%s: Open succeeded, want an error", tt.c.Name)
+		}
+		if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), tt.c.Model) {
+			t.Errorf("%s: error %q, want it to name %s and contain %q", tt.c.Name, err, tt.c.Model, tt.want)
+		}
+	}
+	for _, v := range []float32{-50, 0, float32(math.Inf(1))} {
+		c := joint("negative", []float32{v}, false)
+		set, err := Open(context.Background(), []Config{c}, dir, onnxrt.Config{IntraOpThreads: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = set.Score(context.Background(), []Image{{W: 1, H: 1, Pix: []float32{0.6, 0.8, 0}}}, []Prompt{{Text: "hello"}})
+		set.Close()
+		want := fmt.Sprintf(`model %s: output "logit_scale" is %v, want a finite logit scale > 0`, c.Model, v)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("logit scale %v: %v, want an error containing %q", v, err, want)
+		}
 	}
 }

@@ -189,6 +189,10 @@ func (s *clipScorer) Score(ctx context.Context, b *Batch) ([]float64, map[string
 			res = txtRes
 		}
 		logitScale = float64(res[o.LogitScaleOutput].Float32[0])
+		// A negative scale would turn the reward upside down without a NaN to show it.
+		if !(logitScale > 0) || math.IsInf(logitScale, 0) {
+			return nil, nil, fmt.Errorf("model %s: output %q is %v, want a finite logit scale > 0 (from [reward.output] logit_scale_output)", s.scaleFrom.path, o.LogitScaleOutput, logitScale)
+		}
 	}
 	ie, te := imgRes[o.ImageEmbeds], txtRes[o.TextEmbeds]
 	n := len(b.Images)
