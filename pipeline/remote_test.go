@@ -212,14 +212,7 @@ func TestRunRemoteRewardServerRestart(t *testing.T) {
 		if err := o.srv.Restart(); err != nil {
 			t.Fatal(err)
 		}
-		resumed, err := LoadRunConfig(res.Dir, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := Run(context.Background(), resumed, RunOptions{Backend: nntest.Backend(t), Resume: true}); err != nil {
-			t.Fatal(err)
-		}
-		checkSameMetrics(t, "resumed run", readMetrics(t, res.Dir), want)
+		resumeSame(t, res.Dir, want)
 	})
 }
 
@@ -234,4 +227,18 @@ func within[T any](t *testing.T, ch <-chan T) T {
 		t.Fatal("the reward server was never taken down")
 		panic("unreachable")
 	}
+}
+
+// resumeSame continues the run in dir with --resume and checks that its metrics are then
+// those of the undisturbed run.
+func resumeSame(t *testing.T, dir string, want []map[string]any) {
+	t.Helper()
+	resumed, err := LoadRunConfig(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(context.Background(), resumed, RunOptions{Backend: nntest.Backend(t), Resume: true}); err != nil {
+		t.Fatal(err)
+	}
+	checkSameMetrics(t, "resumed run", readMetrics(t, dir), want)
 }

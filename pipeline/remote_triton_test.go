@@ -116,13 +116,6 @@ func TestTritonRunServerRestart(t *testing.T) {
 		if err := srv.Start(); err != nil {
 			t.Fatal(err)
 		}
-		resumed, err := LoadRunConfig(res.Dir, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := Run(context.Background(), resumed, RunOptions{Backend: nntest.Backend(t), Resume: true}); err != nil {
-			t.Fatal(err)
-		}
-		checkSameMetrics(t, "resumed run", readMetrics(t, res.Dir), want)
+		resumeSame(t, res.Dir, want)
 	})
 }

@@ -260,8 +260,9 @@ func TestDiffusersBadInput(t *testing.T) {
 			checkOneLine(t, err, c.want...)
 		})
 	}
-	t.Run("no weights", func(t *testing.T) {
-		dir := edit("noweights", func(map[string]any) {})
+	// model is the transformer of dir's config.json (no weights loaded).
+	model := func(t *testing.T, dir string) *Model {
+		t.Helper()
 		cfg, err := LoadDiffusersConfig(dir)
 		if err != nil {
 			t.Fatal(err)
@@ -270,22 +271,20 @@ func TestDiffusersBadInput(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		return m
+	}
+	t.Run("no weights", func(t *testing.T) {
+		dir := edit("noweights", func(map[string]any) {})
+		m := model(t, dir)
 		checkOneLine(t, m.LoadDiffusers(mlctx.New(), dir), "noweights", DiffusersWeights, DiffusersWeightsIndex)
 	})
 	// Files from strangers: an oversized index.json or config.json is refused from its size,
 	// before it is read (sparse files: a few KB on disk).
 	t.Run("oversized", func(t *testing.T) {
 		dir := edit("big", func(map[string]any) {})
-		cfg, err := LoadDiffusersConfig(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := New(cfg, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m := model(t, dir)
 		grow(t, filepath.Join(dir, DiffusersWeightsIndex), 65<<20)
-		err = m.LoadDiffusers(mlctx.New(), dir)
+		err := m.LoadDiffusers(mlctx.New(), dir)
 		t.Logf("index: %v", err)
 		checkOneLine(t, err, "big/"+DiffusersWeightsIndex+": 68157440 bytes, want at most 64 MiB for a safetensors index")
 		grow(t, filepath.Join(dir, DiffusersConfig), 2<<20)
