@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -162,5 +163,35 @@ func TestCommittedModelReadsText(t *testing.T) {
 	got := runEvalJSON(t, "--config", cfg, "--set", "eval.prompts=8")
 	if got.N != 8 || got.RewardMean < 0.25 {
 		t.Errorf("committed model on 8 test prompts: %+v, want n 8 and OCR >= 0.25", got)
+	}
+
+	// The shipped adapters (models/tinyocr/adapters) and the base model reproduce, on these
+	// prompts, the committed 400-prompt evaluations the README quotes: prompt i's noise does not
+	// depend on how many prompts are evaluated.
+	adapters := filepath.Join("..", "..", "models", "tinyocr", "adapters")
+	for _, tc := range []struct{ lora, committed string }{
+		{"", "base-eval.json"},
+		{"densegrpo-cps-s1", filepath.Join("densegrpo-cps-s1", "eval.json")},
+		{"flowgrpo-cps-s1", filepath.Join("flowgrpo-cps-s1", "eval.json")},
+	} {
+		args := []string{"--config", cfg, "--set", "eval.prompts=8"}
+		if tc.lora != "" {
+			args = append(args, "--lora", filepath.Join(adapters, tc.lora))
+		}
+		got := runEvalJSON(t, args...)
+		var want evalJSON
+		raw, err := os.ReadFile(filepath.Join(adapters, tc.committed))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(raw, &want); err != nil {
+			t.Fatalf("%s: %v", tc.committed, err)
+		}
+		if want.N != 400 || len(want.Totals) != 400 {
+			t.Fatalf("%s: n %d with %d totals, want all 400 test prompts", tc.committed, want.N, len(want.Totals))
+		}
+		if !slices.Equal(got.Prompts, want.Prompts[:8]) || !slices.Equal(got.Totals, want.Totals[:8]) {
+			t.Errorf("%s: first 8 prompts score %v, the committed evaluation %v", tc.committed, got.Totals, want.Totals[:8])
+		}
 	}
 }
