@@ -86,6 +86,7 @@ func newTrainer(ctx context.Context, cfg Config, policy *Policy, frozen *Frozen)
 		Loss:     rl.LossConfig{Kind: cfg.Sampler.Kind, ClipRange: cfg.GRPO.ClipRange, Beta: cfg.GRPO.Beta},
 		Guidance: Guidance(cfg), LearningRate: cfg.GRPO.LearningRate, WeightDecay: cfg.GRPO.WeightDecay,
 		GradClip: cfg.GRPO.GradClip, Workers: cfg.Pipeline.TrainWorkers, Devices: cfg.Run.Devices, RefVelocities: col.ref != nil,
+		MaxRows: maxRows(cfg.GRPO),
 	})
 	if err != nil {
 		col.close()
@@ -266,6 +267,14 @@ func (t *trainer) runEpoch(ctx context.Context) (runfiles.Line, error) {
 type updateStats struct {
 	Loss, Policy, KL, ApproxKL, ClipFrac, RatioMean, GradNorm float64
 	Updates                                                   int
+}
+
+// maxRows is the most samples update accumulates at once: a minibatch, capped by micro_batch.
+func maxRows(c GRPOConfig) int {
+	if c.MicroBatch > 0 {
+		return min(c.Minibatch, c.MicroBatch)
+	}
+	return c.Minibatch
 }
 
 // update trains on the epoch: the samples whose advantage is not zero everywhere, in update

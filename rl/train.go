@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/backends/simplego"
 	"github.com/gomlx/gomlx/pkg/core/distributed"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
@@ -61,6 +62,12 @@ type TrainConfig struct {
 	// device then takes the same AdamW step. 0 or 1 means one device. More than one needs a
 	// backend with that many devices (XLA) and Workers <= 1.
 	Devices int
+	// MaxRows is the most samples the caller accumulates at once (its minibatch), 0 if unknown.
+	// Where compiling a graph is expensive (XLA) each accumulation is padded with masked rows
+	// to a few sizes so that they share graphs: the next power of two, but at least half of
+	// MaxRows (as a power of two) and at most MaxRows — so a minibatch of at most MaxRows needs
+	// two graphs per worker at most, and never more rows or memory than a full one.
+	MaxRows int
 	// RefVelocities makes AccumulateSteps take the reference model's velocities from
 	// Trajectories.VRef (computed outside the graph, e.g. in ONNX Runtime) instead of running the
 	// model without adapters in the training graph. Only read with Loss.Beta > 0.
@@ -83,6 +90,8 @@ func (c TrainConfig) Validate() error {
 		return fmt.Errorf("train config: field guidance: got %v, want >= 0", c.Guidance)
 	case c.Workers < 0:
 		return fmt.Errorf("train config: field workers: got %d, want >= 0", c.Workers)
+	case c.MaxRows < 0:
+		return fmt.Errorf("train config: field max_rows: got %d, want >= 0", c.MaxRows)
 	case c.Devices < 0:
 		return fmt.Errorf("train config: field devices: got %d, want >= 0", c.Devices)
 	case c.Devices > 1 && c.Workers > 1:
@@ -119,8 +128,15 @@ type Trainer struct {
 	mesh             *distributed.DeviceMesh
 	rows, replicated *distributed.ShardingSpec
 
-	buildMu  sync.RWMutex
-	compiled map[[2]int]bool // (worker, minibatch size) pairs whose graph exists; under buildMu
+	// bucketed pads each accumulation's rows up to a bucket size (paddedRows) with masked
+	// rows: set where compiling a graph costs seconds (XLA on the tiny-ocr model: 8–26 s for a
+	// new minibatch size, per worker), so minibatches of a few sizes share graphs. SimpleGo
+	// builds graphs cheaply and keeps exact sizes, and with them its bit-for-bit results.
+	bucketed bool
+
+	buildMu sync.RWMutex
+	// compiled holds the (worker, padded row count) pairs whose graph exists; under buildMu.
+	compiled map[[2]int]bool
 }
 
 // gradientOptimizer is an optimizer that applies precomputed gradients (GoMLX's Adam is one).
@@ -137,8 +153,9 @@ func NewTrainer(backend backends.Backend, ctx *mlctx.Context, vel Velocity, cfg 
 	if !ok {
 		return nil, fmt.Errorf("new trainer: GoMLX's AdamW does not take precomputed gradients")
 	}
+	_, cheapBuild := backend.(*simplego.Backend)
 	t := &Trainer{backend: backend, ctx: ctx.Checked(false), vel: vel, cfg: cfg, opt: opt, nCond: -1,
-		compiled: map[[2]int]bool{}}
+		bucketed: !cheapBuild, compiled: map[[2]int]bool{}}
 	if cfg.Devices > 1 {
 		var err error
 		if n := backend.NumDevices(); n < cfg.Devices {
@@ -218,6 +235,33 @@ func accumulated(key string) (string, bool) {
 	return rest, strings.HasPrefix(rest, mlctx.ScopeSeparator)
 }
 
+// masked reports whether the accumulation graphs take the valid input, which marks the rows
+// padded to a multiple of the devices or to a bucket size.
+func (t *Trainer) masked() bool { return t.mesh != nil || t.bucketed }
+
+// paddedRows is the number of rows an accumulation of n samples runs with: n rounded up to a
+// multiple of the devices, and where bucketed first to a bucket size as TrainConfig.MaxRows says.
+func (t *Trainer) paddedRows(n int) int {
+	if t.bucketed {
+		b := nextPow2(n)
+		if m := t.cfg.MaxRows; n <= m {
+			b = min(max(b, nextPow2((m+1)/2)), m)
+		}
+		n = b
+	}
+	d := t.devices()
+	return (n + d - 1) / d * d
+}
+
+// nextPow2 is the least power of two >= n.
+func nextPow2(n int) int {
+	p := 1
+	for p < n {
+		p *= 2
+	}
+	return p
+}
+
 // refInput reports whether the accumulation graphs take the reference velocity as an input.
 func (t *Trainer) refInput() bool { return t.cfg.RefVelocities && t.cfg.Loss.Beta > 0 }
 
@@ -245,7 +289,7 @@ func accumulators(ctx *mlctx.Context, g *Graph, w int) (vars, accs []*mlctx.Vari
 }
 
 func (t *Trainer) buildAccExec(worker int) (*mlctx.Exec, error) {
-	vel, w, cfg, nCond, refIn, masked := t.vel, t.cfg.Guidance, t.cfg.Loss, t.nCond, t.refInput(), t.mesh != nil
+	vel, w, cfg, nCond, refIn, masked := t.vel, t.cfg.Guidance, t.cfg.Loss, t.nCond, t.refInput(), t.masked()
 	exec, err := mlctx.NewExec(t.backend, t.ctx, func(ctx *mlctx.Context, in []*Node) []*Node {
 		x, next, sigma, sigmaNext, s, logpOld, adv, weight, idx := in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8]
 		in = in[9:]
@@ -344,7 +388,8 @@ func (t *Trainer) buildApplyExec() error {
 // Accumulate adds the gradient of weight·L_k for the transitions x_k → x_{k+1} of the given
 // samples of tr (a minibatch) to the accumulators. adv[j] is the advantage of samples[j] at
 // step k, c the conditioning tr was sampled with. Use weight = 1/(trained steps × minibatches)
-// for the mean over an epoch's accumulation. Each distinct minibatch size compiles its graph once.
+// for the mean over an epoch's accumulation. Each distinct minibatch size (on XLA, each bucket
+// size of TrainConfig.MaxRows) compiles its graph once per worker.
 func (t *Trainer) Accumulate(ctx context.Context, c Conditioning, tr *Trajectories, k int, samples []int, adv []float64, weight float64) (StepStats, error) {
 	st, err := t.AccumulateSteps(ctx, c, tr, []int{k}, samples, [][]float64{adv}, weight)
 	if err != nil {
@@ -439,10 +484,10 @@ func (t *Trainer) accumulate(ctx context.Context, w int, c Conditioning, pre map
 			return StepStats{}, fmt.Errorf("accumulate step %d: sample %d out of range [0, %d)", k, i, tr.Len())
 		}
 	}
-	// On several devices the rows are padded to a multiple of them with copies of the first
-	// sample, masked out of the loss (valid = 0).
-	d := t.devices()
-	n := (len(samples) + d - 1) / d * d
+	// The rows are padded (to a multiple of the devices, to a bucket size) with copies of the
+	// first sample, masked out of the loss (valid = 0): every mean is over the valid rows and
+	// the padded ones get exactly zero gradient.
+	n := t.paddedRows(len(samples))
 	valid := make([]float32, n)
 	for j := range samples {
 		valid[j] = 1
@@ -463,7 +508,7 @@ func (t *Trainer) accumulate(ctx context.Context, w int, c Conditioning, pre map
 	args := []any{latentTensor(x, n, tr.LatentShape), latentTensor(next, n, tr.LatentShape),
 		tr.Schedule.Sigmas[k], tr.Schedule.Sigmas[k+1], tr.S[k], logpOld, advs, float32(weight),
 		tensors.FromValue(int32s(prompts))}
-	if t.mesh != nil {
+	if t.masked() {
 		args = append(args, valid)
 	}
 	if t.refInput() {
@@ -499,7 +544,7 @@ func (t *Trainer) accumulate(ctx context.Context, w int, c Conditioning, pre map
 		ApproxKL: float64(outs[3][0]), ClipFrac: float64(outs[4][0]), RatioMean: float64(outs[5][0])}, nil
 }
 
-// runLocked runs worker w's executable on a minibatch of n: alone if this compiles its graph,
+// runLocked runs worker w's executable on a minibatch of n rows: alone if this compiles its graph,
 // alongside the other workers otherwise.
 func (t *Trainer) runLocked(w, n int, args []any) ([][]float32, error) {
 	key := [2]int{w, n}
