@@ -117,6 +117,9 @@ type EvalOptions struct {
 	Base bool
 	// Progress receives a progress bar (nil: none).
 	Progress io.Writer
+	// Log, if not nil, is told when a remote reward of the frozen models Evaluate opens waits
+	// for its server (each retry, then the answer), as a run's log is.
+	Log io.Writer
 }
 
 // EvalResult is one evaluation: the mean rewards over N test prompts.
@@ -168,6 +171,9 @@ func Evaluate(ctx context.Context, cfg Config, policy *Policy, opts EvalOptions)
 			return EvalResult{}, fmt.Errorf("evaluate: %w", err)
 		}
 		defer f.Close()
+		if opts.Log != nil {
+			f.LogRetries(opts.Log)
+		}
 	}
 	sets := []*rewards.Set{f.Rewards}
 	if f.Heldout != nil {

@@ -216,6 +216,43 @@ func TestRunRemoteRewardServerRestart(t *testing.T) {
 	})
 }
 
+// An evaluation whose reward server is down when it starts waits for it, says so in its log
+// (each retry, then the answer) and scores as an undisturbed evaluation does.
+func TestEvaluateRemoteRewardServerRestart(t *testing.T) {
+	o := serveBright(t)
+	// One test prompt a batch: the evaluation asks the server once per prompt.
+	cfg, _ := fixtureWith(t, remoteBlock(o.srv.URL, 40, "20ms", "200ms"), append(remoteRun, "eval.batch_size=1")...)
+	policy := newTestPolicy(t, cfg, "")
+	ctx := context.Background()
+	want, err := Evaluate(ctx, cfg, policy, EvalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.armed.Store(true) // down after the first prompt's answer
+	// Back up once the evaluation has logged that it is waiting.
+	var log syncBuffer
+	back := make(chan error, 1)
+	go func() {
+		for !strings.Contains(log.String(), "; retry ") {
+			time.Sleep(10 * time.Millisecond)
+		}
+		back <- o.srv.Restart()
+	}()
+	got, err := Evaluate(ctx, cfg, policy, EvalOptions{Log: &log})
+	if err != nil {
+		t.Fatalf("evaluate across a restart of its reward server (restarted once a retry is logged): %v\nlog:\n%s", err, log.String())
+	}
+	if rerr := within(t, back); rerr != nil {
+		t.Fatal(rerr)
+	}
+	if got.RewardMean != want.RewardMean || fmt.Sprint(got.Totals) != fmt.Sprint(want.Totals) {
+		t.Errorf("evaluation across a restart: mean %v totals %v; undisturbed %v %v", got.RewardMean, got.Totals, want.RewardMean, want.Totals)
+	}
+	if !strings.Contains(log.String(), `reward "served": POST `) || !strings.Contains(log.String(), " answered after ") {
+		t.Errorf("the log does not say the evaluation waited for its reward server:\n%s", log.String())
+	}
+}
+
 // within receives from ch, failing the test if nothing comes in a minute (the outage never
 // happened: the run ended before it).
 func within[T any](t *testing.T, ch <-chan T) T {

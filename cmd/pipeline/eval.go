@@ -85,7 +85,7 @@ func runEval(ctx context.Context, args []string, out io.Writer) error {
 	if !*asJSON {
 		fmt.Fprintf(out, "policy: %s\nbackend: %s\n", desc, policy.BackendDesc)
 	}
-	res, err := pipeline.Evaluate(ctx, cfg, policy, pipeline.EvalOptions{KeepImages: *grid != "", Progress: os.Stderr})
+	res, err := pipeline.Evaluate(ctx, cfg, policy, pipeline.EvalOptions{KeepImages: *grid != "", Progress: os.Stderr, Log: os.Stderr})
 	if err != nil {
 		return err
 	}
