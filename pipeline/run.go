@@ -91,8 +91,26 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 	if err := prepareRunDir(cfg, dir, opts.Resume, ckpt); err != nil {
 		return res, err
 	}
+	// resumed is the newest checkpoint, opened once (its headers validated, no tensor read)
+	// both to tell a finished run and to restore from; closed once restored.
+	var resumed *checkpoint.Stored
 	if opts.Resume {
-		finished, ckDir, err := finishedRun(cfg, ckpt)
+		ckDir, ok, err := ckpt.Latest()
+		if err != nil {
+			return res, err
+		}
+		if !ok {
+			return res, fmt.Errorf("resume %s: no checkpoint in %s", dir, ckpt.Dir)
+		}
+		if resumed, err = checkpoint.Load(ckDir); err != nil {
+			return res, fmt.Errorf("resume: %w", err)
+		}
+		defer func() {
+			if resumed != nil {
+				resumed.Close()
+			}
+		}()
+		finished, err := finishedRun(cfg, resumed)
 		if err != nil {
 			return res, err
 		}
@@ -142,27 +160,18 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 	// (a resumed run draws them again).
 	var beforeImages *EvalResult
 	if opts.Resume {
-		ckDir, ok, err := ckpt.Latest()
-		if err != nil {
-			return res, err
-		}
-		if !ok {
-			return res, fmt.Errorf("resume %s: no checkpoint in %s", dir, ckpt.Dir)
-		}
-		ck, err := checkpoint.Load(ckDir)
-		if err != nil {
-			return res, fmt.Errorf("resume: %w", err)
-		}
-		err = t.restore(ck)
+		ck := resumed
+		err := t.restore(ck)
 		ck.Close()
+		resumed = nil
 		if err != nil {
-			return res, fmt.Errorf("resume from %s: %w", ckDir, err)
+			return res, fmt.Errorf("resume from %s: %w", ck.Dir, err)
 		}
 		if err := metrics.TruncateAfter(ck.Epoch); err != nil {
 			return res, err
 		}
-		res.Checkpoint = ckDir
-		fmt.Fprintf(log, "resumed from %s (epoch %d)\n", ckDir, ck.Epoch)
+		res.Checkpoint = ck.Dir
+		fmt.Fprintf(log, "resumed from %s (epoch %d)\n", ck.Dir, ck.Epoch)
 	} else {
 		before, err := t.evaluate(ctx, log)
 		if err != nil {
@@ -315,22 +324,12 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (res RunResult, err e
 	return res, nil
 }
 
-// finishedRun says why a run whose newest checkpoint is already at its end (run.epochs done, or
-// run.time_budget spent) is finished, and how to continue it; "" when it is not.
-func finishedRun(cfg Config, ckpt *checkpoint.Checkpointer) (why, ckDir string, err error) {
-	ckDir, ok, err := ckpt.Latest()
-	if err != nil || !ok {
-		return "", "", err // no checkpoint: Run says so
-	}
-	// Only the state is needed: Load reads no tensor.
-	ck, err := checkpoint.Load(ckDir)
-	if err != nil {
-		return "", "", fmt.Errorf("resume: %w", err)
-	}
-	ck.Close()
+// finishedRun says why a run whose newest checkpoint ck is already at its end (run.epochs
+// done, or run.time_budget spent) is finished, and how to continue it; "" when it is not.
+func finishedRun(cfg Config, ck *checkpoint.Stored) (why string, err error) {
 	var st trainState
 	if err := json.Unmarshal(ck.State, &st); err != nil {
-		return "", "", fmt.Errorf("resume from %s: decode state: %w", ckDir, err)
+		return "", fmt.Errorf("resume from %s: decode state: %w", ck.Dir, err)
 	}
 	dir := RunDir(cfg)
 	budget := cfg.TimeBudgetDuration()
@@ -338,12 +337,12 @@ func finishedRun(cfg Config, ckpt *checkpoint.Checkpointer) (why, ckDir string, 
 	switch {
 	case cfg.Run.Epochs > 0 && ck.Epoch >= cfg.Run.Epochs:
 		return fmt.Sprintf("run %s is finished: %d of run.epochs = %d epochs done (%s of training); train on with: pipeline run --resume %s --set run.epochs=%d",
-			dir, ck.Epoch, cfg.Run.Epochs, elapsed, dir, 2*ck.Epoch), ckDir, nil
+			dir, ck.Epoch, cfg.Run.Epochs, elapsed, dir, 2*ck.Epoch), nil
 	case budget > 0 && elapsed >= budget:
 		return fmt.Sprintf("run %s is finished: its time budget run.time_budget = %s is spent (%s of training, %d epochs); train on with: pipeline run --resume %s --set run.time_budget=%s",
-			dir, cfg.Run.TimeBudget, elapsed, ck.Epoch, dir, shortDuration(2*budget)), ckDir, nil
+			dir, cfg.Run.TimeBudget, elapsed, ck.Epoch, dir, shortDuration(2*budget)), nil
 	}
-	return "", ckDir, nil
+	return "", nil
 }
 
 // shortDuration is d as a Go duration without zero trailing units: "20m", "1h30m", "45s".
