@@ -113,6 +113,16 @@ func spmdRollout(t *testing.T) (Conditioning, *Trajectories, func(*mmdit.Model) 
 	return c, tr, velOf
 }
 
+// closeRel reports whether a is within tol of b, relative to |b| where |b| > 1.
+func closeRel(a, b, tol float64) bool { return math.Abs(a-b) <= tol*max(1, math.Abs(b)) }
+
+// sameStats reports whether two accumulations' statistics agree to float32 rounding: the loss
+// terms to 1e-5, the clip fraction and ratio mean to 1e-6.
+func sameStats(g, s StepStats) bool {
+	return closeRel(g.Loss, s.Loss, 1e-5) && closeRel(g.Policy, s.Policy, 1e-5) && closeRel(g.KL, s.KL, 1e-5) &&
+		closeRel(g.ApproxKL, s.ApproxKL, 1e-5) && closeRel(g.ClipFrac, s.ClipFrac, 1e-6) && closeRel(g.RatioMean, s.RatioMean, 1e-6)
+}
+
 // TestTrainerDevicesMatchOneDevice: a Trainer with Devices = 2 or 3 on XLA's PJRT CPU plugin
 // (which exposes 4 host devices) trains an SD3.5-style MMDiT's adapters data-parallel — each
 // device takes its share of the rows (5 samples padded with masked rows to 8, the next power of
@@ -193,7 +203,6 @@ func TestTrainerDevicesMatchOneDevice(t *testing.T) {
 		}
 		return res
 	}
-	close := func(a, b, tol float64) bool { return math.Abs(a-b) <= tol*max(1, math.Abs(b)) }
 	one := train(1)
 	if !(one.norms[0] > 1e-3) || !(one.stats[0].KL > 1e-4) || !(one.stats[2].ApproxKL > 0) {
 		t.Fatalf("one device: norms %v, KL %v, approx KL after an update %v: the test would not show a wrong reduction", one.norms, one.stats[0].KL, one.stats[2].ApproxKL)
@@ -214,14 +223,12 @@ func TestTrainerDevicesMatchOneDevice(t *testing.T) {
 	for _, devices := range []int{2, 3} {
 		got := train(devices)
 		for i, s := range one.stats {
-			g := got.stats[i]
-			if !close(g.Loss, s.Loss, 1e-5) || !close(g.Policy, s.Policy, 1e-5) || !close(g.KL, s.KL, 1e-5) ||
-				!close(g.ApproxKL, s.ApproxKL, 1e-5) || !close(g.ClipFrac, s.ClipFrac, 1e-6) || !close(g.RatioMean, s.RatioMean, 1e-6) {
+			if g := got.stats[i]; !sameStats(g, s) {
 				t.Errorf("%d devices: stats of step %d %+v, one device %+v", devices, i, g, s)
 			}
 		}
 		for i := range one.norms {
-			if !close(got.norms[i], one.norms[i], 1e-5) {
+			if !closeRel(got.norms[i], one.norms[i], 1e-5) {
 				t.Errorf("%d devices: gradient norm of update %d %v, one device %v", devices, i, got.norms[i], one.norms[i])
 			}
 		}
@@ -347,16 +354,13 @@ func TestTrainerBucketsMatchExactSizes(t *testing.T) {
 		t.Fatalf("exact sizes: norms %v, KL %v, approx KL and clip fraction after an update %v, %v: the test would not show a wrong mean",
 			exact.norms, exact.stats[0].KL, exact.stats[2].ApproxKL, exact.stats[2].ClipFrac)
 	}
-	close := func(a, b, tol float64) bool { return math.Abs(a-b) <= tol*max(1, math.Abs(b)) }
 	for i, s := range exact.stats {
-		g := padded.stats[i]
-		if !close(g.Loss, s.Loss, 1e-5) || !close(g.Policy, s.Policy, 1e-5) || !close(g.KL, s.KL, 1e-5) ||
-			!close(g.ApproxKL, s.ApproxKL, 1e-5) || !close(g.ClipFrac, s.ClipFrac, 1e-6) || !close(g.RatioMean, s.RatioMean, 1e-6) {
+		if g := padded.stats[i]; !sameStats(g, s) {
 			t.Errorf("stats of accumulation %d: padded %+v, exact %+v", i, g, s)
 		}
 	}
 	for u := range exact.norms {
-		if !close(padded.norms[u], exact.norms[u], 1e-5) {
+		if !closeRel(padded.norms[u], exact.norms[u], 1e-5) {
 			t.Errorf("gradient norm of update %d: padded %v, exact %v", u, padded.norms[u], exact.norms[u])
 		}
 		diff := 0.0
